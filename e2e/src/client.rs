@@ -1,0 +1,148 @@
+//! A WebSocket client for tests that keeps every frame it got and checks, on every inbox
+//! item, that this device never sees a sequence twice or out of order.
+
+use std::{collections::VecDeque, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+use crate::system::{SECRET, system};
+
+/// How long a test waits for an expected frame.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub fn token(user: &str) -> String {
+    natter_gateway::auth::mint_hs256(SECRET.as_bytes(), user, None, 3600, None, None).unwrap()
+}
+
+pub struct Client {
+    socket: Socket,
+    pub user: String,
+    pub device: String,
+    /// Frames received and not yet taken by `wait_for`.
+    pub pending: VecDeque<Value>,
+    /// Every inbox sequence this connection received, in order.
+    pub seqs: Vec<u64>,
+    /// The highest inbox sequence seen (what the device would store as its cursor).
+    pub last_seq: u64,
+    next_ref: u64,
+}
+
+impl Client {
+    /// Connects `user`'s `device` to gateway `gateway` (0 or 1), resuming after `after`.
+    pub async fn connect(gateway: usize, user: &str, device: &str, after: u64) -> Self {
+        let addr = system().gateways[gateway];
+        let url = format!("ws://{addr}/v1/ws?token={}&device={device}&after={after}", token(user));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        Self {
+            socket,
+            user: user.to_owned(),
+            device: device.to_owned(),
+            pending: VecDeque::new(),
+            seqs: Vec::new(),
+            last_seq: after,
+            next_ref: 0,
+        }
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.expect("socket send");
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_raw(&value.to_string()).await;
+    }
+
+    /// Sends a text message with client id `client_id` and waits for its answer
+    /// (`sent` or `error`), which it returns.
+    pub async fn send_text_with_id(&mut self, to_user: &str, client_id: &str, text: &str) -> Value {
+        self.next_ref += 1;
+        let reference = format!("r{}", self.next_ref);
+        self.send_json(json!({
+            "type": "send", "id": client_id, "to": format!("user:{to_user}"),
+            "body": {"kind": "text", "text": text}, "ref": reference,
+        }))
+        .await;
+        self.wait_for("answer to send", |f| f["ref"] == reference.as_str()).await
+    }
+
+    /// Sends a text message and returns its `sent` frame (panics on `error`).
+    pub async fn send_text(&mut self, to_user: &str, text: &str) -> Value {
+        let answer = self.send_text_with_id(to_user, &uuid::Uuid::new_v4().to_string(), text).await;
+        assert_eq!(answer["type"], "sent", "send refused: {answer}");
+        answer
+    }
+
+    /// The next frame matching `wanted`, from what was already received or what comes
+    /// within [`PATIENCE`]. Frames that do not match stay pending.
+    pub async fn wait_for(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.pending.iter().position(&wanted) {
+            return self.pending.remove(i).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.receive()).await;
+            match frame {
+                Ok(Some(frame)) if wanted(&frame) => return frame,
+                Ok(Some(frame)) => self.pending.push_back(frame),
+                Ok(None) => panic!("{}: socket closed while waiting for {what}; had {:?}", self.user, self.pending),
+                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; had {:?}", self.user, self.pending),
+            }
+        }
+    }
+
+    /// The next `msg` item with body text `text`.
+    pub async fn wait_for_text(&mut self, text: &str) -> Value {
+        self.wait_for(&format!("message {text:?}"), |f| f["type"] == "msg" && f["body"]["text"] == text).await
+    }
+
+    /// Everything that arrives within `window` (after what is pending).
+    pub async fn collect_for(&mut self, window: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, self.receive()).await {
+            self.pending.push_back(frame);
+        }
+        self.pending.drain(..).collect()
+    }
+
+    /// Reads one frame; `None` when the socket closed.
+    pub async fn receive(&mut self) -> Option<Value> {
+        loop {
+            let message = match self.socket.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(_)) | None => return None,
+            };
+            match message {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("server sent invalid JSON");
+                    if let Some(seq) = frame["seq"].as_u64() {
+                        assert!(
+                            seq > self.last_seq,
+                            "{}/{}: seq {seq} after {} (duplicate or out of order): {frame}",
+                            self.user,
+                            self.device,
+                            self.last_seq
+                        );
+                        self.last_seq = seq;
+                        self.seqs.push(seq);
+                    }
+                    return Some(frame);
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn ack(&mut self, seq: u64) {
+        self.send_json(json!({"type": "ack", "seq": seq})).await;
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}

@@ -1,0 +1,152 @@
+//! A nats-server cluster for tests. Binary: `$NATTER_NATS_SERVER`, else
+//! `.tools/bin/nats-server` (installed by `scripts/install-nats.sh`).
+#![allow(unsafe_code)] // prctl(PR_SET_PDEATHSIG) so servers die with the test process
+
+use std::{
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The repository root (for `nats/accounts.conf` and `.tools/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn nats_server_binary() -> PathBuf {
+    std::env::var_os("NATTER_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools/bin/nats-server"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Node {
+    config: PathBuf,
+    store: PathBuf,
+    client_port: u16,
+    child: Option<Child>,
+}
+
+/// A running cluster; every node is killed and its data deleted on Drop.
+pub struct NatsCluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    pub fn start(size: usize) -> Self {
+        let binary = nats_server_binary();
+        assert!(binary.exists(), "{} missing: run scripts/install-nats.sh", binary.display());
+        let dir = std::env::temp_dir().join(format!("natter-e2e-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(repo_root().join("nats/accounts.conf"), dir.join("accounts.conf")).unwrap();
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> =
+            ports.iter().map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}")).collect();
+        let mut nodes = Vec::new();
+        for (i, (client_port, cluster_port)) in ports.iter().enumerate() {
+            let config = dir.join(format!("node-{i}.conf"));
+            let store = dir.join(format!("store-{i}"));
+            let cluster = if size > 1 {
+                format!(
+                    "cluster {{ name: natter-test, listen: 127.0.0.1:{cluster_port}, routes: [{}] }}",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: test-{i}\nlisten: 127.0.0.1:{client_port}\n\
+                     jetstream {{ max_memory_store: 64MB, max_file_store: 2GB }}\n\
+                     {cluster}\nmax_payload: 1MB\ninclude ./accounts.conf\n"
+                ),
+            )
+            .unwrap();
+            nodes.push(Node { config, store, client_port: *client_port, child: None });
+        }
+        let mut cluster = Self { dir, nodes };
+        for i in 0..size {
+            cluster.start_node(i);
+        }
+        for i in 0..size {
+            cluster.wait_listening(i);
+        }
+        cluster
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::File::create(self.dir.join(format!("node-{i}.log"))).unwrap();
+        let mut command = Command::new(nats_server_binary());
+        command
+            .arg("-c")
+            .arg(&node.config)
+            .arg("--store_dir")
+            .arg(&node.store)
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the
+        // server if the thread that spawned it dies (a crashed or killed test run).
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        node.child = Some(command.spawn().expect("start nats-server"));
+    }
+
+    fn wait_listening(&self, i: usize) {
+        let port = self.nodes[i].client_port;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats node {i} did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// All client URLs, comma-separated, as the processes take them.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client_port)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// kill -9 one node (by PID), keeping its data.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on the same ports and data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.start_node(i);
+        self.wait_listening(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,134 @@
+//! One running Natter per test binary: a 3-node cluster, two gateways and two worker
+//! processes' worth of workers, on a runtime and thread of their own (so they outlive
+//! each test's runtime). The cluster is killed and deleted when the test process exits.
+#![allow(unsafe_code)] // libc::atexit, to stop the servers when the test binary exits
+
+use std::{
+    net::SocketAddr,
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use natter_fabric::NatsSettings;
+use natter_gateway::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cluster::NatsCluster;
+
+/// The HS256 secret the test gateways use.
+pub const SECRET: &str = "e2e-secret";
+
+pub struct System {
+    pub gateways: Vec<SocketAddr>,
+    pub nats_urls: String,
+}
+
+static CLUSTER: Mutex<Option<NatsCluster>> = Mutex::new(None);
+
+extern "C" fn stop_cluster() {
+    if let Ok(mut cluster) = CLUSTER.lock() {
+        cluster.take();
+    }
+}
+
+/// The shared system, started on first use.
+pub fn system() -> &'static System {
+    static SYSTEM: OnceLock<System> = OnceLock::new();
+    SYSTEM.get_or_init(start)
+}
+
+pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
+    NatsSettings {
+        urls: urls.to_owned(),
+        user: Some(user.to_owned()),
+        password: Some(format!("{user}-dev")),
+        name: name.to_owned(),
+        replicas: 3,
+    }
+}
+
+fn start() -> System {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,async_nats=error".into()),
+        )
+        .try_init();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("natter-e2e-servers".into())
+        .spawn(move || {
+            // The cluster is started from this thread, which lives as long as the process:
+            // its servers are bound to it by PR_SET_PDEATHSIG.
+            let cluster = NatsCluster::start(3);
+            let urls = cluster.urls();
+            *CLUSTER.lock().unwrap() = Some(cluster);
+            // SAFETY: registers a plain extern "C" fn with no arguments.
+            unsafe { libc::atexit(stop_cluster) };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut gateways = Vec::new();
+                for i in 0..2 {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    gateways.push(listener.local_addr().unwrap());
+                    let mut config = Config::default();
+                    config.listen = gateways[i];
+                    config.nats = nats_settings(&urls, "gateway", &format!("gateway-{i}"));
+                    config.jwt.secret = Some(SECRET.to_owned());
+                    config.limits.reconcile_every_ms = 2_000;
+                    tokio::spawn(async move {
+                        if let Err(err) = natter_gateway::run(listener, config, std::future::pending()).await {
+                            panic!("gateway {i} failed: {err}");
+                        }
+                    });
+                }
+                for i in 0..2 {
+                    let settings = nats_settings(&urls, "workers", &format!("workers-{i}"));
+                    tokio::spawn(async move {
+                        if let Err(err) =
+                            natter_workers::run(natter_workers::Kind::All, settings, std::future::pending()).await
+                        {
+                            panic!("workers {i} failed: {err}");
+                        }
+                    });
+                }
+                for gateway in &gateways {
+                    wait_healthy(*gateway).await;
+                }
+                tx.send(System { gateways, nats_urls: urls }).unwrap();
+                std::future::pending::<()>().await;
+            });
+        })
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(120)).expect("the e2e system did not come up")
+}
+
+/// Plain HTTP GET, returning the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+async fn wait_healthy(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(Ok((200, _))) =
+            tokio::time::timeout(Duration::from_secs(2), tokio::spawn(http_get(addr, "/healthz", None))).await
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "gateway {addr} not healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,92 @@
+//! Reading a user's inbox by direct get: no consumer per device or per reconnect.
+//!
+//! Direct gets are served by any replica, and right after an ack a replica may not have
+//! the newest item yet (NATS-NOTES.md). So a read that runs out of items asks the stream
+//! leader once more for the next one before concluding that there is none.
+
+use async_nats::jetstream::{
+    self,
+    stream::{DirectGetErrorKind, RawMessageErrorKind, Stream},
+};
+use bytes::Bytes;
+
+use crate::{streams, subjects};
+
+/// One stored inbox item.
+#[derive(Debug, Clone)]
+pub struct StoredItem {
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("inbox stream unavailable: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
+    #[error("direct get failed: {0}")]
+    DirectGet(#[from] jetstream::stream::DirectGetError),
+    #[error("leader get failed: {0}")]
+    LeaderGet(#[from] jetstream::stream::RawMessageError),
+}
+
+/// A handle on the `INBOX` stream.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    stream: Stream<()>,
+}
+
+impl Inbox {
+    pub async fn open(js: &jetstream::Context) -> Result<Self, InboxError> {
+        let stream = js.get_stream_no_info(streams::INBOX).await?;
+        Ok(Self { stream })
+    }
+
+    /// Items of `uid` with `after < seq <= up_to`, oldest first, at most `limit`.
+    pub async fn read_after(
+        &self,
+        uid: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>, InboxError> {
+        let subject = subjects::inbox(uid);
+        let mut items = Vec::new();
+        let mut next = after + 1;
+        while items.len() < limit && next <= up_to {
+            let Some(item) = self.next_at_or_after(&subject, next).await? else { break };
+            if item.seq > up_to {
+                break;
+            }
+            next = item.seq + 1;
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    /// The sequence of `uid`'s newest item, 0 when the inbox is empty. Served by a replica,
+    /// so it may lag the leader by a moment; callers use it to notice lost live items.
+    pub async fn last_seq(&self, uid: &str) -> Result<u64, InboxError> {
+        match self.stream.direct_get_last_for_subject(subjects::inbox(uid)).await {
+            Ok(message) => Ok(message.sequence),
+            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(0),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn next_at_or_after(
+        &self,
+        subject: &str,
+        seq: u64,
+    ) -> Result<Option<StoredItem>, InboxError> {
+        match self.stream.direct_get_next_for_subject(subject, Some(seq)).await {
+            Ok(m) => return Ok(Some(StoredItem { seq: m.sequence, payload: m.payload })),
+            Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => {}
+            Err(err) => return Err(err.into()),
+        }
+        match self.stream.get_first_raw_message_by_subject(subject, seq).await {
+            Ok(m) => Ok(Some(StoredItem { seq: m.sequence, payload: m.payload })),
+            Err(err) if matches!(err.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+}

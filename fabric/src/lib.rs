@@ -1,0 +1,28 @@
+//! Natter's NATS layout, shared by the gateway and the workers.
+//!
+//! - [`subjects`]: every subject name, built only from validated ids.
+//! - [`streams`]: the JetStream streams (`MSGS`, `INBOX`, `RCPT`) and their settings,
+//!   created idempotently by whichever process starts first.
+//! - [`records`]: what the gateway writes to `MSGS` and `RCPT`.
+//! - [`publish`]: publishing that survives a stream leader election.
+//! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
+//! - [`connect`]: one NATS connection with the options every process needs.
+
+pub mod connect;
+pub mod inbox;
+pub mod publish;
+pub mod records;
+pub mod streams;
+pub mod subjects;
+
+pub use connect::{NatsSettings, connect};
+pub use inbox::{Inbox, InboxError, StoredItem};
+pub use publish::{PublishFailed, publish_durable};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,71 @@
+//! Publishing to JetStream so that a stream leader election does not lose a message.
+//!
+//! During an election publishes fail with "no stream found" for 4–8 s, and a retry that
+//! races its own pending original is refused with "duplicate message id is in process"
+//! (NATS-NOTES.md). Both are retried with the same `Nats-Msg-Id`, which makes the retry
+//! idempotent, for up to [`RETRY_FOR`].
+
+use std::time::Duration;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self,
+        context::{PublishAckFuture, PublishErrorKind},
+        publish::PublishAck,
+    },
+};
+use bytes::Bytes;
+
+/// How long a publish is retried before the caller hears about it.
+pub const RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// A publish that could not be made durable within [`RETRY_FOR`], or never can be.
+#[derive(Debug, thiserror::Error)]
+#[error("publish to {subject} failed: {source}")]
+pub struct PublishFailed {
+    pub subject: String,
+    #[source]
+    pub source: jetstream::context::PublishError,
+}
+
+/// Publishes `payload` to `subject` with `Nats-Msg-Id = msg_id` and waits for the stream's
+/// ack, retrying transient failures.
+pub async fn publish_durable(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: Bytes,
+) -> Result<PublishAck, PublishFailed> {
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        let attempt = async {
+            let ack: PublishAckFuture =
+                js.publish_with_headers(subject.to_owned(), headers, payload.clone()).await?;
+            ack.await
+        };
+        match attempt.await {
+            Ok(ack) => return Ok(ack),
+            Err(err) if is_permanent(err.kind()) || tokio::time::Instant::now() >= deadline => {
+                return Err(PublishFailed { subject: subject.to_owned(), source: err });
+            }
+            Err(err) => {
+                tracing::debug!(%subject, error = %err, "publish failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(800));
+            }
+        }
+    }
+}
+
+fn is_permanent(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence
+    )
+}

@@ -1,0 +1,96 @@
+//! The JetStream streams and their settings, in one place.
+//!
+//! | stream | subjects | why |
+//! | --- | --- | --- |
+//! | `MSGS` | `msg.<p>.>` | the canonical log: one copy of every message; its ack is "sent" |
+//! | `INBOX` | `inbox.<uid>` | each user's durable inbox, republished to `live.<uid>` |
+//! | `RCPT` | `rcpt.<uid>` | delivered/read events from devices, for the receipts worker |
+//!
+//! All are file-backed and replicated (`replicas`, 3 on the local cluster). The duplicate
+//! window (10 min) outlasts the longest redelivery of a worker (30 s ack wait, retried) and
+//! a client's retry of an unanswered `send` after a reconnect.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    stream::{Config, DiscardPolicy, Republish, StorageType},
+};
+
+pub const MSGS: &str = "MSGS";
+pub const INBOX: &str = "INBOX";
+pub const RCPT: &str = "RCPT";
+
+/// How long `Nats-Msg-Id` deduplication remembers an id.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Inbox items wait this long for a device to come back; history keeps them for longer.
+pub const INBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Receipt events are consumed within seconds; a week covers a long worker outage.
+pub const RCPT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn base(name: &str, subjects: &str, replicas: usize, max_age: Duration) -> Config {
+    Config {
+        name: name.to_owned(),
+        subjects: vec![subjects.to_owned()],
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_age,
+        duplicate_window: DUPLICATE_WINDOW,
+        discard: DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+pub fn msgs(replicas: usize) -> Config {
+    base(MSGS, "msg.>", replicas, INBOX_MAX_AGE)
+}
+
+pub fn inbox(replicas: usize) -> Config {
+    Config {
+        allow_direct: true,
+        republish: Some(Republish {
+            source: "inbox.*".to_owned(),
+            destination: "live.{{wildcard(1)}}".to_owned(),
+            headers_only: false,
+        }),
+        ..base(INBOX, "inbox.*", replicas, INBOX_MAX_AGE)
+    }
+}
+
+pub fn rcpt(replicas: usize) -> Config {
+    base(RCPT, "rcpt.*", replicas, RCPT_MAX_AGE)
+}
+
+/// Creates the streams, or updates them to these settings. Safe to run from every process
+/// at every start.
+pub async fn ensure(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    for config in [msgs(replicas), inbox(replicas), rcpt(replicas)] {
+        let name = config.name.clone();
+        js.create_or_update_stream(config).await?;
+        tracing::debug!(stream = %name, replicas, "stream ready");
+    }
+    Ok(())
+}
+
+/// Waits until JetStream answers and the streams exist: a fresh cluster needs a few
+/// seconds to elect its meta leader.
+pub async fn ensure_with_patience(
+    js: &jetstream::Context,
+    replicas: usize,
+    patience: Duration,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match ensure(js, replicas).await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %err, "JetStream not ready yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}

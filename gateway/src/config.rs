@@ -1,0 +1,166 @@
+//! Gateway configuration: a TOML file (`--config`), then environment variables, then
+//! flags, over defaults that run against the local cluster started by `scripts/up`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use natter_fabric::connect::{NatsArgs, NatsSettings};
+use serde::Deserialize;
+
+/// The HS256 secret used when none is configured. Only for a local setup: the gateway
+/// logs a warning when it runs with it.
+pub const DEV_JWT_SECRET: &str = "natter-dev-secret-do-not-use-in-production";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket and HTTP listener.
+    pub listen: SocketAddr,
+    pub nats: NatsSettings,
+    pub jwt: JwtConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256` (shared secret), `RS256` or `EdDSA` (public key file).
+    pub algorithm: String,
+    pub secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// Per-connection bounds. Everything a connection holds is bounded by these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Sends waiting for their JetStream ack on one socket; beyond it the gateway stops
+    /// reading from that socket until acks come back.
+    pub max_inflight: usize,
+    /// A write to a socket that takes longer than this closes it (1013: resume later).
+    pub write_timeout_ms: u64,
+    /// A live gap larger than this is not repaired in place: the socket is closed with
+    /// 1013 and the client resumes with `after`.
+    pub max_gap_repair: u64,
+    /// How often each socket checks its inbox's newest sequence against what it has
+    /// forwarded (finds republishes lost to a leader change).
+    pub reconcile_every_ms: u64,
+    /// WebSocket keepalive ping interval; a peer silent for three of them is dropped.
+    pub ping_every_ms: u64,
+    /// Largest client frame, in bytes.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            nats: NatsSettings { name: "natter-gateway".into(), ..NatsSettings::default() },
+            jwt: JwtConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            secret: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_inflight: 256,
+            write_timeout_ms: 10_000,
+            max_gap_repair: 1_000,
+            reconcile_every_ms: 30_000,
+            ping_every_ms: 30_000,
+            max_frame_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+    pub fn reconcile_every(&self) -> Duration {
+        Duration::from_millis(self.reconcile_every_ms)
+    }
+    pub fn ping_every(&self) -> Duration {
+        Duration::from_millis(self.ping_every_ms)
+    }
+}
+
+impl JwtConfig {
+    /// The secret in force for HS256: the configured one, or the development secret.
+    pub fn hs256_secret(&self) -> &str {
+        self.secret.as_deref().unwrap_or(DEV_JWT_SECRET)
+    }
+}
+
+/// Command line of `natter-gateway`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "natter-gateway", about = "Natter's WebSocket/HTTP edge")]
+pub struct Cli {
+    /// TOML config file (see gateway/natter-gateway.example.toml).
+    #[arg(long, env = "NATTER_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080.
+    #[arg(long, env = "NATTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "NATTER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    #[arg(long, env = "NATTER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
+impl Cli {
+    /// File, then environment and flags (clap merges those two), over the defaults.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if self.jwt_secret.is_some() {
+            config.jwt.secret.clone_from(&self.jwt_secret);
+        }
+        if self.jwt_issuer.is_some() {
+            config.jwt.issuer.clone_from(&self.jwt_issuer);
+        }
+        if self.jwt_audience.is_some() {
+            config.jwt.audience.clone_from(&self.jwt_audience);
+        }
+        self.nats.apply(&mut config.nats);
+        Ok(config)
+    }
+}

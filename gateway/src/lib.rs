@@ -1,0 +1,126 @@
+//! Natter's gateway: the edge that clients hold a WebSocket to.
+//!
+//! - [`auth`]: JWT verification (and development tokens).
+//! - [`config`]: file + env + flags.
+//! - `http`: the axum router: `/v1/ws` upgrade, `/v1/inbox`, `/healthz`.
+//! - `session`: one task per socket: client frames in; `sent`, errors and inbox items out.
+//! - `delivery`: the per-socket inbox cursor: catch-up, live items, gap repair.
+//! - `resync`: tells every socket to re-check its inbox when republishes may have been lost
+//!   (stream leader elected, NATS reconnect, slow consumer).
+//!
+//! The gateway keeps no routing table: a socket's task subscribes to `live.<uid>` and NATS
+//! interest routing brings that user's items here. Any gateway can serve any user.
+
+pub mod auth;
+pub mod config;
+mod delivery;
+mod http;
+mod resync;
+mod session;
+
+use std::{future::Future, sync::Arc};
+
+use async_nats::jetstream;
+use natter_fabric::{Inbox, streams};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, watch},
+};
+
+use crate::{auth::Verifier, config::Config};
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("JWT configuration: {0}")]
+    Auth(#[from] auth::AuthError),
+    #[error("cannot read the JWT public key {path}: {source}")]
+    PublicKey { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("cannot set up JetStream streams: {0}")]
+    Streams(#[from] jetstream::context::CreateStreamError),
+    #[error("cannot open a stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
+    #[error("cannot open the inbox: {0}")]
+    Inbox(#[from] natter_fabric::InboxError),
+    #[error("cannot subscribe to advisories: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("server error: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// What every socket task shares.
+pub(crate) struct Shared {
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub msgs: jetstream::stream::Stream<()>,
+    pub inbox: Inbox,
+    pub verifier: Verifier,
+    pub config: Config,
+    /// Fires when every socket should compare its cursor with its inbox.
+    pub resync: broadcast::Sender<()>,
+    /// Becomes `true` when the gateway shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub(crate) type App = Arc<Shared>;
+
+/// Serves clients on `listener` until `shutdown` completes, then closes every socket
+/// with 1001 (going away) so clients reconnect elsewhere.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let verifier = verifier(&config)?;
+    let (events_tx, events_rx) = broadcast::channel(64);
+    let nats = natter_fabric::connect(&config.nats, events_tx, std::time::Duration::from_secs(30))
+        .await?;
+    let js = jetstream::new(nats.clone());
+    streams::ensure_with_patience(&js, config.nats.replicas, std::time::Duration::from_secs(60))
+        .await?;
+    let msgs = js.get_stream_no_info(streams::MSGS).await?;
+    let inbox = Inbox::open(&js).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (resync_tx, _) = broadcast::channel(4);
+    let app: App = Arc::new(Shared {
+        nats: nats.clone(),
+        js,
+        msgs,
+        inbox,
+        verifier,
+        config,
+        resync: resync_tx.clone(),
+        shutdown: stop_rx.clone(),
+    });
+    resync::spawn(&nats, events_rx, resync_tx, stop_rx.clone()).await?;
+
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stopped = stop_rx;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}
+
+fn verifier(config: &Config) -> Result<Verifier, GatewayError> {
+    let jwt = &config.jwt;
+    let (iss, aud) = (jwt.issuer.as_deref(), jwt.audience.as_deref());
+    if jwt.algorithm == "HS256" {
+        if jwt.secret.is_none() {
+            tracing::warn!("no JWT secret configured: using the development secret");
+        }
+        return Ok(Verifier::hs256(jwt.hs256_secret().as_bytes(), iss, aud)?);
+    }
+    let path = jwt.public_key_file.clone().unwrap_or_default();
+    let pem = std::fs::read(&path).map_err(|source| GatewayError::PublicKey { path, source })?;
+    Ok(Verifier::public_key(&jwt.algorithm, &pem, iss, aud)?)
+}

@@ -1,0 +1,396 @@
+//! One socket: a `select!` loop over client frames, live inbox items, acks of this
+//! socket's sends, keepalive, resync and shutdown.
+//!
+//! Everything the loop holds is bounded: at most `max_inflight` sends await their
+//! JetStream ack (beyond that the loop stops reading the socket), live items wait in the
+//! subscription's bounded buffer (overflow is repaired from the inbox), and a write that
+//! does not finish within `write_timeout` closes the socket with 1013 so the client
+//! resumes later with `after`.
+
+use std::{pin::Pin, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use bytes::Bytes;
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{FuturesUnordered, SplitSink},
+};
+use natter_fabric::{
+    StoredItem, now_millis, publish_durable,
+    records::{MsgRecord, RcptEvent},
+    subjects,
+};
+use natter_schemas::{
+    ClientFrame, Conversation, ErrorCode, ErrorFrame, Pong, Sent, ServerFrame, Target,
+    ids::check_id,
+};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tracing::Instrument;
+
+use crate::{
+    App,
+    delivery::{Cursor, DeliveryError},
+};
+
+type Sink = SplitSink<WebSocket, Message>;
+type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// Why a socket ended.
+#[derive(Debug)]
+enum End {
+    /// The client closed or went away.
+    Peer,
+    /// The gateway is shutting down (1001).
+    Shutdown,
+    /// The client does not keep up, or is too far behind (1013).
+    Behind(String),
+    /// The client stopped answering keepalives.
+    Silent,
+    /// NATS or the inbox failed under us (1011).
+    Internal(String),
+}
+
+/// Serves one authenticated socket until it ends.
+pub(crate) async fn serve(app: App, user: String, device: String, after: u64, socket: WebSocket) {
+    let span = tracing::info_span!("socket", %user, %device);
+    serve_in_span(app, user, device, after, socket).instrument(span).await;
+}
+
+async fn serve_in_span(app: App, user: String, device: String, after: u64, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    let mut session = Session {
+        cursor: Cursor::new(&user, after, app.config.limits.max_gap_repair),
+        acked: after,
+        app,
+        user,
+        device,
+        sink,
+    };
+    let end = session.run(stream).await;
+    let (code, reason) = match &end {
+        End::Peer => {
+            tracing::debug!("client closed");
+            return;
+        }
+        End::Shutdown => (close_code::AWAY, "gateway shutting down".to_owned()),
+        End::Behind(why) => (close_code::AGAIN, why.clone()),
+        End::Silent => (close_code::POLICY, "no keepalive answer".to_owned()),
+        End::Internal(why) => {
+            tracing::warn!(error = %why, "socket ended by an internal error");
+            (close_code::ERROR, "internal error, reconnect".to_owned())
+        }
+    };
+    tracing::info!(?end, "closing socket");
+    let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let _ = timeout(Duration::from_secs(1), session.sink.send(close)).await;
+}
+
+struct Session {
+    app: App,
+    user: String,
+    device: String,
+    sink: Sink,
+    cursor: Cursor,
+    /// Highest inbox sequence this device acked.
+    acked: u64,
+}
+
+impl Session {
+    async fn run(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) -> End {
+        let limits = self.app.config.limits.clone();
+        // Subscribe before catching up so nothing stored meanwhile is missed; items that
+        // arrive live during catch-up wait in the subscription and are de-duplicated.
+        let mut live = match self.app.nats.subscribe(subjects::live(&self.user)).await {
+            Ok(live) => live,
+            Err(err) => return End::Internal(err.to_string()),
+        };
+        if let Err(err) = self.app.nats.flush().await {
+            return End::Internal(err.to_string());
+        }
+        if let Err(end) = self.catch_up().await {
+            return end;
+        }
+
+        let mut shutdown = self.app.shutdown.clone();
+        let mut resync = self.app.resync.subscribe();
+        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        // The first reconcile comes soon after connect: interest in `live.<uid>` reaches
+        // the stream leader's server a moment after the subscription, and an item stored
+        // in that moment is not republished to us.
+        let mut reconcile = tokio::time::interval_at(
+            Instant::now() + Duration::from_secs(1),
+            limits.reconcile_every(),
+        );
+        reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut keepalive = tokio::time::interval_at(Instant::now() + limits.ping_every(), limits.ping_every());
+        let mut last_heard = Instant::now();
+
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.changed() => Err(End::Shutdown),
+                frame = stream.next(), if inflight.len() < limits.max_inflight => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(message)) => self.on_client_message(message, &mut inflight).await,
+                        Some(Err(err)) => {
+                            tracing::debug!(error = %err, "socket read failed");
+                            Err(End::Peer)
+                        }
+                        None => Err(End::Peer),
+                    }
+                }
+                Some(reply) = inflight.next(), if !inflight.is_empty() => match reply {
+                    Some(frame) => self.write(frame.to_json()).await,
+                    None => Ok(()),
+                },
+                Some(message) = live.next() => {
+                    let items = self.cursor.on_live(&self.app.inbox, message).await;
+                    self.forward(items).await
+                }
+                _ = reconcile.tick() => {
+                    let items = self.cursor.reconcile(&self.app.inbox).await;
+                    self.forward(items).await
+                }
+                signal = resync.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = signal {
+                        return End::Shutdown;
+                    }
+                    let items = self.cursor.reconcile(&self.app.inbox).await;
+                    self.forward(items).await
+                }
+                _ = keepalive.tick() => {
+                    if last_heard.elapsed() > limits.ping_every() * 3 {
+                        Err(End::Silent)
+                    } else {
+                        self.send(Message::Ping(Bytes::new())).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    async fn catch_up(&mut self) -> Result<(), End> {
+        loop {
+            let items = self
+                .cursor
+                .catch_up_page(&self.app.inbox)
+                .await
+                .map_err(|err| End::Internal(err.to_string()))?;
+            if items.is_empty() {
+                tracing::debug!(last = self.cursor.last(), "caught up");
+                return Ok(());
+            }
+            self.write_items(&items).await?;
+        }
+    }
+
+    async fn forward(&mut self, items: Result<Vec<StoredItem>, DeliveryError>) -> Result<(), End> {
+        match items {
+            Ok(items) => self.write_items(&items).await,
+            Err(DeliveryError::TooFarBehind(n)) => {
+                Err(End::Behind(format!("more than {n} items behind; resume with after")))
+            }
+            Err(DeliveryError::Inbox(err)) => {
+                // The inbox will be asked again on the next live item or reconcile.
+                tracing::warn!(error = %err, "inbox read failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn write_items(&mut self, items: &[StoredItem]) -> Result<(), End> {
+        for item in items {
+            match natter_schemas::inbox::with_seq(item.seq, &item.payload) {
+                Some(frame) => self.write(frame).await?,
+                None => tracing::error!(seq = item.seq, "inbox item is not a JSON object; skipped"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, text: String) -> Result<(), End> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        match timeout(self.app.config.limits.write_timeout(), self.sink.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Peer),
+            Err(_) => Err(End::Behind("client too slow to read".to_owned())),
+        }
+    }
+
+    async fn on_client_message(
+        &mut self,
+        message: Message,
+        inflight: &mut FuturesUnordered<Pending>,
+    ) -> Result<(), End> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                let refusal = refuse(ErrorCode::BadFrame, "binary frames are not part of the protocol", None);
+                return self.write(refusal.to_json()).await;
+            }
+            Message::Close(_) => return Err(End::Peer),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
+            Ok(frame) => frame,
+            Err(err) => {
+                let reference = reference_of(text.as_str());
+                let refusal = refuse(ErrorCode::BadFrame, &format!("bad frame: {err}"), reference);
+                return self.write(refusal.to_json()).await;
+            }
+        };
+        let reference = frame.reference().map(str::to_owned);
+        match self.on_frame(frame) {
+            Ok(Some(pending)) => {
+                inflight.push(pending);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(Refused(code, message)) => self.write(refuse(code, &message, reference).to_json()).await,
+            Err(Answer(frame)) => self.write(frame.to_json()).await,
+        }
+    }
+
+    /// Handles one parsed frame. `Ok(Some(_))` is work that answers later.
+    fn on_frame(&mut self, frame: ClientFrame) -> Result<Option<Pending>, Reply> {
+        match frame {
+            ClientFrame::Send(send) => self.on_send(send).map(Some),
+            ClientFrame::Ack(ack) => self.on_ack(ack.seq),
+            ClientFrame::Read(read) => self.on_read(&read.conv, &read.up_to).map(Some),
+            ClientFrame::Ping(ping) => Err(Answer(ServerFrame::Pong(Pong { r#ref: ping.r#ref }))),
+            other => Err(Refused(
+                ErrorCode::Unsupported,
+                format!("`{}` is not served by this gateway yet", other.kind()),
+            )),
+        }
+    }
+
+    fn on_send(&mut self, send: natter_schemas::Send) -> Result<Pending, Reply> {
+        check_id(&send.id, "message id").map_err(bad_id)?;
+        let target = Target::parse(&send.to).map_err(bad_id)?;
+        if matches!(target, Target::Group(_)) {
+            return Err(Refused(ErrorCode::Unsupported, "group chat is not served by this gateway yet".into()));
+        }
+        send.body.check().map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
+        if send.body.is_media() {
+            return Err(Refused(ErrorCode::Unsupported, "media messages are not served by this gateway yet".into()));
+        }
+        if let Some(reply_to) = &send.reply_to {
+            check_id(reply_to, "reply_to").map_err(bad_id)?;
+        }
+        let conv = Conversation::of_send(&self.user, &target);
+        let record = MsgRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            conv: conv.to_string(),
+            from: self.user.clone(),
+            device: self.device.clone(),
+            ts: now_millis(),
+            body: send.body,
+            reply_to: send.reply_to,
+        };
+        let subject = subjects::msg(&conv);
+        let msg_id = format!("{}:{}", self.user, send.id);
+        let app = self.app.clone();
+        let reference = send.r#ref;
+        Ok(Box::pin(async move {
+            let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialize"));
+            let sent = match publish_durable(&app.js, &subject, &msg_id, payload).await {
+                Ok(ack) if ack.duplicate => original(&app, ack.sequence).await,
+                Ok(_) => Some(record),
+                Err(err) => {
+                    tracing::warn!(error = %err, "send not stored");
+                    None
+                }
+            };
+            Some(match sent {
+                Some(r) => ServerFrame::Sent(Sent { r#ref: reference, id: r.id, conv: r.conv, ts: r.ts }),
+                None => refuse(ErrorCode::Unavailable, "message not stored; retry with the same id", reference),
+            })
+        }))
+    }
+
+    fn on_ack(&mut self, seq: u64) -> Result<Option<Pending>, Reply> {
+        if seq > self.cursor.last() {
+            return Err(Refused(
+                ErrorCode::BadRequest,
+                format!("ack {seq} is beyond the last item sent to this device ({})", self.cursor.last()),
+            ));
+        }
+        if seq <= self.acked {
+            return Ok(None);
+        }
+        let event = RcptEvent::Delivered {
+            by: self.user.clone(),
+            device: self.device.clone(),
+            after: self.acked,
+            upto: seq,
+        };
+        self.acked = seq;
+        let msg_id = format!("d:{}:{}:{seq}", self.user, self.device);
+        Ok(Some(self.publish_receipt_event(event, msg_id)))
+    }
+
+    fn on_read(&mut self, conv: &str, up_to: &str) -> Result<Pending, Reply> {
+        let conv = Conversation::parse(conv).map_err(bad_id)?;
+        check_id(up_to, "up_to").map_err(bad_id)?;
+        if matches!(conv, Conversation::Group(_)) {
+            return Err(Refused(ErrorCode::Unsupported, "group chat is not served by this gateway yet".into()));
+        }
+        if conv.peer_of(&self.user).is_none() {
+            return Err(Refused(ErrorCode::Forbidden, "not a member of this conversation".into()));
+        }
+        let event = RcptEvent::Read { by: self.user.clone(), conv: conv.to_string(), up_to: up_to.to_owned() };
+        let msg_id = format!("r:{}:{conv}:{up_to}", self.user);
+        Ok(self.publish_receipt_event(event, msg_id))
+    }
+
+    fn publish_receipt_event(&self, event: RcptEvent, msg_id: String) -> Pending {
+        let app = self.app.clone();
+        let subject = subjects::rcpt(&self.user);
+        Box::pin(async move {
+            let payload = Bytes::from(serde_json::to_vec(&event).expect("events serialize"));
+            if let Err(err) = publish_durable(&app.js, &subject, &msg_id, payload).await {
+                tracing::warn!(error = %err, "receipt event not stored");
+            }
+            None
+        })
+    }
+}
+
+/// The first `sent` answer of a re-sent client id: the stored original.
+async fn original(app: &App, seq: u64) -> Option<MsgRecord> {
+    match app.msgs.get_raw_message(seq).await {
+        Ok(message) => serde_json::from_slice(&message.payload).ok(),
+        Err(err) => {
+            tracing::warn!(error = %err, seq, "cannot read the original of a duplicate send");
+            None
+        }
+    }
+}
+
+/// An immediate answer to a frame: a refusal or a direct reply.
+enum Reply {
+    Refused(ErrorCode, String),
+    Answer(ServerFrame),
+}
+use Reply::{Answer, Refused};
+
+fn bad_id(err: natter_schemas::IdError) -> Reply {
+    Refused(ErrorCode::BadId, err.to_string())
+}
+
+fn refuse(code: ErrorCode, message: &str, reference: Option<String>) -> ServerFrame {
+    ServerFrame::Error(ErrorFrame { code, message: message.to_owned(), r#ref: reference })
+}
+
+/// The `ref` of a frame that did not parse, when it is at least a JSON object with one.
+fn reference_of(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value.get("ref")?.as_str().map(str::to_owned)
+}

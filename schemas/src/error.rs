@@ -1,0 +1,33 @@
+//! `error`: a request was refused. The connection stays open.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The stable codes a client can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, unknown `type`, or a field of the wrong shape.
+    BadFrame,
+    /// An id, conversation or target outside the identity rules.
+    BadId,
+    /// A well-formed frame whose content is refused (empty text, ack beyond what was sent).
+    BadRequest,
+    /// The user may not act on this conversation.
+    Forbidden,
+    /// Too many requests in flight on this connection.
+    Busy,
+    /// The frame is part of the protocol but this server does not serve it yet.
+    Unsupported,
+    /// The message could not be made durable; retry with the same `id`.
+    Unavailable,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}

@@ -1,0 +1,18 @@
+//! `history`: one page of a conversation's past, newest first.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryRequest {
+    pub conv: String,
+    /// A message id: the page ends just before it. Absent: the newest page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// 1..=100, default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}

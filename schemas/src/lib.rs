@@ -1,0 +1,116 @@
+//! Natter's wire frames: the client protocol, version 1 (see `docs/PROTOCOL.md`).
+//!
+//! Every frame is one JSON object with a `type`. Client frames are parsed into
+//! [`ClientFrame`]; server frames are built from [`ServerFrame`]. Items that live in a
+//! user's durable inbox (messages, receipts, group events) are [`InboxItem`]s: they are
+//! stored without a sequence number, and the gateway adds the inbox `seq` when it delivers
+//! them (see [`inbox::with_seq`]).
+//!
+//! One module per frame kind; [`ids`] holds the identity rules that keep user input out of
+//! NATS subjects. This crate does no I/O. `schemas/json/` holds the JSON Schema generated
+//! from these types; a test fails when it drifts (regenerate with
+//! `NATTER_WRITE_SCHEMAS=1 cargo test -p natter-schemas`).
+
+pub mod ack;
+pub mod body;
+pub mod group;
+pub mod history;
+pub mod error;
+pub mod ids;
+pub mod inbox;
+pub mod ping;
+pub mod presence;
+pub mod read;
+pub mod receipt;
+pub mod schema;
+pub mod send;
+pub mod typing;
+
+pub use ack::Ack;
+pub use body::Body;
+pub use error::{ErrorCode, ErrorFrame};
+pub use ids::{Conversation, IdError, Target};
+pub use inbox::{Delivered, InboxItem, MessageItem};
+pub use ping::{Ping, Pong};
+pub use read::Read;
+pub use receipt::{ReceiptItem, ReceiptStatus};
+pub use send::{Send, Sent};
+pub use group::{GroupChange, GroupCreate, GroupLeave};
+pub use history::HistoryRequest;
+pub use presence::PresenceSubscribe;
+pub use typing::Typing;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch, as used in every `ts` field.
+pub type Millis = u64;
+
+/// A frame a client sends to the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Send(Send),
+    Ack(Ack),
+    Read(Read),
+    Typing(Typing),
+    History(HistoryRequest),
+    GroupCreate(GroupCreate),
+    GroupAdd(GroupChange),
+    GroupRemove(GroupChange),
+    GroupLeave(GroupLeave),
+    PresenceSubscribe(PresenceSubscribe),
+    Ping(Ping),
+}
+
+impl ClientFrame {
+    /// The client's correlation string, echoed on the answer.
+    pub fn reference(&self) -> Option<&str> {
+        let r = match self {
+            Self::Send(f) => &f.r#ref,
+            Self::Ack(f) => &f.r#ref,
+            Self::Read(f) => &f.r#ref,
+            Self::Typing(f) => &f.r#ref,
+            Self::History(f) => &f.r#ref,
+            Self::GroupCreate(f) => &f.r#ref,
+            Self::GroupAdd(f) | Self::GroupRemove(f) => &f.r#ref,
+            Self::GroupLeave(f) => &f.r#ref,
+            Self::PresenceSubscribe(f) => &f.r#ref,
+            Self::Ping(f) => &f.r#ref,
+        };
+        r.as_deref()
+    }
+
+    /// The frame's `type`, for error messages and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Send(_) => "send",
+            Self::Ack(_) => "ack",
+            Self::Read(_) => "read",
+            Self::Typing(_) => "typing",
+            Self::History(_) => "history",
+            Self::GroupCreate(_) => "group_create",
+            Self::GroupAdd(_) => "group_add",
+            Self::GroupRemove(_) => "group_remove",
+            Self::GroupLeave(_) => "group_leave",
+            Self::PresenceSubscribe(_) => "presence_subscribe",
+            Self::Ping(_) => "ping",
+        }
+    }
+}
+
+/// A frame the gateway answers with that does not come from the inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Sent(Sent),
+    Pong(Pong),
+    Error(ErrorFrame),
+}
+
+impl ServerFrame {
+    /// The frame as one JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}

@@ -1,0 +1,40 @@
+//! The JSON Schema of every frame, as checked in under `schemas/json/`.
+
+use schemars::{JsonSchema, Schema, schema_for};
+
+use crate::*;
+
+/// (file stem, schema) for every frame and for the three unions a client parses.
+pub fn all() -> Vec<(&'static str, Schema)> {
+    fn one<T: JsonSchema>(name: &'static str) -> (&'static str, Schema) {
+        (name, schema_for!(T))
+    }
+    vec![
+        one::<ClientFrame>("client_frame"),
+        one::<ServerFrame>("server_frame"),
+        one::<Delivered>("inbox_frame"),
+        one::<Send>("send"),
+        one::<Sent>("sent"),
+        one::<Ack>("ack"),
+        one::<Read>("read"),
+        one::<Typing>("typing"),
+        one::<HistoryRequest>("history"),
+        one::<GroupCreate>("group_create"),
+        one::<GroupChange>("group_change"),
+        one::<GroupLeave>("group_leave"),
+        one::<PresenceSubscribe>("presence_subscribe"),
+        one::<Ping>("ping"),
+        one::<Pong>("pong"),
+        one::<ErrorFrame>("error"),
+        one::<MessageItem>("msg"),
+        one::<ReceiptItem>("receipt"),
+        one::<Body>("body"),
+    ]
+}
+
+/// The text written to `schemas/json/<stem>.json`.
+pub fn render(schema: &Schema) -> String {
+    let mut text = serde_json::to_string_pretty(schema).expect("schemas serialize");
+    text.push('\n');
+    text
+}

@@ -1,0 +1,87 @@
+//! Natter's workers: background consumers of the durable streams.
+//!
+//! - [`fanout`]: `MSGS` → one item in each member's inbox (and the sender's own, for their
+//!   other devices), per partition in stream order.
+//! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes.
+//!
+//! Every worker is a durable pull consumer with explicit acks: run more processes to add
+//! throughput, kill any of them and another takes over its unacked work. Every publish
+//! carries a `Nats-Msg-Id` derived from what it is about, so redelivered work stores
+//! nothing twice.
+
+pub mod fanout;
+pub mod receipts;
+
+use std::{future::Future, time::Duration};
+
+use async_nats::jetstream;
+use natter_fabric::{NatsSettings, streams};
+use tokio::sync::{broadcast, watch};
+
+/// Which workers a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    Fanout,
+    Receipts,
+    /// Every worker kind in one process (the local default).
+    All,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot connect to NATS: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    #[error("cannot set up JetStream streams: {0}")]
+    Streams(#[from] jetstream::context::CreateStreamError),
+    #[error("cannot open a stream: {0}")]
+    Stream(#[from] jetstream::context::GetStreamError),
+    #[error("cannot create a consumer: {0}")]
+    Consumer(#[from] jetstream::stream::ConsumerError),
+    #[error("cannot read a consumer: {0}")]
+    Messages(#[from] jetstream::consumer::StreamError),
+    #[error("cannot open the inbox: {0}")]
+    Inbox(#[from] natter_fabric::InboxError),
+    #[error("a worker task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How long a delivered message may stay unacked before JetStream redelivers it.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the `kind` workers until `shutdown` completes. Work in progress at shutdown is
+/// not acked and is redelivered to another worker.
+pub async fn run(
+    kind: Kind,
+    nats: NatsSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let (events, _) = broadcast::channel(16);
+    let client = natter_fabric::connect(&nats, events, Duration::from_secs(30)).await?;
+    let js = jetstream::new(client);
+    streams::ensure_with_patience(&js, nats.replicas, Duration::from_secs(60)).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if matches!(kind, Kind::Fanout | Kind::All) {
+        for task in fanout::start(&js, stop_rx.clone()).await? {
+            tasks.spawn(task);
+        }
+    }
+    if matches!(kind, Kind::Receipts | Kind::All) {
+        tasks.spawn(receipts::start(&js, stop_rx.clone()).await?);
+    }
+    tracing::info!(?kind, "workers running");
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Resolves when `stop` turns true.
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.changed().await;
+}
