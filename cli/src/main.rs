@@ -37,7 +37,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Token { user, device, ttl, secret, issuer, audience } => {
+        Command::Token {
+            user,
+            device,
+            ttl,
+            secret,
+            issuer,
+            audience,
+        } => {
             let secret = secret.as_deref().unwrap_or(DEV_JWT_SECRET);
             let token = auth::mint_hs256(
                 secret.as_bytes(),

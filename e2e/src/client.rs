@@ -36,8 +36,13 @@ impl Client {
     /// Connects `user`'s `device` to gateway `gateway` (0 or 1), resuming after `after`.
     pub async fn connect(gateway: usize, user: &str, device: &str, after: u64) -> Self {
         let addr = system().gateways[gateway];
-        let url = format!("ws://{addr}/v1/ws?token={}&device={device}&after={after}", token(user));
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connect");
+        let url = format!(
+            "ws://{addr}/v1/ws?token={}&device={device}&after={after}",
+            token(user)
+        );
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .expect("websocket connect");
         Self {
             socket,
             user: user.to_owned(),
@@ -50,7 +55,10 @@ impl Client {
     }
 
     pub async fn send_raw(&mut self, text: &str) {
-        self.socket.send(Message::text(text)).await.expect("socket send");
+        self.socket
+            .send(Message::text(text))
+            .await
+            .expect("socket send");
     }
 
     pub async fn send_json(&mut self, value: Value) {
@@ -67,12 +75,15 @@ impl Client {
             "body": {"kind": "text", "text": text}, "ref": reference,
         }))
         .await;
-        self.wait_for("answer to send", |f| f["ref"] == reference.as_str()).await
+        self.wait_for("answer to send", |f| f["ref"] == reference.as_str())
+            .await
     }
 
     /// Sends a text message and returns its `sent` frame (panics on `error`).
     pub async fn send_text(&mut self, to_user: &str, text: &str) -> Value {
-        let answer = self.send_text_with_id(to_user, &uuid::Uuid::new_v4().to_string(), text).await;
+        let answer = self
+            .send_text_with_id(to_user, &uuid::Uuid::new_v4().to_string(), text)
+            .await;
         assert_eq!(answer["type"], "sent", "send refused: {answer}");
         answer
     }
@@ -89,15 +100,24 @@ impl Client {
             match frame {
                 Ok(Some(frame)) if wanted(&frame) => return frame,
                 Ok(Some(frame)) => self.pending.push_back(frame),
-                Ok(None) => panic!("{}: socket closed while waiting for {what}; had {:?}", self.user, self.pending),
-                Err(_) => panic!("{}: no {what} within {PATIENCE:?}; had {:?}", self.user, self.pending),
+                Ok(None) => panic!(
+                    "{}: socket closed while waiting for {what}; had {:?}",
+                    self.user, self.pending
+                ),
+                Err(_) => panic!(
+                    "{}: no {what} within {PATIENCE:?}; had {:?}",
+                    self.user, self.pending
+                ),
             }
         }
     }
 
     /// The next `msg` item with body text `text`.
     pub async fn wait_for_text(&mut self, text: &str) -> Value {
-        self.wait_for(&format!("message {text:?}"), |f| f["type"] == "msg" && f["body"]["text"] == text).await
+        self.wait_for(&format!("message {text:?}"), |f| {
+            f["type"] == "msg" && f["body"]["text"] == text
+        })
+        .await
     }
 
     /// Everything that arrives within `window` (after what is pending).
@@ -118,7 +138,8 @@ impl Client {
             };
             match message {
                 Message::Text(text) => {
-                    let frame: Value = serde_json::from_str(text.as_str()).expect("server sent invalid JSON");
+                    let frame: Value =
+                        serde_json::from_str(text.as_str()).expect("server sent invalid JSON");
                     if let Some(seq) = frame["seq"].as_u64() {
                         assert!(
                             seq > self.last_seq,

@@ -12,7 +12,10 @@ use std::{
 
 /// The repository root (for `nats/accounts.conf` and `.tools/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn nats_server_binary() -> PathBuf {
@@ -23,7 +26,11 @@ pub fn nats_server_binary() -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Node {
@@ -42,13 +49,24 @@ pub struct NatsCluster {
 impl NatsCluster {
     pub fn start(size: usize) -> Self {
         let binary = nats_server_binary();
-        assert!(binary.exists(), "{} missing: run scripts/install-nats.sh", binary.display());
-        let dir = std::env::temp_dir().join(format!("natter-e2e-{}", uuid::Uuid::new_v4().simple()));
+        assert!(
+            binary.exists(),
+            "{} missing: run scripts/install-nats.sh",
+            binary.display()
+        );
+        let dir =
+            std::env::temp_dir().join(format!("natter-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(repo_root().join("nats/accounts.conf"), dir.join("accounts.conf")).unwrap();
+        std::fs::copy(
+            repo_root().join("nats/accounts.conf"),
+            dir.join("accounts.conf"),
+        )
+        .unwrap();
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-        let routes: Vec<String> =
-            ports.iter().map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}")).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}"))
+            .collect();
         let mut nodes = Vec::new();
         for (i, (client_port, cluster_port)) in ports.iter().enumerate() {
             let config = dir.join(format!("node-{i}.conf"));
@@ -70,7 +88,12 @@ impl NatsCluster {
                 ),
             )
             .unwrap();
-            nodes.push(Node { config, store, client_port: *client_port, child: None });
+            nodes.push(Node {
+                config,
+                store,
+                client_port: *client_port,
+                child: None,
+            });
         }
         let mut cluster = Self { dir, nodes };
         for i in 0..size {
@@ -108,14 +131,21 @@ impl NatsCluster {
         let port = self.nodes[i].client_port;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats node {i} did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "nats node {i} did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// All client URLs, comma-separated, as the processes take them.
     pub fn urls(&self) -> String {
-        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.client_port)).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn len(&self) -> usize {

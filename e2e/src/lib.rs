@@ -16,5 +16,8 @@ pub use system::{System, system};
 
 /// A user id no other test uses.
 pub fn unique(name: &str) -> String {
-    format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }

@@ -31,10 +31,28 @@ extern "C" fn stop_cluster() {
     }
 }
 
+/// How the shared system is set up; [`configure`] before first use to change it.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Each socket's periodic inbox check (the gateway's `limits.reconcile_every_ms`).
+    pub reconcile_every_ms: u64,
+}
+
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+
+/// Sets the options of this test binary's system. Call before the first [`system`].
+pub fn configure(options: Options) {
+    let _ = OPTIONS.set(options);
+}
+
 /// The shared system, started on first use.
 pub fn system() -> &'static System {
     static SYSTEM: OnceLock<System> = OnceLock::new();
-    SYSTEM.get_or_init(start)
+    SYSTEM.get_or_init(|| {
+        start(*OPTIONS.get_or_init(|| Options {
+            reconcile_every_ms: 2_000,
+        }))
+    })
 }
 
 pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
@@ -47,7 +65,7 @@ pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
     }
 }
 
-fn start() -> System {
+fn start(options: Options) -> System {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -75,13 +93,17 @@ fn start() -> System {
                 for i in 0..2 {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                     gateways.push(listener.local_addr().unwrap());
-                    let mut config = Config::default();
-                    config.listen = gateways[i];
-                    config.nats = nats_settings(&urls, "gateway", &format!("gateway-{i}"));
+                    let mut config = Config {
+                        listen: gateways[i],
+                        nats: nats_settings(&urls, "gateway", &format!("gateway-{i}")),
+                        ..Config::default()
+                    };
                     config.jwt.secret = Some(SECRET.to_owned());
-                    config.limits.reconcile_every_ms = 2_000;
+                    config.limits.reconcile_every_ms = options.reconcile_every_ms;
                     tokio::spawn(async move {
-                        if let Err(err) = natter_gateway::run(listener, config, std::future::pending()).await {
+                        if let Err(err) =
+                            natter_gateway::run(listener, config, std::future::pending()).await
+                        {
                             panic!("gateway {i} failed: {err}");
                         }
                     });
@@ -89,8 +111,12 @@ fn start() -> System {
                 for i in 0..2 {
                     let settings = nats_settings(&urls, "workers", &format!("workers-{i}"));
                     tokio::spawn(async move {
-                        if let Err(err) =
-                            natter_workers::run(natter_workers::Kind::All, settings, std::future::pending()).await
+                        if let Err(err) = natter_workers::run(
+                            natter_workers::Kind::All,
+                            settings,
+                            std::future::pending(),
+                        )
+                        .await
                         {
                             panic!("workers {i} failed: {err}");
                         }
@@ -99,32 +125,49 @@ fn start() -> System {
                 for gateway in &gateways {
                     wait_healthy(*gateway).await;
                 }
-                tx.send(System { gateways, nats_urls: urls }).unwrap();
+                tx.send(System {
+                    gateways,
+                    nats_urls: urls,
+                })
+                .unwrap();
                 std::future::pending::<()>().await;
             });
         })
         .unwrap();
-    rx.recv_timeout(Duration::from_secs(120)).expect("the e2e system did not come up")
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the e2e system did not come up")
 }
 
 /// Plain HTTP GET, returning the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 async fn wait_healthy(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        if let Ok(Ok((200, _))) =
-            tokio::time::timeout(Duration::from_secs(2), tokio::spawn(http_get(addr, "/healthz", None))).await
+        if let Ok(Ok((200, _))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::spawn(http_get(addr, "/healthz", None)),
+        )
+        .await
         {
             return;
         }

@@ -18,7 +18,14 @@ async fn online_chat_gets_sent_delivered_and_read_ticks() {
 
     let sent = a.send_text(&bob, "hello bob").await;
     let id = sent["id"].clone();
-    assert_eq!(sent["conv"], Value::from(if alice < bob { format!("dm:{alice}:{bob}") } else { format!("dm:{bob}:{alice}") }));
+    assert_eq!(
+        sent["conv"],
+        Value::from(if alice < bob {
+            format!("dm:{alice}:{bob}")
+        } else {
+            format!("dm:{bob}:{alice}")
+        })
+    );
     assert!(sent["ts"].as_u64().unwrap() > 0);
 
     let msg = b.wait_for_text("hello bob").await;
@@ -27,12 +34,17 @@ async fn online_chat_gets_sent_delivered_and_read_ticks() {
     assert_eq!(msg["conv"], sent["conv"]);
 
     b.ack(msg["seq"].as_u64().unwrap()).await;
-    let delivered = a.wait_for("delivered receipt", is_receipt("delivered", id.clone())).await;
+    let delivered = a
+        .wait_for("delivered receipt", is_receipt("delivered", id.clone()))
+        .await;
     assert_eq!(delivered["by"], bob.as_str());
     assert_eq!(delivered["conv"], sent["conv"]);
 
-    b.send_json(json!({"type": "read", "conv": sent["conv"], "up_to": id})).await;
-    let read = a.wait_for("read receipt", is_receipt("read", id.clone())).await;
+    b.send_json(json!({"type": "read", "conv": sent["conv"], "up_to": id}))
+        .await;
+    let read = a
+        .wait_for("read receipt", is_receipt("read", id.clone()))
+        .await;
     assert_eq!(read["by"], bob.as_str());
 }
 
@@ -77,12 +89,19 @@ async fn resuming_with_after_has_no_gap_and_no_duplicate_on_either_gateway() {
         let frame = b.wait_for("message", |f| f["type"] == "msg").await;
         texts.push(frame["body"]["text"].as_str().unwrap().to_owned());
     }
-    let want: Vec<String> =
-        (0..4).map(|i| format!("second {i}")).chain((0..3).map(|i| format!("third {i}"))).collect();
+    let want: Vec<String> = (0..4)
+        .map(|i| format!("second {i}"))
+        .chain((0..3).map(|i| format!("third {i}")))
+        .collect();
     assert_eq!(texts, want, "in order, none missing, none repeated");
     assert!(b.seqs.iter().all(|s| *s > cursor));
     // Nothing else trickles in later (a duplicate would fail the seq check in `receive`).
-    let extra: Vec<Value> = b.collect_for(Duration::from_millis(2500)).await.into_iter().filter(|f| f["type"] == "msg").collect();
+    let extra: Vec<Value> = b
+        .collect_for(Duration::from_millis(2500))
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "msg")
+        .collect();
     assert!(extra.is_empty(), "unexpected extra messages: {extra:?}");
 }
 
@@ -119,13 +138,20 @@ async fn resending_a_client_id_returns_the_first_answer_and_delivers_once() {
 
     let mut b = Client::connect(1, &bob, "phone", 0).await;
     b.wait_for_text("only once").await;
-    let more: Vec<Value> = b.collect_for(Duration::from_secs(2)).await.into_iter().filter(|f| f["type"] == "msg").collect();
+    let more: Vec<Value> = b
+        .collect_for(Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "msg")
+        .collect();
     assert!(more.is_empty(), "delivered twice: {more:?}");
 
     // Another user's identical client id is a different message.
     let carol = unique("carol");
     let mut c = Client::connect(0, &carol, "phone", 0).await;
-    let theirs = c.send_text_with_id(&bob, &client_id, "same id, other sender").await;
+    let theirs = c
+        .send_text_with_id(&bob, &client_id, "same id, other sender")
+        .await;
     assert_eq!(theirs["type"], "sent");
     assert_ne!(theirs["id"], first["id"]);
     b.wait_for_text("same id, other sender").await;
@@ -155,12 +181,30 @@ async fn bad_frames_get_an_error_and_the_socket_keeps_working() {
         ("{not json", "bad_frame"),
         (r#"{"type":"teleport","ref":"t"}"#, "bad_frame"),
         (r#"{"type":"send","id":"c1","ref":"t"}"#, "bad_frame"),
-        (r#"{"type":"send","id":"c1","to":"user:bob.>","body":{"kind":"text","text":"x"},"ref":"t"}"#, "bad_id"),
-        (r#"{"type":"send","id":"c 1","to":"user:bob","body":{"kind":"text","text":"x"},"ref":"t"}"#, "bad_id"),
-        (r#"{"type":"send","id":"c1","to":"bob","body":{"kind":"text","text":"x"},"ref":"t"}"#, "bad_id"),
-        (r#"{"type":"send","id":"c1","to":"user:bob","body":{"kind":"text","text":"  "},"ref":"t"}"#, "bad_request"),
-        (r#"{"type":"read","conv":"dm:x:y","up_to":"m","ref":"t"}"#, "forbidden"),
-        (r#"{"type":"read","conv":"dm:y:x","up_to":"m","ref":"t"}"#, "bad_id"),
+        (
+            r#"{"type":"send","id":"c1","to":"user:bob.>","body":{"kind":"text","text":"x"},"ref":"t"}"#,
+            "bad_id",
+        ),
+        (
+            r#"{"type":"send","id":"c 1","to":"user:bob","body":{"kind":"text","text":"x"},"ref":"t"}"#,
+            "bad_id",
+        ),
+        (
+            r#"{"type":"send","id":"c1","to":"bob","body":{"kind":"text","text":"x"},"ref":"t"}"#,
+            "bad_id",
+        ),
+        (
+            r#"{"type":"send","id":"c1","to":"user:bob","body":{"kind":"text","text":"  "},"ref":"t"}"#,
+            "bad_request",
+        ),
+        (
+            r#"{"type":"read","conv":"dm:x:y","up_to":"m","ref":"t"}"#,
+            "forbidden",
+        ),
+        (
+            r#"{"type":"read","conv":"dm:y:x","up_to":"m","ref":"t"}"#,
+            "bad_id",
+        ),
         (r#"{"type":"ack","seq":999999999,"ref":"t"}"#, "bad_request"),
     ];
     for (frame, code) in cases {
@@ -211,13 +255,23 @@ async fn the_inbox_over_http_matches_the_socket() {
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["items"].as_array().unwrap(), &over_socket[..2]);
     let next = page["next"].as_u64().unwrap();
-    let (_, body) = http_get(gateway, &format!("/v1/inbox?after={next}"), Some(&token(&bob))).await;
+    let (_, body) = http_get(
+        gateway,
+        &format!("/v1/inbox?after={next}"),
+        Some(&token(&bob)),
+    )
+    .await;
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["items"].as_array().unwrap(), &over_socket[2..]);
 
     assert_eq!(http_get(gateway, "/v1/inbox", None).await.0, 401);
     assert_eq!(http_get(gateway, "/v1/inbox", Some("garbage")).await.0, 401);
-    assert_eq!(http_get(gateway, "/v1/inbox?limit=0", Some(&token(&bob))).await.0, 400);
+    assert_eq!(
+        http_get(gateway, "/v1/inbox?limit=0", Some(&token(&bob)))
+            .await
+            .0,
+        400
+    );
     assert_eq!(http_get(gateway, "/healthz", None).await.0, 200);
 }
 
@@ -225,20 +279,40 @@ async fn the_inbox_over_http_matches_the_socket() {
 async fn a_socket_without_a_valid_token_is_refused_with_401() {
     let gateway = system().gateways[0];
     let expired = {
-        let claims = natter_gateway::auth::Claims { sub: "eve".into(), exp: 1, device: None, iss: None, aud: None };
+        let claims = natter_gateway::auth::Claims {
+            sub: "eve".into(),
+            exp: 1,
+            device: None,
+            iss: None,
+            aud: None,
+        };
         expired_token(&claims)
     };
-    for query in [String::new(), "?token=nope".to_owned(), format!("?token={expired}"),
-                  format!("?token={}", natter_gateway::auth::mint_hs256(b"wrong", "eve", None, 60, None, None).unwrap())] {
+    for query in [
+        String::new(),
+        "?token=nope".to_owned(),
+        format!("?token={expired}"),
+        format!(
+            "?token={}",
+            natter_gateway::auth::mint_hs256(b"wrong", "eve", None, 60, None, None).unwrap()
+        ),
+    ] {
         let url = format!("ws://{gateway}/v1/ws{query}");
         match tokio_tungstenite::connect_async(url).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401)
+            }
             other => panic!("{query}: expected 401, got {:?}", other.map(|_| ())),
         }
     }
-    let url = format!("ws://{gateway}/v1/ws?token={}&device=bad.device", token("eve"));
+    let url = format!(
+        "ws://{gateway}/v1/ws?token={}&device=bad.device",
+        token("eve")
+    );
     match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
         other => panic!("expected 400, got {:?}", other.map(|_| ())),
     }
 }

@@ -39,7 +39,11 @@ pub struct NatsArgs {
     pub urls: Option<String>,
     #[arg(long = "nats-user", env = "NATTER_NATS_USER")]
     pub user: Option<String>,
-    #[arg(long = "nats-password", env = "NATTER_NATS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "nats-password",
+        env = "NATTER_NATS_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
     /// Stream replicas (3 for the local cluster, 1 for a single server).
     #[arg(long = "replicas", env = "NATTER_REPLICAS")]
@@ -91,10 +95,17 @@ pub async fn connect(
         if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
-        let servers: Vec<&str> = settings.urls.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let servers: Vec<&str> = settings
+            .urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
-            Err(err) if matches!(err.kind(), async_nats::ConnectErrorKind::ServerParse) => return Err(err),
+            Err(err) if matches!(err.kind(), async_nats::ConnectErrorKind::ServerParse) => {
+                return Err(err);
+            }
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %err, urls = %settings.urls, "NATS not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(300)).await;

@@ -53,7 +53,9 @@ impl Inbox {
         let mut items = Vec::new();
         let mut next = after + 1;
         while items.len() < limit && next <= up_to {
-            let Some(item) = self.next_at_or_after(&subject, next).await? else { break };
+            let Some(item) = self.next_at_or_after(&subject, next).await? else {
+                break;
+            };
             if item.seq > up_to {
                 break;
             }
@@ -66,7 +68,11 @@ impl Inbox {
     /// The sequence of `uid`'s newest item, 0 when the inbox is empty. Served by a replica,
     /// so it may lag the leader by a moment; callers use it to notice lost live items.
     pub async fn last_seq(&self, uid: &str) -> Result<u64, InboxError> {
-        match self.stream.direct_get_last_for_subject(subjects::inbox(uid)).await {
+        match self
+            .stream
+            .direct_get_last_for_subject(subjects::inbox(uid))
+            .await
+        {
             Ok(message) => Ok(message.sequence),
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(0),
             Err(err) => Err(err.into()),
@@ -78,13 +84,29 @@ impl Inbox {
         subject: &str,
         seq: u64,
     ) -> Result<Option<StoredItem>, InboxError> {
-        match self.stream.direct_get_next_for_subject(subject, Some(seq)).await {
-            Ok(m) => return Ok(Some(StoredItem { seq: m.sequence, payload: m.payload })),
+        match self
+            .stream
+            .direct_get_next_for_subject(subject, Some(seq))
+            .await
+        {
+            Ok(m) => {
+                return Ok(Some(StoredItem {
+                    seq: m.sequence,
+                    payload: m.payload,
+                }));
+            }
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => {}
             Err(err) => return Err(err.into()),
         }
-        match self.stream.get_first_raw_message_by_subject(subject, seq).await {
-            Ok(m) => Ok(Some(StoredItem { seq: m.sequence, payload: m.payload })),
+        match self
+            .stream
+            .get_first_raw_message_by_subject(subject, seq)
+            .await
+        {
+            Ok(m) => Ok(Some(StoredItem {
+                seq: m.sequence,
+                payload: m.payload,
+            })),
             Err(err) if matches!(err.kind(), RawMessageErrorKind::NoMessageFound) => Ok(None),
             Err(err) => Err(err.into()),
         }

@@ -29,6 +29,13 @@ pub struct PublishFailed {
     pub source: jetstream::context::PublishError,
 }
 
+impl PublishFailed {
+    /// Retrying cannot help (e.g. the payload is over the server's limit).
+    pub fn is_permanent(&self) -> bool {
+        is_permanent(self.source.kind())
+    }
+}
+
 /// Publishes `payload` to `subject` with `Nats-Msg-Id = msg_id` and waits for the stream's
 /// ack, retrying transient failures.
 pub async fn publish_durable(
@@ -43,14 +50,18 @@ pub async fn publish_durable(
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         let attempt = async {
-            let ack: PublishAckFuture =
-                js.publish_with_headers(subject.to_owned(), headers, payload.clone()).await?;
+            let ack: PublishAckFuture = js
+                .publish_with_headers(subject.to_owned(), headers, payload.clone())
+                .await?;
             ack.await
         };
         match attempt.await {
             Ok(ack) => return Ok(ack),
             Err(err) if is_permanent(err.kind()) || tokio::time::Instant::now() >= deadline => {
-                return Err(PublishFailed { subject: subject.to_owned(), source: err });
+                return Err(PublishFailed {
+                    subject: subject.to_owned(),
+                    source: err,
+                });
             }
             Err(err) => {
                 tracing::debug!(%subject, error = %err, "publish failed; retrying");

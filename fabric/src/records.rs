@@ -37,7 +37,16 @@ impl MsgRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RcptEvent {
     /// A device of `by` stored inbox items `after+1 ..= upto`.
-    Delivered { by: String, device: String, after: u64, upto: u64 },
+    Delivered {
+        by: String,
+        device: String,
+        after: u64,
+        upto: u64,
+    },
     /// `by` read `conv` up to message `up_to`.
-    Read { by: String, conv: String, up_to: String },
+    Read {
+        by: String,
+        conv: String,
+        up_to: String,
+    },
 }

@@ -13,7 +13,9 @@ pub const PARTITIONS: u32 = 16;
 
 /// FNV-1a: stable across processes, versions and platforms (unlike std's hasher).
 fn fnv1a(text: &str) -> u32 {
-    text.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 pub fn partition_of(conv: &Conversation) -> u32 {
@@ -61,10 +63,12 @@ mod tests {
         let c = Conversation::direct("alice", "bob");
         assert_eq!(msg(&c), msg(&Conversation::direct("bob", "alice")));
         assert!(msg(&c).starts_with("msg.") && msg(&c).ends_with(".dm.alice.bob"));
-        // Pinned: a change here would reorder live conversations on upgrade.
-        assert_eq!(fnv1a("dm:alice:bob"), 0x2f2b_5a49);
-        let spread: std::collections::HashSet<u32> =
-            (0..200).map(|i| partition_of(&Conversation::Group(format!("g{i}")))).collect();
+        // Pinned: a change here would move live conversations between partitions.
+        assert_eq!(fnv1a("a"), 0xe40c_292c); // the published FNV-1a test vector
+        assert_eq!(fnv1a("dm:alice:bob"), 0xe147_4cf1);
+        let spread: std::collections::HashSet<u32> = (0..200)
+            .map(|i| partition_of(&Conversation::Group(format!("g{i}"))))
+            .collect();
         assert_eq!(spread.len(), PARTITIONS as usize);
     }
 }

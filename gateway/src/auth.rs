@@ -50,7 +50,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish()
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
     }
 }
 
@@ -61,7 +63,12 @@ impl Verifier {
         issuer: Option<&str>,
         audience: Option<&str>,
     ) -> Result<Self, AuthError> {
-        Ok(Self::new(DecodingKey::from_secret(secret)?, Algorithm::HS256, issuer, audience))
+        Ok(Self::new(
+            DecodingKey::from_secret(secret)?,
+            Algorithm::HS256,
+            issuer,
+            audience,
+        ))
     }
 
     /// RS256 or EdDSA with a PEM public key (production).
@@ -79,27 +86,26 @@ impl Verifier {
         Ok(Self::new(key, alg, issuer, audience))
     }
 
-    fn new(
-        key: DecodingKey,
-        alg: Algorithm,
-        issuer: Option<&str>,
-        audience: Option<&str>,
-    ) -> Self {
+    fn new(key: DecodingKey, alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Self {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
-        validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 30;
+        let mut required = vec!["exp", "sub"];
         match issuer {
             Some(iss) => {
                 validation.set_issuer(&[iss]);
-                validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+                required.push("iss");
             }
             None => validation.iss = None,
         }
         match audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Self { key, validation }
     }
 
@@ -109,7 +115,10 @@ impl Verifier {
         if let Some(device) = &data.claims.device {
             check_id(device, "device id")?;
         }
-        Ok(Identity { user: data.claims.sub, device: data.claims.device })
+        Ok(Identity {
+            user: data.claims.sub,
+            device: data.claims.device,
+        })
     }
 }
 
@@ -139,7 +148,11 @@ pub fn mint_hs256(
 /// Signs `claims` as they are (no checks): for tools and tests.
 pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
     let key = EncodingKey::from_secret(secret)?;
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key)?)
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &key,
+    )?)
 }
 
 #[cfg(test)]
@@ -160,8 +173,12 @@ mod tests {
     }
 
     fn sign(alg: Algorithm, claims: &Claims, secret: &[u8]) -> String {
-        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret).unwrap())
-            .unwrap()
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
     }
 
     /// Minimal base64url without padding, to forge an `alg: none` token by hand.
@@ -169,7 +186,10 @@ mod tests {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
@@ -180,8 +200,16 @@ mod tests {
     #[test]
     fn a_good_token_yields_its_user_and_device() {
         let v = Verifier::hs256(SECRET, None, None).unwrap();
-        let id = v.verify(&sign(Algorithm::HS256, &claims(60), SECRET)).unwrap();
-        assert_eq!(id, Identity { user: "alice".into(), device: Some("phone".into()) });
+        let id = v
+            .verify(&sign(Algorithm::HS256, &claims(60), SECRET))
+            .unwrap();
+        assert_eq!(
+            id,
+            Identity {
+                user: "alice".into(),
+                device: Some("phone".into())
+            }
+        );
         let minted = mint_hs256(SECRET, "bob", None, 60, None, None).unwrap();
         assert_eq!(v.verify(&minted).unwrap().user, "bob");
     }
@@ -199,9 +227,18 @@ mod tests {
     #[test]
     fn wrong_key_wrong_algorithm_and_expiry_are_refused() {
         let v = Verifier::hs256(SECRET, None, None).unwrap();
-        assert!(v.verify(&sign(Algorithm::HS256, &claims(60), b"other")).is_err());
-        assert!(v.verify(&sign(Algorithm::HS512, &claims(60), SECRET)).is_err());
-        assert!(v.verify(&sign(Algorithm::HS256, &claims(-120), SECRET)).is_err());
+        assert!(
+            v.verify(&sign(Algorithm::HS256, &claims(60), b"other"))
+                .is_err()
+        );
+        assert!(
+            v.verify(&sign(Algorithm::HS512, &claims(60), SECRET))
+                .is_err()
+        );
+        assert!(
+            v.verify(&sign(Algorithm::HS256, &claims(-120), SECRET))
+                .is_err()
+        );
         assert!(v.verify("not.a.token").is_err());
     }
 
@@ -226,9 +263,17 @@ mod tests {
         let v = Verifier::hs256(SECRET, Some("natter"), Some("chat")).unwrap();
         let good = mint_hs256(SECRET, "alice", None, 60, Some("natter"), Some("chat")).unwrap();
         assert!(v.verify(&good).is_ok());
-        for (iss, aud) in [(Some("evil"), Some("chat")), (Some("natter"), Some("other")), (None, Some("chat")), (Some("natter"), None)] {
+        for (iss, aud) in [
+            (Some("evil"), Some("chat")),
+            (Some("natter"), Some("other")),
+            (None, Some("chat")),
+            (Some("natter"), None),
+        ] {
             let token = mint_hs256(SECRET, "alice", None, 60, iss, aud).unwrap();
-            assert!(v.verify(&token).is_err(), "iss {iss:?} aud {aud:?} must be refused");
+            assert!(
+                v.verify(&token).is_err(),
+                "iss {iss:?} aud {aud:?} must be refused"
+            );
         }
     }
 
@@ -237,6 +282,9 @@ mod tests {
         let v = Verifier::hs256(SECRET, None, None).unwrap();
         let mut c = claims(60);
         c.sub = "alice.>".into();
-        assert!(matches!(v.verify(&sign(Algorithm::HS256, &c, SECRET)), Err(AuthError::BadIdentity(_))));
+        assert!(matches!(
+            v.verify(&sign(Algorithm::HS256, &c, SECRET)),
+            Err(AuthError::BadIdentity(_))
+        ));
     }
 }

@@ -56,7 +56,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            nats: NatsSettings { name: "natter-gateway".into(), ..NatsSettings::default() },
+            nats: NatsSettings {
+                name: "natter-gateway".into(),
+                ..NatsSettings::default()
+            },
             jwt: JwtConfig::default(),
             limits: Limits::default(),
         }
@@ -131,9 +134,15 @@ pub struct Cli {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
 }
 
 impl Cli {
@@ -141,10 +150,14 @@ impl Cli {
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str(&text)
-                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
             }
             None => Config::default(),
         };
@@ -162,5 +175,53 @@ impl Cli {
         }
         self.nats.apply(&mut config.nats);
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let text = include_str!("../natter-gateway.example.toml");
+        let config: Config = toml::from_str(text).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.nats.urls, defaults.nats.urls);
+        assert_eq!(config.nats.replicas, defaults.nats.replicas);
+        assert_eq!(config.limits.max_inflight, defaults.limits.max_inflight);
+        assert_eq!(
+            config.limits.reconcile_every_ms,
+            defaults.limits.reconcile_every_ms
+        );
+        assert_eq!(
+            config.limits.max_frame_bytes,
+            defaults.limits.max_frame_bytes
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("natter-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\n[nats]\nreplicas = 1\n").unwrap();
+        let cli = <Cli as clap::Parser>::parse_from([
+            "natter-gateway",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+        ]);
+        let config = cli.load().unwrap();
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.nats.replicas, 1);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

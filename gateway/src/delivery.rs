@@ -34,7 +34,11 @@ pub(crate) struct Cursor {
 
 impl Cursor {
     pub fn new(user: &str, after: u64, max_repair: u64) -> Self {
-        Self { user: user.to_owned(), last: after, max_repair: max_repair as usize }
+        Self {
+            user: user.to_owned(),
+            last: after,
+            max_repair: max_repair as usize,
+        }
     }
 
     pub fn last(&self) -> u64 {
@@ -43,7 +47,9 @@ impl Cursor {
 
     /// The next page of catch-up; empty when the device is up to date.
     pub async fn catch_up_page(&mut self, inbox: &Inbox) -> Result<Vec<StoredItem>, InboxError> {
-        let items = inbox.read_after(&self.user, self.last, u64::MAX, CATCH_UP_PAGE).await?;
+        let items = inbox
+            .read_after(&self.user, self.last, u64::MAX, CATCH_UP_PAGE)
+            .await?;
         self.advance(&items);
         Ok(items)
     }
@@ -62,8 +68,15 @@ impl Cursor {
         if seq <= self.last {
             return Ok(Vec::new());
         }
-        let mut items = if previous > self.last { self.fetch_up_to(inbox, previous).await? } else { Vec::new() };
-        items.push(StoredItem { seq, payload: message.payload });
+        let mut items = if previous > self.last {
+            self.fetch_up_to(inbox, previous).await?
+        } else {
+            Vec::new()
+        };
+        items.push(StoredItem {
+            seq,
+            payload: message.payload,
+        });
         self.advance(&items);
         Ok(items)
     }
@@ -82,8 +95,14 @@ impl Cursor {
         Ok(items)
     }
 
-    async fn fetch_up_to(&self, inbox: &Inbox, up_to: u64) -> Result<Vec<StoredItem>, DeliveryError> {
-        let items = inbox.read_after(&self.user, self.last, up_to, self.max_repair + 1).await?;
+    async fn fetch_up_to(
+        &self,
+        inbox: &Inbox,
+        up_to: u64,
+    ) -> Result<Vec<StoredItem>, DeliveryError> {
+        let items = inbox
+            .read_after(&self.user, self.last, up_to, self.max_repair + 1)
+            .await?;
         if items.len() > self.max_repair {
             return Err(DeliveryError::TooFarBehind(self.max_repair));
         }
@@ -101,5 +120,8 @@ impl Cursor {
 fn sequences(message: &Message) -> Option<(u64, u64)> {
     let headers = message.headers.as_ref()?;
     let number = |name: &str| headers.get(name)?.as_str().parse::<u64>().ok();
-    Some((number("Nats-Sequence")?, number("Nats-Last-Sequence").unwrap_or(0)))
+    Some((
+        number("Nats-Sequence")?,
+        number("Nats-Last-Sequence").unwrap_or(0),
+    ))
 }

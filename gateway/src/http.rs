@@ -13,7 +13,11 @@ use axum::{
 use natter_schemas::ids::check_id;
 use serde::Deserialize;
 
-use crate::{App, auth::{AuthError, Identity}, session};
+use crate::{
+    App,
+    auth::{AuthError, Identity},
+    session,
+};
 
 pub(crate) fn router(app: App) -> Router {
     Router::new()
@@ -39,7 +43,11 @@ impl From<AuthError> for Refusal {
     }
 }
 
-fn authenticate(app: &App, headers: &HeaderMap, query_token: Option<&str>) -> Result<Identity, Refusal> {
+fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Identity, Refusal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -64,7 +72,10 @@ async fn websocket(
     let Query(query) =
         query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let identity = authenticate(&app, &headers, query.token.as_deref())?;
-    let device = query.device.or(identity.device).unwrap_or_else(|| "default".to_owned());
+    let device = query
+        .device
+        .or(identity.device)
+        .unwrap_or_else(|| "default".to_owned());
     check_id(&device, "device id")
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
     let after = query.after.unwrap_or(0);
@@ -100,13 +111,23 @@ async fn inbox(
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100);
     if !(1..=INBOX_PAGE_MAX).contains(&limit) {
-        return Err(Refusal(StatusCode::BAD_REQUEST, "bad_request", format!("limit must be 1..={INBOX_PAGE_MAX}")));
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit must be 1..={INBOX_PAGE_MAX}"),
+        ));
     }
     let items = app
         .inbox
         .read_after(&identity.user, after, u64::MAX, limit)
         .await
-        .map_err(|e| Refusal(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+        .map_err(|e| {
+            Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
     let next = items.last().map_or(after, |item| item.seq);
     let frames: Vec<String> = items
         .iter()

@@ -35,7 +35,10 @@ pub enum GatewayError {
     #[error("JWT configuration: {0}")]
     Auth(#[from] auth::AuthError),
     #[error("cannot read the JWT public key {path}: {source}")]
-    PublicKey { path: std::path::PathBuf, source: std::io::Error },
+    PublicKey {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
     #[error("cannot set up JetStream streams: {0}")]
@@ -75,11 +78,15 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let verifier = verifier(&config)?;
     let (events_tx, events_rx) = broadcast::channel(64);
-    let nats = natter_fabric::connect(&config.nats, events_tx, std::time::Duration::from_secs(30))
-        .await?;
+    let nats =
+        natter_fabric::connect(&config.nats, events_tx, std::time::Duration::from_secs(30)).await?;
     let js = jetstream::new(nats.clone());
-    streams::ensure_with_patience(&js, config.nats.replicas, std::time::Duration::from_secs(60))
-        .await?;
+    streams::ensure_with_patience(
+        &js,
+        config.nats.replicas,
+        std::time::Duration::from_secs(60),
+    )
+    .await?;
     let msgs = js.get_stream_no_info(streams::MSGS).await?;
     let inbox = Inbox::open(&js).await?;
 
@@ -103,6 +110,12 @@ pub async fn run(
     });
     let mut stopped = stop_rx;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    // Frames are small and latency matters: no Nagle delay on client sockets.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, http::router(app))
         .with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|stop| *stop).await;

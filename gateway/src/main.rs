@@ -17,7 +17,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    natter_gateway::run(listener, config, shutdown_signal()).await.context("gateway failed")
+    natter_gateway::run(listener, config, shutdown_signal())
+        .await
+        .context("gateway failed")
 }
 
 /// Ctrl-C or SIGTERM.

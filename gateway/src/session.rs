@@ -53,7 +53,9 @@ enum End {
 /// Serves one authenticated socket until it ends.
 pub(crate) async fn serve(app: App, user: String, device: String, after: u64, socket: WebSocket) {
     let span = tracing::info_span!("socket", %user, %device);
-    serve_in_span(app, user, device, after, socket).instrument(span).await;
+    serve_in_span(app, user, device, after, socket)
+        .instrument(span)
+        .await;
 }
 
 async fn serve_in_span(app: App, user: String, device: String, after: u64, socket: WebSocket) {
@@ -81,7 +83,10 @@ async fn serve_in_span(app: App, user: String, device: String, after: u64, socke
         }
     };
     tracing::info!(?end, "closing socket");
-    let close = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
     let _ = timeout(Duration::from_secs(1), session.sink.send(close)).await;
 }
 
@@ -122,7 +127,8 @@ impl Session {
             limits.reconcile_every(),
         );
         reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut keepalive = tokio::time::interval_at(Instant::now() + limits.ping_every(), limits.ping_every());
+        let mut keepalive =
+            tokio::time::interval_at(Instant::now() + limits.ping_every(), limits.ping_every());
         let mut last_heard = Instant::now();
 
         loop {
@@ -190,9 +196,9 @@ impl Session {
     async fn forward(&mut self, items: Result<Vec<StoredItem>, DeliveryError>) -> Result<(), End> {
         match items {
             Ok(items) => self.write_items(&items).await,
-            Err(DeliveryError::TooFarBehind(n)) => {
-                Err(End::Behind(format!("more than {n} items behind; resume with after")))
-            }
+            Err(DeliveryError::TooFarBehind(n)) => Err(End::Behind(format!(
+                "more than {n} items behind; resume with after"
+            ))),
             Err(DeliveryError::Inbox(err)) => {
                 // The inbox will be asked again on the next live item or reconcile.
                 tracing::warn!(error = %err, "inbox read failed");
@@ -216,7 +222,12 @@ impl Session {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), End> {
-        match timeout(self.app.config.limits.write_timeout(), self.sink.send(message)).await {
+        match timeout(
+            self.app.config.limits.write_timeout(),
+            self.sink.send(message),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Peer),
             Err(_) => Err(End::Behind("client too slow to read".to_owned())),
@@ -231,7 +242,11 @@ impl Session {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
-                let refusal = refuse(ErrorCode::BadFrame, "binary frames are not part of the protocol", None);
+                let refusal = refuse(
+                    ErrorCode::BadFrame,
+                    "binary frames are not part of the protocol",
+                    None,
+                );
                 return self.write(refusal.to_json()).await;
             }
             Message::Close(_) => return Err(End::Peer),
@@ -252,7 +267,10 @@ impl Session {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(Refused(code, message)) => self.write(refuse(code, &message, reference).to_json()).await,
+            Err(Refused(code, message)) => {
+                self.write(refuse(code, &message, reference).to_json())
+                    .await
+            }
             Err(Answer(frame)) => self.write(frame.to_json()).await,
         }
     }
@@ -275,11 +293,19 @@ impl Session {
         check_id(&send.id, "message id").map_err(bad_id)?;
         let target = Target::parse(&send.to).map_err(bad_id)?;
         if matches!(target, Target::Group(_)) {
-            return Err(Refused(ErrorCode::Unsupported, "group chat is not served by this gateway yet".into()));
+            return Err(Refused(
+                ErrorCode::Unsupported,
+                "group chat is not served by this gateway yet".into(),
+            ));
         }
-        send.body.check().map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
+        send.body
+            .check()
+            .map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
         if send.body.is_media() {
-            return Err(Refused(ErrorCode::Unsupported, "media messages are not served by this gateway yet".into()));
+            return Err(Refused(
+                ErrorCode::Unsupported,
+                "media messages are not served by this gateway yet".into(),
+            ));
         }
         if let Some(reply_to) = &send.reply_to {
             check_id(reply_to, "reply_to").map_err(bad_id)?;
@@ -309,8 +335,17 @@ impl Session {
                 }
             };
             Some(match sent {
-                Some(r) => ServerFrame::Sent(Sent { r#ref: reference, id: r.id, conv: r.conv, ts: r.ts }),
-                None => refuse(ErrorCode::Unavailable, "message not stored; retry with the same id", reference),
+                Some(r) => ServerFrame::Sent(Sent {
+                    r#ref: reference,
+                    id: r.id,
+                    conv: r.conv,
+                    ts: r.ts,
+                }),
+                None => refuse(
+                    ErrorCode::Unavailable,
+                    "message not stored; retry with the same id",
+                    reference,
+                ),
             })
         }))
     }
@@ -319,7 +354,10 @@ impl Session {
         if seq > self.cursor.last() {
             return Err(Refused(
                 ErrorCode::BadRequest,
-                format!("ack {seq} is beyond the last item sent to this device ({})", self.cursor.last()),
+                format!(
+                    "ack {seq} is beyond the last item sent to this device ({})",
+                    self.cursor.last()
+                ),
             ));
         }
         if seq <= self.acked {
@@ -340,12 +378,22 @@ impl Session {
         let conv = Conversation::parse(conv).map_err(bad_id)?;
         check_id(up_to, "up_to").map_err(bad_id)?;
         if matches!(conv, Conversation::Group(_)) {
-            return Err(Refused(ErrorCode::Unsupported, "group chat is not served by this gateway yet".into()));
+            return Err(Refused(
+                ErrorCode::Unsupported,
+                "group chat is not served by this gateway yet".into(),
+            ));
         }
         if conv.peer_of(&self.user).is_none() {
-            return Err(Refused(ErrorCode::Forbidden, "not a member of this conversation".into()));
+            return Err(Refused(
+                ErrorCode::Forbidden,
+                "not a member of this conversation".into(),
+            ));
         }
-        let event = RcptEvent::Read { by: self.user.clone(), conv: conv.to_string(), up_to: up_to.to_owned() };
+        let event = RcptEvent::Read {
+            by: self.user.clone(),
+            conv: conv.to_string(),
+            up_to: up_to.to_owned(),
+        };
         let msg_id = format!("r:{}:{conv}:{up_to}", self.user);
         Ok(self.publish_receipt_event(event, msg_id))
     }
@@ -386,7 +434,11 @@ fn bad_id(err: natter_schemas::IdError) -> Reply {
 }
 
 fn refuse(code: ErrorCode, message: &str, reference: Option<String>) -> ServerFrame {
-    ServerFrame::Error(ErrorFrame { code, message: message.to_owned(), r#ref: reference })
+    ServerFrame::Error(ErrorFrame {
+        code,
+        message: message.to_owned(),
+        r#ref: reference,
+    })
 }
 
 /// The `ref` of a frame that did not parse, when it is at least a JSON object with one.

@@ -32,9 +32,7 @@ impl Body {
     pub fn check(&self) -> Result<(), &'static str> {
         match self {
             Self::Text { text } if text.trim().is_empty() => Err("text must not be empty"),
-            Self::Text { text } if text.len() > MAX_TEXT_BYTES => {
-                Err("text is longer than 32 KiB")
-            }
+            Self::Text { text } if text.len() > MAX_TEXT_BYTES => Err("text is longer than 32 KiB"),
             _ => Ok(()),
         }
     }

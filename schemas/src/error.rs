@@ -15,8 +15,6 @@ pub enum ErrorCode {
     BadRequest,
     /// The user may not act on this conversation.
     Forbidden,
-    /// Too many requests in flight on this connection.
-    Busy,
     /// The frame is part of the protocol but this server does not serve it yet.
     Unsupported,
     /// The message could not be made durable; retry with the same `id`.

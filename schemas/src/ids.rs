@@ -23,8 +23,14 @@ pub enum IdError {
 pub fn check_id(id: &str, what: &'static str) -> Result<(), IdError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(IdError::BadId { what }) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError::BadId { what })
+    }
 }
 
 /// Where a `send` goes.
@@ -60,7 +66,10 @@ impl Conversation {
     /// A user writing to themselves gets `dm:<u>:<u>` ("message yourself").
     pub fn direct(x: &str, y: &str) -> Self {
         let (a, b) = if x <= y { (x, y) } else { (y, x) };
-        Self::Direct { a: a.to_owned(), b: b.to_owned() }
+        Self::Direct {
+            a: a.to_owned(),
+            b: b.to_owned(),
+        }
     }
 
     /// The conversation a sender reaches with `target`.
@@ -79,7 +88,10 @@ impl Conversation {
             if a > b {
                 return Err(IdError::BadConversation);
             }
-            Ok(Self::Direct { a: a.to_owned(), b: b.to_owned() })
+            Ok(Self::Direct {
+                a: a.to_owned(),
+                b: b.to_owned(),
+            })
         } else if let Some(gid) = conv.strip_prefix("group:") {
             check_id(gid, "group id").map_err(|_| IdError::BadConversation)?;
             Ok(Self::Group(gid.to_owned()))
@@ -117,7 +129,17 @@ mod tests {
         for good in ["alice", "A_b-9", &"x".repeat(64)] {
             assert_eq!(check_id(good, "user id"), Ok(()), "{good}");
         }
-        for bad in ["", "a.b", "a*", "a>", "a b", "ü", &"x".repeat(65), "a\n", "inbox.bob"] {
+        for bad in [
+            "",
+            "a.b",
+            "a*",
+            "a>",
+            "a b",
+            "ü",
+            &"x".repeat(65),
+            "a\n",
+            "inbox.bob",
+        ] {
             assert!(check_id(bad, "user id").is_err(), "{bad:?} must be refused");
         }
     }
@@ -139,9 +161,15 @@ mod tests {
         assert_eq!(c.peer_of("amy"), Some("zed"));
         assert_eq!(c.peer_of("zed"), Some("amy"));
         assert_eq!(c.peer_of("eve"), None);
-        assert_eq!(Conversation::parse("dm:zed:amy"), Err(IdError::BadConversation));
+        assert_eq!(
+            Conversation::parse("dm:zed:amy"),
+            Err(IdError::BadConversation)
+        );
         assert_eq!(Conversation::parse("dm:amy"), Err(IdError::BadConversation));
-        assert_eq!(Conversation::parse("group:g"), Ok(Conversation::Group("g".into())));
+        assert_eq!(
+            Conversation::parse("group:g"),
+            Ok(Conversation::Group("g".into()))
+        );
         assert!(Conversation::parse("group:g.x").is_err());
         assert!(Conversation::parse("chan:x").is_err());
     }

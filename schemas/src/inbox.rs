@@ -73,7 +73,13 @@ mod tests {
         let stored = message().to_json();
         let framed = with_seq(42, stored.as_bytes()).unwrap();
         let delivered: Delivered = serde_json::from_str(&framed).unwrap();
-        assert_eq!(delivered, Delivered { seq: 42, item: message() });
+        assert_eq!(
+            delivered,
+            Delivered {
+                seq: 42,
+                item: message()
+            }
+        );
         let value: serde_json::Value = serde_json::from_str(&framed).unwrap();
         assert_eq!(value["type"], "msg");
         assert_eq!(value["body"]["kind"], "text");

@@ -13,9 +13,9 @@
 
 pub mod ack;
 pub mod body;
+pub mod error;
 pub mod group;
 pub mod history;
-pub mod error;
 pub mod ids;
 pub mod inbox;
 pub mod ping;
@@ -29,15 +29,15 @@ pub mod typing;
 pub use ack::Ack;
 pub use body::Body;
 pub use error::{ErrorCode, ErrorFrame};
+pub use group::{GroupChange, GroupCreate, GroupLeave};
+pub use history::HistoryRequest;
 pub use ids::{Conversation, IdError, Target};
 pub use inbox::{Delivered, InboxItem, MessageItem};
 pub use ping::{Ping, Pong};
+pub use presence::PresenceSubscribe;
 pub use read::Read;
 pub use receipt::{ReceiptItem, ReceiptStatus};
 pub use send::{Send, Sent};
-pub use group::{GroupChange, GroupCreate, GroupLeave};
-pub use history::HistoryRequest;
-pub use presence::PresenceSubscribe;
 pub use typing::Typing;
 
 use schemars::JsonSchema;

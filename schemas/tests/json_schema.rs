@@ -47,7 +47,10 @@ fn client_frames_parse_per_protocol() {
         r#"{"type":"send","id":"c","to":"user:b","body":{"kind":"gif"}}"#,
         "[]",
     ] {
-        assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad} must not parse");
+        assert!(
+            serde_json::from_str::<ClientFrame>(bad).is_err(),
+            "{bad} must not parse"
+        );
     }
     let ack: ClientFrame = serde_json::from_str(r#"{"type":"ack","seq":9}"#).unwrap();
     assert_eq!(ack.kind(), "ack");

@@ -1,46 +1,67 @@
 //! Fanout: every message in `MSGS` becomes one item in each recipient's inbox.
 //!
-//! One durable consumer per `MSGS` partition (`fanout-<p>`), each with
-//! `max_ack_pending = 1`: a partition's next message is handed out only after the previous
-//! one is in every inbox and acked, so messages of one conversation enter every inbox in
-//! the order they were stored, however many worker processes share the consumer. The
-//! partitions run in parallel. Inbox items carry `Nats-Msg-Id = <message id>:<recipient>`,
-//! so a worker killed mid-fanout and redelivered stores nothing twice.
+//! One durable consumer per `MSGS` partition (`fanout-<p>`). Each is a pinned-client
+//! consumer (priority group `fanout`): JetStream hands a partition to one worker process at
+//! a time and moves it to a standby process when that one stops pulling for
+//! [`PIN_TIMEOUT`]. So a partition is processed by one task, in stream order, and adding
+//! processes adds standby capacity while more partitions run in parallel.
+//!
+//! The task takes whatever messages are ready (up to [`BATCH`]), publishes all their inbox
+//! items back to back on one connection (stored in that order), waits for every ack, and
+//! acks the batch at once (`AckPolicy::All`). A publish that failed is retried with the same
+//! `Nats-Msg-Id` until it is stored; during a stream leader election that retry can land
+//! after items published behind it, the one case where two items may swap in an inbox.
+//! Inbox items carry `Nats-Msg-Id = <message id>:<recipient>`, so a batch redelivered after
+//! a worker died mid-fanout stores nothing twice.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, time::Duration};
 
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{AckPolicy, pull},
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self,
+        consumer::{AckPolicy, PriorityPolicy, pull},
+    },
 };
 use bytes::Bytes;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::StreamExt;
 use natter_fabric::{publish_durable, records::MsgRecord, streams, subjects};
 use natter_schemas::{Conversation, InboxItem};
 use tokio::sync::watch;
 
-use crate::{ACK_WAIT, WorkerError, stopped};
+use crate::{WorkerError, stopped};
 
 type Task = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
 
+/// Most messages fanned out per batch.
+pub const BATCH: usize = 256;
+/// A pinned worker that stops pulling this long loses its partitions to a standby one.
+pub const PIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unacked messages are redelivered after this (a batch takes milliseconds).
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+const GROUP: &str = "fanout";
+
 /// Creates (or joins) the partition consumers and returns one task per partition.
-pub async fn start(js: &jetstream::Context, stop: watch::Receiver<bool>) -> Result<Vec<Task>, WorkerError> {
+pub async fn start(
+    js: &jetstream::Context,
+    stop: watch::Receiver<bool>,
+) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::MSGS).await?;
     let mut tasks: Vec<Task> = Vec::new();
     for p in 0..subjects::PARTITIONS {
         let name = format!("fanout-{p}");
         let consumer: jetstream::consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: subjects::msg_partition(p),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_ack_pending: 1,
-                    ..Default::default()
-                },
-            )
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subjects::msg_partition(p),
+                ack_policy: AckPolicy::All,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: 4 * BATCH as i64,
+                priority_policy: PriorityPolicy::PinnedClient,
+                priority_groups: vec![GROUP.to_owned()],
+                priority_timeout: PIN_TIMEOUT,
+                ..Default::default()
+            })
             .await?;
         let js = js.clone();
         let stop = stop.clone();
@@ -54,59 +75,99 @@ async fn partition(
     consumer: jetstream::consumer::PullConsumer,
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let mut messages = consumer.messages().await?;
+    let messages = consumer
+        .stream()
+        .group(GROUP)
+        .max_messages_per_batch(BATCH)
+        .expires(PIN_TIMEOUT / 4)
+        .messages()
+        .await?;
+    let mut batches = messages.ready_chunks(BATCH);
     let stop = stopped(stop);
     tokio::pin!(stop);
     loop {
-        let message = tokio::select! {
+        let batch = tokio::select! {
             _ = &mut stop => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "fanout consumer hiccup");
-                    continue;
-                }
+            next = batches.next() => match next {
+                Some(batch) => batch,
                 None => return Ok(()),
             },
         };
-        let outcome = match serde_json::from_slice::<MsgRecord>(&message.payload) {
-            Ok(record) => fan_out(&js, &record).await,
-            Err(err) => {
-                tracing::error!(error = %err, subject = %message.subject, "unreadable MSGS record; dropped");
-                Ok(())
+        let mut messages = Vec::with_capacity(batch.len());
+        for next in batch {
+            match next {
+                Ok(message) => messages.push(message),
+                Err(err) => tracing::debug!(error = %err, "fanout pull status"),
             }
+        }
+        let Some(last) = messages.last() else {
+            continue;
         };
-        let ack = match outcome {
-            Ok(()) => AckKind::Ack,
-            Err(err) => {
-                tracing::warn!(error = %err, "fanout failed; will be redelivered");
-                AckKind::Nak(Some(std::time::Duration::from_secs(1)))
-            }
-        };
-        if let Err(err) = message.ack_with(ack).await {
-            tracing::warn!(error = %err, "ack failed; the message will be redelivered");
+        let records: Vec<MsgRecord> = messages
+            .iter()
+            .filter_map(|m| match serde_json::from_slice(&m.payload) {
+                Ok(record) => Some(record),
+                Err(err) => {
+                    tracing::error!(error = %err, subject = %m.subject, "unreadable MSGS record; dropped");
+                    None
+                }
+            })
+            .collect();
+        fan_out(&js, &records).await;
+        if let Err(err) = last.ack().await {
+            tracing::warn!(error = %err, "ack failed; the batch will be redelivered");
         }
     }
 }
 
-/// Puts `record` into every recipient's inbox and waits until all are stored.
-pub async fn fan_out(js: &jetstream::Context, record: &MsgRecord) -> Result<(), natter_fabric::PublishFailed> {
-    let recipients = recipients(record);
-    if recipients.is_empty() {
-        tracing::error!(conv = %record.conv, from = %record.from, "message with no recipients; dropped");
-        return Ok(());
+/// Puts every record into every recipient's inbox, in order, and returns once all are
+/// stored. Publishes are pipelined; failures are retried until they succeed.
+pub async fn fan_out(js: &jetstream::Context, records: &[MsgRecord]) {
+    let mut pending = Vec::new();
+    for record in records {
+        let recipients = recipients(record);
+        if recipients.is_empty() {
+            tracing::error!(conv = %record.conv, from = %record.from, "message with no recipients; dropped");
+            continue;
+        }
+        let item = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
+        for uid in recipients {
+            let subject = subjects::inbox(&uid);
+            let msg_id = format!("{}:{uid}", record.id);
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+            let ack = js
+                .publish_with_headers(subject.clone(), headers, item.clone())
+                .await;
+            pending.push((subject, msg_id, item.clone(), ack));
+        }
     }
-    let item = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
-    let publishes = recipients.iter().map(|uid| {
-        let subject = subjects::inbox(uid);
-        let msg_id = format!("{}:{uid}", record.id);
-        let item = item.clone();
-        async move { publish_durable(js, &subject, &msg_id, item).await }
-    });
-    for result in join_all(publishes).await {
-        result?;
+    for (subject, msg_id, item, ack) in pending {
+        let stored = match ack {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if !stored {
+            store_until_done(js, &subject, &msg_id, item).await;
+        }
     }
-    Ok(())
+}
+
+/// Retries one inbox publish until it is stored: the partition cannot move past it. Only
+/// an item the stream can never take (none that Natter makes) is given up.
+async fn store_until_done(js: &jetstream::Context, subject: &str, msg_id: &str, item: Bytes) {
+    loop {
+        match publish_durable(js, subject, msg_id, item.clone()).await {
+            Ok(_) => return,
+            Err(err) if err.is_permanent() => {
+                tracing::error!(error = %err, "inbox item refused for good; dropped");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "inbox unavailable; fanout of this partition waits")
+            }
+        }
+    }
 }
 
 /// Who gets an item: both sides of a one-on-one conversation (the sender for their other
@@ -114,7 +175,9 @@ pub async fn fan_out(js: &jetstream::Context, record: &MsgRecord) -> Result<(), 
 fn recipients(record: &MsgRecord) -> Vec<String> {
     match Conversation::parse(&record.conv) {
         Ok(conv @ Conversation::Direct { .. }) if conv.peer_of(&record.from).is_some() => {
-            let Conversation::Direct { a, b } = conv else { unreachable!() };
+            let Conversation::Direct { a, b } = conv else {
+                unreachable!()
+            };
             if a == b { vec![a] } else { vec![a, b] }
         }
         _ => Vec::new(),

@@ -45,9 +45,6 @@ pub enum WorkerError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// How long a delivered message may stay unacked before JetStream redelivers it.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
-
 /// Runs the `kind` workers until `shutdown` completes. Work in progress at shutdown is
 /// not acked and is redelivered to another worker.
 pub async fn run(

@@ -37,14 +37,20 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file: FileConfig = match &cli.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?
         }
         None => FileConfig::default(),
     };
-    let mut nats = file.nats.unwrap_or_else(|| NatsSettings { name: "natter-workers".into(), ..NatsSettings::default() });
+    let mut nats = file.nats.unwrap_or_else(|| NatsSettings {
+        name: "natter-workers".into(),
+        ..NatsSettings::default()
+    });
     cli.nats.apply(&mut nats);
-    natter_workers::run(cli.kind, nats, shutdown_signal()).await.context("workers failed")
+    natter_workers::run(cli.kind, nats, shutdown_signal())
+        .await
+        .context("workers failed")
 }
 
 async fn shutdown_signal() {

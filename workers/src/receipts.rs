@@ -15,11 +15,16 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use futures_util::{StreamExt, future::join_all};
-use natter_fabric::{Inbox, PublishFailed, now_millis, publish_durable, records::RcptEvent, streams, subjects};
+use natter_fabric::{
+    Inbox, PublishFailed, now_millis, publish_durable, records::RcptEvent, streams, subjects,
+};
 use natter_schemas::{Conversation, InboxItem, ReceiptItem, ReceiptStatus};
 use tokio::sync::watch;
 
-use crate::{ACK_WAIT, WorkerError, stopped};
+use crate::{WorkerError, stopped};
+
+/// How long a receipt event may stay unacked before JetStream redelivers it.
+pub const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Events handled at once by one process.
 const CONCURRENCY: usize = 64;
@@ -92,17 +97,30 @@ pub enum ReceiptError {
     Publish(#[from] PublishFailed),
 }
 
-async fn handle(js: &jetstream::Context, inbox: &Inbox, event: RcptEvent) -> Result<(), ReceiptError> {
+async fn handle(
+    js: &jetstream::Context,
+    inbox: &Inbox,
+    event: RcptEvent,
+) -> Result<(), ReceiptError> {
     let ts = now_millis();
     let receipts: Vec<(String, ReceiptItem)> = match event {
-        RcptEvent::Delivered { by, after, upto, .. } => inbox
+        RcptEvent::Delivered {
+            by, after, upto, ..
+        } => inbox
             .read_after(&by, after, upto, MAX_RANGE)
             .await?
             .into_iter()
             .filter_map(|stored| match serde_json::from_slice(&stored.payload) {
                 Ok(InboxItem::Msg(m)) if m.from != by => Some((
                     m.from,
-                    ReceiptItem { conv: m.conv, id: m.id, by: by.clone(), status: ReceiptStatus::Delivered, ts, all: None },
+                    ReceiptItem {
+                        conv: m.conv,
+                        id: m.id,
+                        by: by.clone(),
+                        status: ReceiptStatus::Delivered,
+                        ts,
+                        all: None,
+                    },
                 )),
                 _ => None,
             })
@@ -111,7 +129,14 @@ async fn handle(js: &jetstream::Context, inbox: &Inbox, event: RcptEvent) -> Res
             Ok(c) => match c.peer_of(&by) {
                 Some(peer) if peer != by => vec![(
                     peer.to_owned(),
-                    ReceiptItem { conv, id: up_to, by, status: ReceiptStatus::Read, ts, all: None },
+                    ReceiptItem {
+                        conv,
+                        id: up_to,
+                        by,
+                        status: ReceiptStatus::Read,
+                        ts,
+                        all: None,
+                    },
                 )],
                 _ => Vec::new(),
             },
