@@ -35,7 +35,16 @@ pub struct Client {
 impl Client {
     /// Connects `user`'s `device` to gateway `gateway` (0 or 1), resuming after `after`.
     pub async fn connect(gateway: usize, user: &str, device: &str, after: u64) -> Self {
-        let addr = system().gateways[gateway];
+        Self::connect_to(system().gateways[gateway], user, device, after).await
+    }
+
+    /// Connects to the gateway at `addr`.
+    pub async fn connect_to(
+        addr: std::net::SocketAddr,
+        user: &str,
+        device: &str,
+        after: u64,
+    ) -> Self {
         let url = format!(
             "ws://{addr}/v1/ws?token={}&device={device}&after={after}",
             token(user)

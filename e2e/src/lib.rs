@@ -2,6 +2,7 @@
 //!
 //! - [`cluster`]: a 3-node nats-server cluster with JetStream on free loopback ports,
 //!   using the repo's `nats/accounts.conf`, killed and deleted on Drop.
+//! - [`proxy`]: a TCP proxy a test can cut, to make a process lose its NATS connection.
 //! - [`system`]: one shared system per test binary (the cluster, two gateways, the
 //!   workers), started on first use on a runtime of its own and torn down at exit.
 //! - [`client`]: a WebSocket client that records every frame and checks, on every inbox
@@ -9,6 +10,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod proxy;
 pub mod system;
 
 pub use client::Client;

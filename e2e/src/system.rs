@@ -62,6 +62,7 @@ pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
         password: Some(format!("{user}-dev")),
         name: name.to_owned(),
         replicas: 3,
+        discover_servers: true,
     }
 }
 
@@ -160,7 +161,8 @@ pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u1
     (status, body)
 }
 
-async fn wait_healthy(addr: SocketAddr) {
+/// Waits until `GET /healthz` on `addr` answers 200.
+pub async fn wait_healthy(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Ok(Ok((200, _))) = tokio::time::timeout(

@@ -5,15 +5,18 @@
 //! item in a connected user's inbox, and switch it back on, so the item is stored but never
 //! published live. The gateway must still deliver it, once and in order: by the sequence
 //! chain when a later item arrives, by a reconcile after a stream leader election, and by
-//! its first reconcile after connecting. The periodic reconcile is set to 10 minutes here,
+//! its first reconcile after connecting, and after the gateway's own NATS connection was cut
+//! and came back (everything republished meanwhile went nowhere). The periodic reconcile is set to 10 minutes here,
 //! so it cannot be what finds the item.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
 use natter_e2e::{
-    Client, system,
-    system::{Options, configure, nats_settings},
+    Client,
+    proxy::Proxy,
+    system,
+    system::{Options, SECRET, configure, nats_settings, wait_healthy},
     unique,
 };
 use natter_fabric::{now_millis, streams, subjects};
@@ -148,4 +151,64 @@ async fn an_item_stored_while_connecting_is_recovered_by_the_first_reconcile() {
     let lost = store_silently(&js, &bob, &alice, "during connect").await;
     let frame = b.wait_for("recovered msg", |f| f["type"] == "msg").await;
     assert_eq!(frame["seq"].as_u64(), Some(lost));
+}
+
+#[tokio::test]
+async fn items_stored_while_a_gateway_was_cut_off_from_nats_arrive_after_it_reconnects() {
+    let js = admin().await;
+    let first_node = system()
+        .nats_urls
+        .split(',')
+        .next()
+        .unwrap()
+        .trim_start_matches("nats://");
+    let proxy = Proxy::start(first_node.parse().unwrap()).await;
+
+    // A gateway of this test's own that reaches NATS only through the proxy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = natter_gateway::config::Config {
+        listen: addr,
+        nats: natter_fabric::NatsSettings {
+            // Through the proxy only: not to the servers it would learn about.
+            discover_servers: false,
+            ..nats_settings(
+                &format!("nats://{}", proxy.addr),
+                "gateway",
+                "cut-off-gateway",
+            )
+        },
+        ..Default::default()
+    };
+    config.jwt.secret = Some(SECRET.to_owned());
+    config.limits.reconcile_every_ms = 600_000;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(natter_gateway::run(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    wait_healthy(addr).await;
+
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut b = Client::connect_to(addr, &bob, "phone", 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // past the first reconcile
+    let before = store(&js, &bob, &alice, "before the cut").await;
+    assert_eq!(
+        b.wait_for_text("before the cut").await["seq"].as_u64(),
+        Some(before)
+    );
+
+    proxy.cut(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = natter_e2e::system::http_get(addr, "/healthz", None).await;
+    assert_eq!(status, 503, "the gateway should be cut off from NATS now");
+    let during = store(&js, &bob, &alice, "while cut off").await;
+
+    let frame = b
+        .wait_for("msg stored during the cut", |f| f["type"] == "msg")
+        .await;
+    assert_eq!(frame["seq"].as_u64(), Some(during));
+    assert_eq!(frame["body"]["text"], "while cut off");
+
+    let _ = stop.send(());
+    let _ = gateway.await;
 }

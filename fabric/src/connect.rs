@@ -17,6 +17,9 @@ pub struct NatsSettings {
     pub name: String,
     /// Replicas of each stream: 3 on the local cluster, 1 on a single server.
     pub replicas: usize,
+    /// Also use the cluster addresses the servers advertise. Turn off when the servers are
+    /// reached through a proxy or NAT and the addresses they advertise are not reachable.
+    pub discover_servers: bool,
 }
 
 impl Default for NatsSettings {
@@ -27,6 +30,7 @@ impl Default for NatsSettings {
             password: None,
             name: "natter".to_owned(),
             replicas: 3,
+            discover_servers: true,
         }
     }
 }
@@ -92,6 +96,9 @@ pub async fn connect(
                     let _ = events.send(event);
                 }
             });
+        if !settings.discover_servers {
+            options = options.ignore_discovered_servers();
+        }
         if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
