@@ -1,5 +1,6 @@
-//! A TCP proxy between a process under test and one NATS server, which a test can cut to
-//! make that process lose its NATS connection (and reconnect) on demand.
+//! A TCP proxy between two parties under test. A test can cut it (both sides see the
+//! connection drop, e.g. a process losing NATS) or pause it towards the client (the server's
+//! writes back up, as with a client that stopped reading).
 
 use std::{
     net::SocketAddr,
@@ -7,12 +8,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
 
 pub struct Proxy {
     pub addr: SocketAddr,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     refuse_until: Arc<Mutex<Option<Instant>>>,
+    paused: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -23,9 +30,10 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let refuse_until: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let (conns, refuse) = (connections.clone(), refuse_until.clone());
+        let (paused, _) = watch::channel(false);
+        let (conns, refuse, pause) = (connections.clone(), refuse_until.clone(), paused.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if refuse
                     .lock()
                     .unwrap()
@@ -33,9 +41,10 @@ impl Proxy {
                 {
                     continue; // dropped: the client sees the connection close
                 }
+                let paused = pause.subscribe();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                        forward(inbound, outbound, paused).await;
                     }
                 });
                 conns.lock().unwrap().push(task);
@@ -45,6 +54,7 @@ impl Proxy {
             addr,
             connections,
             refuse_until,
+            paused,
             accept,
         }
     }
@@ -55,6 +65,40 @@ impl Proxy {
         for task in self.connections.lock().unwrap().drain(..) {
             task.abort();
         }
+    }
+
+    /// Stops (or resumes) forwarding from upstream to the client.
+    pub fn pause_downstream(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+}
+
+/// Copies both ways until either side closes; upstream → client waits while paused.
+async fn forward(client: TcpStream, upstream: TcpStream, mut paused: watch::Receiver<bool>) {
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
+    let up = async move {
+        let _ = tokio::io::copy(&mut client_rx, &mut upstream_tx).await;
+    };
+    let down = async move {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            if paused.wait_for(|p| !*p).await.is_err() {
+                return;
+            }
+            match upstream_rx.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if client_tx.write_all(&buffer[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
     }
 }
 

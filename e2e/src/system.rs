@@ -177,3 +177,41 @@ pub async fn wait_healthy(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A gateway started by one test, on that test's runtime, stopped on Drop.
+pub struct ExtraGateway {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ExtraGateway {
+    /// Starts a gateway with the shared system's secret, `nats` and `config`'s limits.
+    pub async fn start(nats: NatsSettings, limits: natter_gateway::config::Limits) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config {
+            listen: addr,
+            nats,
+            limits,
+            ..Config::default()
+        };
+        config.jwt.secret = Some(SECRET.to_owned());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(natter_gateway::run(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        wait_healthy(addr).await;
+        Self {
+            addr,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for ExtraGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -16,10 +16,11 @@ use natter_e2e::{
     Client,
     proxy::Proxy,
     system,
-    system::{Options, SECRET, configure, nats_settings, wait_healthy},
+    system::{ExtraGateway, Options, configure, nats_settings},
     unique,
 };
 use natter_fabric::{now_millis, streams, subjects};
+use natter_gateway::config::Limits;
 use natter_schemas::{Body, InboxItem, MessageItem};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -165,28 +166,23 @@ async fn items_stored_while_a_gateway_was_cut_off_from_nats_arrive_after_it_reco
     let proxy = Proxy::start(first_node.parse().unwrap()).await;
 
     // A gateway of this test's own that reaches NATS only through the proxy.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = natter_gateway::config::Config {
-        listen: addr,
-        nats: natter_fabric::NatsSettings {
-            // Through the proxy only: not to the servers it would learn about.
-            discover_servers: false,
-            ..nats_settings(
-                &format!("nats://{}", proxy.addr),
-                "gateway",
-                "cut-off-gateway",
-            )
-        },
-        ..Default::default()
+    let nats = natter_fabric::NatsSettings {
+        discover_servers: false, // not to the servers it would learn about either
+        ..nats_settings(
+            &format!("nats://{}", proxy.addr),
+            "gateway",
+            "cut-off-gateway",
+        )
     };
-    config.jwt.secret = Some(SECRET.to_owned());
-    config.limits.reconcile_every_ms = 600_000;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway = tokio::spawn(natter_gateway::run(listener, config, async move {
-        let _ = stopped.await;
-    }));
-    wait_healthy(addr).await;
+    let gateway = ExtraGateway::start(
+        nats,
+        Limits {
+            reconcile_every_ms: 600_000,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let addr = gateway.addr;
 
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut b = Client::connect_to(addr, &bob, "phone", 0).await;
@@ -208,7 +204,62 @@ async fn items_stored_while_a_gateway_was_cut_off_from_nats_arrive_after_it_reco
         .await;
     assert_eq!(frame["seq"].as_u64(), Some(during));
     assert_eq!(frame["body"]["text"], "while cut off");
+}
 
-    let _ = stop.send(());
-    let _ = gateway.await;
+/// Text of one large message: 30 KiB, so a few hundred fill any socket buffer.
+fn bulky(i: usize) -> String {
+    format!("{i:04} {}", "x".repeat(30 * 1024))
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() {
+    configure(Options {
+        reconcile_every_ms: 600_000,
+    });
+    let gateway = ExtraGateway::start(
+        nats_settings(&system().nats_urls, "gateway", "slow-client-gateway"),
+        Limits {
+            write_timeout_ms: 1_000,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let proxy = Proxy::start(gateway.addr).await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut b = Client::connect_to(proxy.addr, &bob, "phone", 0).await;
+
+    // Bob's phone stops reading; Alice sends far more than the socket buffers hold.
+    proxy.pause_downstream(true);
+    const COUNT: usize = 300;
+    for i in 0..COUNT {
+        a.send_text(&bob, &bulky(i)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.pause_downstream(false);
+
+    // What was already in flight arrives, then the gateway has closed the socket.
+    let mut got = Vec::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), b.receive())
+        .await
+        .expect("socket neither delivered nor closed")
+    {
+        if frame["type"] == "msg" {
+            got.push(frame["body"]["text"].as_str().unwrap()[..4].to_owned());
+        }
+    }
+    assert!(
+        got.len() < COUNT,
+        "the gateway kept buffering for a client that did not read"
+    );
+    let cursor = b.last_seq;
+
+    // Resuming from the last stored item brings exactly the rest, in order.
+    let mut b = Client::connect(1, &bob, "phone", cursor).await;
+    while got.len() < COUNT {
+        let frame = b.wait_for("msg", |f| f["type"] == "msg").await;
+        got.push(frame["body"]["text"].as_str().unwrap()[..4].to_owned());
+    }
+    let want: Vec<String> = (0..COUNT).map(|i| format!("{i:04}")).collect();
+    assert_eq!(got, want);
 }
