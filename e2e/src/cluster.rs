@@ -148,6 +148,11 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// The `server_name` of node `i`.
+    pub fn name(&self, i: usize) -> String {
+        format!("test-{i}")
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -31,6 +31,15 @@ extern "C" fn stop_cluster() {
     }
 }
 
+/// Runs `f` on the shared system's cluster (to kill or restart a node). A node restarted
+/// from a test's thread is bound to that thread's life (PR_SET_PDEATHSIG): use it from the
+/// last test of a binary, or restart every node a test stopped before it returns.
+pub fn with_cluster<T>(f: impl FnOnce(&mut NatsCluster) -> T) -> T {
+    system();
+    let mut cluster = CLUSTER.lock().unwrap();
+    f(cluster.as_mut().expect("the cluster is running"))
+}
+
 /// How the shared system is set up; [`configure`] before first use to change it.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
