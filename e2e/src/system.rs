@@ -16,11 +16,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::cluster::NatsCluster;
 
 /// The HS256 secret the test gateways use.
-pub const SECRET: &str = "e2e-secret";
+pub const SECRET: &str = "e2e-secret-of-at-least-32-bytes-long";
 
 pub struct System {
     pub gateways: Vec<SocketAddr>,
     pub nats_urls: String,
+    /// The test process's one Prometheus exporter (the gateways and workers share it).
+    pub metrics: SocketAddr,
 }
 
 static CLUSTER: Mutex<Option<NatsCluster>> = Mutex::new(None);
@@ -99,6 +101,7 @@ fn start(options: Options) -> System {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
+                let metrics = SocketAddr::from(([127, 0, 0, 1], crate::cluster::free_port()));
                 let mut gateways = Vec::new();
                 for i in 0..2 {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -106,6 +109,7 @@ fn start(options: Options) -> System {
                     let mut config = Config {
                         listen: gateways[i],
                         nats: nats_settings(&urls, "gateway", &format!("gateway-{i}")),
+                        metrics_listen: (i == 0).then_some(metrics),
                         ..Config::default()
                     };
                     config.jwt.secret = Some(SECRET.to_owned());
@@ -124,6 +128,7 @@ fn start(options: Options) -> System {
                         if let Err(err) = natter_workers::run(
                             natter_workers::Kind::All,
                             settings,
+                            None,
                             std::future::pending(),
                         )
                         .await
@@ -138,6 +143,7 @@ fn start(options: Options) -> System {
                 tx.send(System {
                     gateways,
                     nats_urls: urls,
+                    metrics,
                 })
                 .unwrap();
                 std::future::pending::<()>().await;
@@ -202,6 +208,7 @@ impl ExtraGateway {
             listen: addr,
             nats,
             limits,
+            metrics_listen: None,
             ..Config::default()
         };
         config.jwt.secret = Some(SECRET.to_owned());

@@ -84,11 +84,25 @@ async fn every_sent_message_arrives_once_and_in_order_when_the_inbox_leader_node
     for s in senders {
         sent.push(s.await.unwrap());
     }
+    // Fanout of a partition whose consumer lost its leader resumes after the pin and ack
+    // timeouts (10 s each): allow for that, and report how long delivery took.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let sending_done = tokio::time::Instant::now();
     for (mut bob, sent) in receivers.into_iter().zip(sent) {
         let mut got: Vec<String> = Vec::new();
         while got.len() < sent.len() {
-            let frame: Value = bob.wait_for("msg", |f| f["type"] == "msg").await;
-            got.push(frame["body"]["text"].as_str().unwrap().to_owned());
+            let Ok(frame) = tokio::time::timeout_at(deadline, bob.receive()).await else {
+                panic!(
+                    "{}: {} of {} sent messages arrived within 60 s",
+                    bob.user,
+                    got.len(),
+                    sent.len()
+                );
+            };
+            let frame: Value = frame.expect("socket open");
+            if frame["type"] == "msg" {
+                got.push(frame["body"]["text"].as_str().unwrap().to_owned());
+            }
         }
         assert_eq!(got, sent, "{}: every sent message once, in order", bob.user);
         let late: Vec<Value> = bob
@@ -104,4 +118,8 @@ async fn every_sent_message_arrives_once_and_in_order_when_the_inbox_leader_node
         );
     }
     assert_ne!(inbox_leader(&js).await, "", "the stream has a leader again");
+    eprintln!(
+        "all delivered {:?} after the last send",
+        sending_done.elapsed()
+    );
 }

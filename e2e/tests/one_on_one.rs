@@ -305,6 +305,25 @@ async fn a_socket_without_a_valid_token_is_refused_with_401() {
             other => panic!("{query}: expected 401, got {:?}", other.map(|_| ())),
         }
     }
+    let with_device = natter_gateway::auth::mint_hs256(
+        natter_e2e::system::SECRET.as_bytes(),
+        "eve",
+        Some("phone"),
+        60,
+        None,
+        None,
+    )
+    .unwrap();
+    let url = format!("ws://{gateway}/v1/ws?token={with_device}&device=laptop");
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!(
+            "a device other than the token's: expected 400, got {:?}",
+            other.map(|_| ())
+        ),
+    }
     let url = format!(
         "ws://{gateway}/v1/ws?token={}&device=bad.device",
         token("eve")
@@ -320,4 +339,60 @@ async fn a_socket_without_a_valid_token_is_refused_with_401() {
 /// An HS256 token with the test secret that expired long ago.
 fn expired_token(claims: &natter_gateway::auth::Claims) -> String {
     natter_gateway::auth::sign_hs256(natter_e2e::system::SECRET.as_bytes(), claims).unwrap()
+}
+
+#[tokio::test]
+async fn a_resume_point_beyond_the_inbox_still_gets_new_messages() {
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    a.send_text(&bob, "before").await;
+    // A device whose stored cursor is from an older, larger inbox (or is garbage).
+    for after in [u64::MAX, 1 << 40] {
+        let mut b = Client::connect(1, &bob, "phone", after).await;
+        b.last_seq = 0; // the gateway moves the cursor back to the inbox's newest item
+        a.send_text(&bob, &format!("after {after}")).await;
+        let msg = b.wait_for_text(&format!("after {after}")).await;
+        assert_eq!(msg["from"], alice.as_str());
+        b.close().await;
+    }
+    let (status, _) = http_get(
+        system().gateways[0],
+        &format!("/v1/inbox?after={}", u64::MAX),
+        Some(&token(&bob)),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_process_exports_prometheus_metrics() {
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut b = Client::connect(0, &bob, "phone", 0).await;
+    let sent = a.send_text(&bob, "measured").await;
+    let msg = b.wait_for_text("measured").await;
+    b.ack(msg["seq"].as_u64().unwrap()).await;
+    a.wait_for(
+        "delivered receipt",
+        is_receipt("delivered", sent["id"].clone()),
+    )
+    .await;
+
+    let (status, text) = http_get(system().metrics, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(value("natter_gateway_sockets") >= 2.0, "{text}");
+    assert!(value("natter_gateway_send_to_sent_seconds_count") >= 1.0);
+    assert!(text.contains("natter_gateway_send_to_sent_seconds_bucket{le=\"0.005\"}"));
+    assert!(value("natter_gateway_frames_total{type=\"send\"}") >= 1.0);
+    assert!(value("natter_gateway_items_delivered_total") >= 2.0);
+    assert!(value("natter_fanout_messages_total") >= 1.0);
+    assert!(value("natter_fanout_lag_seconds_count") >= 1.0);
+    assert!(value("natter_receipts_sent_total{status=\"delivered\"}") >= 1.0);
+    assert!(!text.contains(&alice), "no user ids in labels");
 }

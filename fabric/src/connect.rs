@@ -73,7 +73,7 @@ impl NatsArgs {
 
 /// Items buffered per subscription before NATS reports a slow consumer and drops. Live
 /// delivery repairs drops from the inbox, so this bounds memory, not correctness.
-pub const SUBSCRIPTION_CAPACITY: usize = 1024;
+pub const SUBSCRIPTION_CAPACITY: usize = 256;
 
 /// Connects, retrying for up to `patience` while the cluster comes up. Connection events
 /// (reconnects, slow consumers) are sent on `events`.

@@ -51,7 +51,9 @@ impl Inbox {
     ) -> Result<Vec<StoredItem>, InboxError> {
         let subject = subjects::inbox(uid);
         let mut items = Vec::new();
-        let mut next = after + 1;
+        let Some(mut next) = after.checked_add(1) else {
+            return Ok(items);
+        };
         while items.len() < limit && next <= up_to {
             let Some(item) = self.next_at_or_after(&subject, next).await? else {
                 break;
@@ -75,6 +77,20 @@ impl Inbox {
         {
             Ok(message) => Ok(message.sequence),
             Err(err) if matches!(err.kind(), DirectGetErrorKind::NotFound) => Ok(0),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The sequence of `uid`'s newest item as the stream leader has it (no replica lag),
+    /// 0 when the inbox is empty.
+    pub async fn last_seq_from_leader(&self, uid: &str) -> Result<u64, InboxError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&subjects::inbox(uid))
+            .await
+        {
+            Ok(message) => Ok(message.sequence),
+            Err(err) if matches!(err.kind(), RawMessageErrorKind::NoMessageFound) => Ok(0),
             Err(err) => Err(err.into()),
         }
     }

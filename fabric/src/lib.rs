@@ -7,6 +7,7 @@
 //! - [`publish`]: publishing that survives a stream leader election.
 //! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
 //! - [`connect`]: one NATS connection with the options every process needs.
+//! - [`telemetry`]: the Prometheus exporter every process runs.
 
 pub mod connect;
 pub mod inbox;
@@ -14,6 +15,7 @@ pub mod publish;
 pub mod records;
 pub mod streams;
 pub mod subjects;
+pub mod telemetry;
 
 pub use connect::{NatsSettings, connect};
 pub use inbox::{Inbox, InboxError, StoredItem};

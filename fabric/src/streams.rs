@@ -82,12 +82,23 @@ pub async fn ensure_with_patience(
     replicas: usize,
     patience: Duration,
 ) -> Result<(), jetstream::context::CreateStreamError> {
+    with_patience("JetStream streams", patience, || ensure(js, replicas)).await
+}
+
+/// Retries a JetStream set-up call (creating streams or consumers) until it succeeds or
+/// `patience` runs out: right after a cluster starts or loses a node, the JetStream API
+/// times out for a few seconds.
+pub async fn with_patience<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    patience: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match ensure(js, replicas).await {
-            Ok(()) => return Ok(()),
+        match attempt().await {
+            Ok(value) => return Ok(value),
             Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %err, "JetStream not ready yet; retrying");
+                tracing::info!(error = %err, "{what}: JetStream not ready yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(err) => return Err(err),

@@ -31,7 +31,15 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+/// `aud` is one string or a list of them (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// An authenticated user.
@@ -90,6 +98,7 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.leeway = 30;
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         match issuer {
             Some(iss) => {
@@ -140,7 +149,7 @@ pub fn mint_hs256(
         exp: natter_fabric::now_millis() / 1000 + ttl_secs,
         device: device.map(str::to_owned),
         iss: issuer.map(str::to_owned),
-        aud: audience.map(str::to_owned),
+        aud: audience.map(|aud| Audience::One(aud.to_owned())),
     };
     sign_hs256(secret, &claims)
 }
@@ -275,6 +284,39 @@ mod tests {
                 "iss {iss:?} aud {aud:?} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn a_list_audience_is_accepted_when_it_names_us_and_nbf_is_honoured() {
+        let v = Verifier::hs256(SECRET, None, Some("chat")).unwrap();
+        let mut c = claims(60);
+        c.aud = Some(Audience::Many(vec!["other".into(), "chat".into()]));
+        assert!(v.verify(&sign(Algorithm::HS256, &c, SECRET)).is_ok());
+        c.aud = Some(Audience::Many(vec!["other".into()]));
+        assert!(v.verify(&sign(Algorithm::HS256, &c, SECRET)).is_err());
+
+        #[derive(Serialize)]
+        struct NotYet {
+            sub: &'static str,
+            exp: u64,
+            nbf: u64,
+        }
+        let v = Verifier::hs256(SECRET, None, None).unwrap();
+        let now = natter_fabric::now_millis() / 1000;
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &NotYet {
+                sub: "alice",
+                exp: now + 600,
+                nbf: now + 300,
+            },
+            &EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            v.verify(&token).is_err(),
+            "a token not valid before 5 minutes from now"
+        );
     }
 
     #[test]

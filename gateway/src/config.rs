@@ -15,6 +15,8 @@ pub const DEV_JWT_SECRET: &str = "natter-dev-secret-do-not-use-in-production";
 pub struct Config {
     /// WebSocket and HTTP listener.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` listener; none to run without the exporter.
+    pub metrics_listen: Option<SocketAddr>,
     pub nats: NatsSettings,
     pub jwt: JwtConfig,
     pub limits: Limits,
@@ -29,6 +31,9 @@ pub struct JwtConfig {
     pub public_key_file: Option<PathBuf>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// Without a secret, fall back to the built-in development secret. Only for a local
+    /// setup: anyone can mint tokens with it.
+    pub allow_dev_secret: bool,
 }
 
 /// Per-connection bounds. Everything a connection holds is bounded by these.
@@ -56,6 +61,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             nats: NatsSettings {
                 name: "natter-gateway".into(),
                 ..NatsSettings::default()
@@ -74,6 +80,7 @@ impl Default for JwtConfig {
             public_key_file: None,
             issuer: None,
             audience: None,
+            allow_dev_secret: false,
         }
     }
 }
@@ -81,7 +88,7 @@ impl Default for JwtConfig {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_inflight: 256,
+            max_inflight: 64,
             write_timeout_ms: 10_000,
             max_gap_repair: 1_000,
             reconcile_every_ms: 30_000,
@@ -103,12 +110,8 @@ impl Limits {
     }
 }
 
-impl JwtConfig {
-    /// The secret in force for HS256: the configured one, or the development secret.
-    pub fn hs256_secret(&self) -> &str {
-        self.secret.as_deref().unwrap_or(DEV_JWT_SECRET)
-    }
-}
+/// Shortest HS256 secret accepted, in bytes (RFC 7518 asks for at least the hash size).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Command line of `natter-gateway`.
 #[derive(Debug, clap::Parser)]
@@ -120,11 +123,18 @@ pub struct Cli {
     /// Listen address, e.g. 127.0.0.1:8080.
     #[arg(long, env = "NATTER_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Prometheus listen address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "NATTER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// HS256 secret for client tokens.
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     #[arg(long, env = "NATTER_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Local development: accept tokens signed with the built-in development secret when
+    /// no secret is configured (what `natter token` signs with by default).
+    #[arg(long, env = "NATTER_DEV")]
+    pub dev: bool,
     #[arg(long, env = "NATTER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     #[command(flatten)]
@@ -164,8 +174,14 @@ impl Cli {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
+        if self.metrics_listen.is_some() {
+            config.metrics_listen = self.metrics_listen;
+        }
         if self.jwt_secret.is_some() {
             config.jwt.secret.clone_from(&self.jwt_secret);
+        }
+        if self.dev {
+            config.jwt.allow_dev_secret = true;
         }
         if self.jwt_issuer.is_some() {
             config.jwt.issuer.clone_from(&self.jwt_issuer);

@@ -45,6 +45,25 @@ impl Cursor {
         self.last
     }
 
+    /// A cursor beyond the inbox's newest item (a stale device after the inbox was
+    /// recreated, or a bogus `after`) would silently drop every new item: it is moved back
+    /// to the newest item. Replicas may lag, so only the leader's answer moves it.
+    pub async fn clamp_to_inbox(&mut self, inbox: &Inbox) -> Result<(), InboxError> {
+        if self.last == 0 || inbox.last_seq(&self.user).await? >= self.last {
+            return Ok(());
+        }
+        let newest = inbox.last_seq_from_leader(&self.user).await?;
+        if newest < self.last {
+            tracing::warn!(
+                after = self.last,
+                newest,
+                "resume point beyond the inbox; starting from its newest item"
+            );
+            self.last = newest;
+        }
+        Ok(())
+    }
+
     /// The next page of catch-up; empty when the device is up to date.
     pub async fn catch_up_page(&mut self, inbox: &Inbox) -> Result<Vec<StoredItem>, InboxError> {
         let items = inbox

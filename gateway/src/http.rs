@@ -32,6 +32,8 @@ struct Refusal(StatusCode, &'static str, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
+        metrics::counter!("natter_gateway_http_refusals_total", "status" => self.0.as_str().to_owned())
+            .increment(1);
         let body = serde_json::json!({ "error": self.1, "message": self.2 });
         (self.0, Json(body)).into_response()
     }
@@ -72,10 +74,18 @@ async fn websocket(
     let Query(query) =
         query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let identity = authenticate(&app, &headers, query.token.as_deref())?;
-    let device = query
-        .device
-        .or(identity.device)
-        .unwrap_or_else(|| "default".to_owned());
+    // A device named in the token is authoritative; `?device=` may only repeat it.
+    let device = match (identity.device, query.device) {
+        (Some(claimed), Some(asked)) if claimed != asked => {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "bad_id",
+                "device does not match the token".into(),
+            ));
+        }
+        (Some(claimed), _) => claimed,
+        (None, asked) => asked.unwrap_or_else(|| "default".to_owned()),
+    };
     check_id(&device, "device id")
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
     let after = query.after.unwrap_or(0);

@@ -34,6 +34,13 @@ use crate::{auth::Verifier, config::Config};
 pub enum GatewayError {
     #[error("JWT configuration: {0}")]
     Auth(#[from] auth::AuthError),
+    #[error(
+        "no JWT secret: set NATTER_JWT_SECRET (at least {min} bytes), or pass --dev for a local setup",
+        min = config::MIN_SECRET_BYTES
+    )]
+    NoSecret,
+    #[error("the JWT secret is shorter than {min} bytes", min = config::MIN_SECRET_BYTES)]
+    ShortSecret,
     #[error("cannot read the JWT public key {path}: {source}")]
     PublicKey {
         path: std::path::PathBuf,
@@ -49,6 +56,8 @@ pub enum GatewayError {
     Inbox(#[from] natter_fabric::InboxError),
     #[error("cannot subscribe to advisories: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
+    #[error("cannot start the metrics exporter: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -77,6 +86,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let verifier = verifier(&config)?;
+    if let Some(listen) = config.metrics_listen {
+        natter_fabric::telemetry::install(listen)?;
+    }
     let (events_tx, events_rx) = broadcast::channel(64);
     let nats =
         natter_fabric::connect(&config.nats, events_tx, std::time::Duration::from_secs(30)).await?;
@@ -128,10 +140,20 @@ fn verifier(config: &Config) -> Result<Verifier, GatewayError> {
     let jwt = &config.jwt;
     let (iss, aud) = (jwt.issuer.as_deref(), jwt.audience.as_deref());
     if jwt.algorithm == "HS256" {
-        if jwt.secret.is_none() {
-            tracing::warn!("no JWT secret configured: using the development secret");
-        }
-        return Ok(Verifier::hs256(jwt.hs256_secret().as_bytes(), iss, aud)?);
+        let secret = match (&jwt.secret, jwt.allow_dev_secret) {
+            (Some(secret), _) if secret.len() < config::MIN_SECRET_BYTES => {
+                return Err(GatewayError::ShortSecret);
+            }
+            (Some(secret), _) => secret.as_str(),
+            (None, true) => {
+                tracing::warn!(
+                    "development mode: accepting tokens signed with the built-in development secret"
+                );
+                config::DEV_JWT_SECRET
+            }
+            (None, false) => return Err(GatewayError::NoSecret),
+        };
+        return Ok(Verifier::hs256(secret.as_bytes(), iss, aud)?);
     }
     let path = jwt.public_key_file.clone().unwrap_or_default();
     let pem = std::fs::read(&path).map_err(|source| GatewayError::PublicKey { path, source })?;

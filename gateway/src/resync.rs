@@ -9,14 +9,12 @@
 use std::time::Duration;
 
 use async_nats::Event;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use natter_fabric::subjects;
 use tokio::sync::{broadcast, watch};
 
 /// Give the new leader time to finish republishing what it can before checking.
 const SETTLE: Duration = Duration::from_secs(1);
-/// Slow-consumer events can come in floods; one resync per this interval is enough.
-const MIN_GAP: Duration = Duration::from_secs(2);
 
 pub(crate) async fn spawn(
     nats: &async_nats::Client,
@@ -26,7 +24,6 @@ pub(crate) async fn spawn(
 ) -> Result<(), async_nats::SubscribeError> {
     let mut advisories = nats.subscribe(subjects::INBOX_LEADER_ELECTED).await?;
     tokio::spawn(async move {
-        let mut last: Option<tokio::time::Instant> = None;
         loop {
             let reason = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -34,16 +31,22 @@ pub(crate) async fn spawn(
                 event = events.recv() => match event {
                     Ok(Event::Connected) => "NATS reconnected",
                     Ok(Event::SlowConsumer(_)) | Err(broadcast::error::RecvError::Lagged(_)) => "slow consumer",
+                    Ok(Event::Disconnected) => {
+                        metrics::counter!("natter_gateway_nats_disconnects_total").increment(1);
+                        continue;
+                    }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
-            if last.is_some_and(|at| at.elapsed() < MIN_GAP) {
-                continue;
-            }
+            metrics::counter!("natter_gateway_resync_triggers_total", "reason" => reason)
+                .increment(1);
             tracing::info!(reason, "re-checking every socket's inbox");
+            // Triggers that arrive while settling are covered by this one resync, which
+            // runs after all of them: coalesced, never dropped.
             tokio::time::sleep(SETTLE).await;
-            last = Some(tokio::time::Instant::now());
+            while events.try_recv().is_ok() {}
+            while let Some(Some(_)) = advisories.next().now_or_never() {}
             let _ = resync.send(());
         }
     });

@@ -33,6 +33,9 @@ use crate::{
 };
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// How soon a failed inbox read is retried.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
 /// Why a socket ended.
@@ -63,12 +66,18 @@ async fn serve_in_span(app: App, user: String, device: String, after: u64, socke
     let mut session = Session {
         cursor: Cursor::new(&user, after, app.config.limits.max_gap_repair),
         acked: after,
+        retry_soon: false,
         app,
         user,
         device,
         sink,
     };
+    metrics::counter!("natter_gateway_connections_total").increment(1);
+    let sockets = metrics::gauge!("natter_gateway_sockets");
+    sockets.increment(1.0);
     let end = session.run(stream).await;
+    sockets.decrement(1.0);
+    metrics::counter!("natter_gateway_disconnects_total", "reason" => end.label()).increment(1);
     let (code, reason) = match &end {
         End::Peer => {
             tracing::debug!("client closed");
@@ -90,6 +99,18 @@ async fn serve_in_span(app: App, user: String, device: String, after: u64, socke
     let _ = timeout(Duration::from_secs(1), session.sink.send(close)).await;
 }
 
+impl End {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Shutdown => "shutdown",
+            Self::Behind(_) => "behind",
+            Self::Silent => "silent",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
 struct Session {
     app: App,
     user: String,
@@ -98,6 +119,8 @@ struct Session {
     cursor: Cursor,
     /// Highest inbox sequence this device acked.
     acked: u64,
+    /// An inbox read failed (e.g. during a leader election): reconcile again soon.
+    retry_soon: bool,
 }
 
 impl Session {
@@ -151,18 +174,18 @@ impl Session {
                 },
                 Some(message) = live.next() => {
                     let items = self.cursor.on_live(&self.app.inbox, message).await;
-                    self.forward(items).await
+                    self.forward(items, true).await
                 }
                 _ = reconcile.tick() => {
                     let items = self.cursor.reconcile(&self.app.inbox).await;
-                    self.forward(items).await
+                    self.forward(items, false).await
                 }
                 signal = resync.recv() => {
                     if let Err(tokio::sync::broadcast::error::RecvError::Closed) = signal {
                         return End::Shutdown;
                     }
                     let items = self.cursor.reconcile(&self.app.inbox).await;
-                    self.forward(items).await
+                    self.forward(items, false).await
                 }
                 _ = keepalive.tick() => {
                     if last_heard.elapsed() > limits.ping_every() * 3 {
@@ -175,10 +198,18 @@ impl Session {
             if let Err(end) = step {
                 return end;
             }
+            if std::mem::take(&mut self.retry_soon) {
+                reconcile.reset_after(RETRY_AFTER);
+            }
         }
     }
 
     async fn catch_up(&mut self) -> Result<(), End> {
+        self.cursor
+            .clamp_to_inbox(&self.app.inbox)
+            .await
+            .map_err(|err| End::Internal(err.to_string()))?;
+        self.acked = self.acked.min(self.cursor.last());
         loop {
             let items = self
                 .cursor
@@ -189,19 +220,38 @@ impl Session {
                 tracing::debug!(last = self.cursor.last(), "caught up");
                 return Ok(());
             }
+            metrics::counter!("natter_gateway_items_delivered_total", "path" => "catch_up")
+                .increment(items.len() as u64);
             self.write_items(&items).await?;
         }
     }
 
-    async fn forward(&mut self, items: Result<Vec<StoredItem>, DeliveryError>) -> Result<(), End> {
+    /// Writes what a live item (`live`: the item last, any repaired gap before it) or a
+    /// reconcile produced.
+    async fn forward(
+        &mut self,
+        items: Result<Vec<StoredItem>, DeliveryError>,
+        live: bool,
+    ) -> Result<(), End> {
         match items {
-            Ok(items) => self.write_items(&items).await,
+            Ok(items) => {
+                let recovered = if live {
+                    items.len().saturating_sub(1)
+                } else {
+                    items.len()
+                };
+                metrics::counter!("natter_gateway_items_delivered_total", "path" => "live")
+                    .increment((items.len() - recovered) as u64);
+                metrics::counter!("natter_gateway_items_delivered_total", "path" => "recovered")
+                    .increment(recovered as u64);
+                self.write_items(&items).await
+            }
             Err(DeliveryError::TooFarBehind(n)) => Err(End::Behind(format!(
                 "more than {n} items behind; resume with after"
             ))),
             Err(DeliveryError::Inbox(err)) => {
-                // The inbox will be asked again on the next live item or reconcile.
-                tracing::warn!(error = %err, "inbox read failed");
+                tracing::warn!(error = %err, "inbox read failed; retrying shortly");
+                self.retry_soon = true;
                 Ok(())
             }
         }
@@ -261,6 +311,7 @@ impl Session {
             }
         };
         let reference = frame.reference().map(str::to_owned);
+        metrics::counter!("natter_gateway_frames_total", "type" => frame.kind()).increment(1);
         match self.on_frame(frame) {
             Ok(Some(pending)) => {
                 inflight.push(pending);
@@ -324,6 +375,7 @@ impl Session {
         let msg_id = format!("{}:{}", self.user, send.id);
         let app = self.app.clone();
         let reference = send.r#ref;
+        let started = std::time::Instant::now();
         Ok(Box::pin(async move {
             let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialize"));
             let sent = match publish_durable(&app.js, &subject, &msg_id, payload).await {
@@ -335,12 +387,16 @@ impl Session {
                 }
             };
             Some(match sent {
-                Some(r) => ServerFrame::Sent(Sent {
-                    r#ref: reference,
-                    id: r.id,
-                    conv: r.conv,
-                    ts: r.ts,
-                }),
+                Some(r) => {
+                    metrics::histogram!("natter_gateway_send_to_sent_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    ServerFrame::Sent(Sent {
+                        r#ref: reference,
+                        id: r.id,
+                        conv: r.conv,
+                        ts: r.ts,
+                    })
+                }
                 None => refuse(
                     ErrorCode::Unavailable,
                     "message not stored; retry with the same id",
@@ -434,6 +490,7 @@ fn bad_id(err: natter_schemas::IdError) -> Reply {
 }
 
 fn refuse(code: ErrorCode, message: &str, reference: Option<String>) -> ServerFrame {
+    metrics::counter!("natter_gateway_errors_total", "code" => code.as_str()).increment(1);
     ServerFrame::Error(ErrorFrame {
         code,
         message: message.to_owned(),

@@ -21,6 +21,20 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+impl ErrorCode {
+    /// The wire spelling, e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::BadId => "bad_id",
+            Self::BadRequest => "bad_request",
+            Self::Forbidden => "forbidden",
+            Self::Unsupported => "unsupported",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Server → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorFrame {

@@ -24,12 +24,12 @@ use async_nats::{
     },
 };
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future::join_all};
 use natter_fabric::{publish_durable, records::MsgRecord, streams, subjects};
 use natter_schemas::{Conversation, InboxItem};
 use tokio::sync::watch;
 
-use crate::{WorkerError, stopped};
+use crate::{SETUP_PATIENCE, WorkerError, stopped};
 
 type Task = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
 
@@ -50,28 +50,34 @@ pub async fn start(
     let mut tasks: Vec<Task> = Vec::new();
     for p in 0..subjects::PARTITIONS {
         let name = format!("fanout-{p}");
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: subjects::msg_partition(p),
-                ack_policy: AckPolicy::All,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: 4 * BATCH as i64,
-                priority_policy: PriorityPolicy::PinnedClient,
-                priority_groups: vec![GROUP.to_owned()],
-                priority_timeout: PIN_TIMEOUT,
-                ..Default::default()
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subjects::msg_partition(p),
+            ack_policy: AckPolicy::All,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: 4 * BATCH as i64,
+            priority_policy: PriorityPolicy::PinnedClient,
+            priority_groups: vec![GROUP.to_owned()],
+            priority_timeout: PIN_TIMEOUT,
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer =
+            streams::with_patience(&name, SETUP_PATIENCE, || {
+                stream.create_consumer(config.clone())
             })
             .await?;
         let js = js.clone();
         let stop = stop.clone();
-        tasks.push(Box::pin(async move { partition(js, consumer, stop).await }));
+        tasks.push(Box::pin(async move {
+            partition(js, name, consumer, stop).await
+        }));
     }
     Ok(tasks)
 }
 
 async fn partition(
     js: jetstream::Context,
+    name: String,
     consumer: jetstream::consumer::PullConsumer,
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
@@ -90,14 +96,15 @@ async fn partition(
             _ = &mut stop => return Ok(()),
             next = batches.next() => match next {
                 Some(batch) => batch,
-                None => return Ok(()),
+                None => return Err(WorkerError::ConsumerEnded(name)),
             },
         };
+        let started = std::time::Instant::now();
         let mut messages = Vec::with_capacity(batch.len());
         for next in batch {
             match next {
                 Ok(message) => messages.push(message),
-                Err(err) => tracing::debug!(error = %err, "fanout pull status"),
+                Err(err) => tracing::warn!(consumer = %name, error = %err, "fanout pull status"),
             }
         }
         let Some(last) = messages.last() else {
@@ -117,38 +124,62 @@ async fn partition(
         if let Err(err) = last.ack().await {
             tracing::warn!(error = %err, "ack failed; the batch will be redelivered");
         }
+        metrics::histogram!("natter_fanout_batch_seconds").record(started.elapsed().as_secs_f64());
     }
 }
 
+/// Items published before their acks are awaited. Partitions × this stays far below the
+/// 5,000 unacked publishes async-nats allows a connection, so a partition never waits for
+/// a slot that another partition holds.
+pub const WINDOW: usize = 128;
+
 /// Puts every record into every recipient's inbox, in order, and returns once all are
-/// stored. Publishes are pipelined; failures are retried until they succeed.
+/// stored. Publishes go out in windows whose acks are awaited together; a failed one is
+/// retried, in order, until it is stored.
 pub async fn fan_out(js: &jetstream::Context, records: &[MsgRecord]) {
-    let mut pending = Vec::new();
+    let now = natter_fabric::now_millis();
+    let mut items = Vec::new();
     for record in records {
         let recipients = recipients(record);
         if recipients.is_empty() {
             tracing::error!(conv = %record.conv, from = %record.from, "message with no recipients; dropped");
             continue;
         }
+        metrics::histogram!("natter_fanout_lag_seconds")
+            .record(now.saturating_sub(record.ts) as f64 / 1000.0);
         let item = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
         for uid in recipients {
-            let subject = subjects::inbox(&uid);
-            let msg_id = format!("{}:{uid}", record.id);
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-            let ack = js
-                .publish_with_headers(subject.clone(), headers, item.clone())
-                .await;
-            pending.push((subject, msg_id, item.clone(), ack));
+            items.push((
+                subjects::inbox(&uid),
+                format!("{}:{uid}", record.id),
+                item.clone(),
+            ));
         }
     }
-    for (subject, msg_id, item, ack) in pending {
-        let stored = match ack {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        };
-        if !stored {
-            store_until_done(js, &subject, &msg_id, item).await;
+    metrics::counter!("natter_fanout_messages_total").increment(records.len() as u64);
+    metrics::counter!("natter_fanout_items_total").increment(items.len() as u64);
+    for window in items.chunks(WINDOW) {
+        let mut acks = Vec::with_capacity(window.len());
+        for (subject, msg_id, item) in window {
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+            acks.push(
+                js.publish_with_headers(subject.clone(), headers, item.clone())
+                    .await,
+            );
+        }
+        let stored = join_all(acks.into_iter().map(|ack| async move {
+            match ack {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
+        }))
+        .await;
+        for ((subject, msg_id, item), stored) in window.iter().zip(stored) {
+            if !stored {
+                metrics::counter!("natter_fanout_retries_total").increment(1);
+                store_until_done(js, subject, msg_id, item.clone()).await;
+            }
         }
     }
 }

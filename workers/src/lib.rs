@@ -41,21 +41,32 @@ pub enum WorkerError {
     Messages(#[from] jetstream::consumer::StreamError),
     #[error("cannot open the inbox: {0}")]
     Inbox(#[from] natter_fabric::InboxError),
+    #[error("consumer {0} stopped delivering (deleted?); restart the process")]
+    ConsumerEnded(String),
+    #[error("cannot start the metrics exporter: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("a worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
+
+/// How long start-up waits for JetStream to answer (a fresh cluster takes seconds).
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs the `kind` workers until `shutdown` completes. Work in progress at shutdown is
 /// not acked and is redelivered to another worker.
 pub async fn run(
     kind: Kind,
     nats: NatsSettings,
+    metrics_listen: Option<std::net::SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
+    if let Some(listen) = metrics_listen {
+        natter_fabric::telemetry::install(listen)?;
+    }
     let (events, _) = broadcast::channel(16);
     let client = natter_fabric::connect(&nats, events, Duration::from_secs(30)).await?;
     let js = jetstream::new(client);
-    streams::ensure_with_patience(&js, nats.replicas, Duration::from_secs(60)).await?;
+    streams::ensure_with_patience(&js, nats.replicas, SETUP_PATIENCE).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -16,6 +16,13 @@ struct Cli {
     /// TOML file with a `[nats]` table (urls, user, password, name, replicas).
     #[arg(long, env = "NATTER_WORKERS_CONFIG")]
     config: Option<PathBuf>,
+    /// Prometheus `/metrics` listen address.
+    #[arg(
+        long,
+        env = "NATTER_WORKERS_METRICS_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
+    metrics_listen: std::net::SocketAddr,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -48,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         ..NatsSettings::default()
     });
     cli.nats.apply(&mut nats);
-    natter_workers::run(cli.kind, nats, shutdown_signal())
+    natter_workers::run(cli.kind, nats, Some(cli.metrics_listen), shutdown_signal())
         .await
         .context("workers failed")
 }

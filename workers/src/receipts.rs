@@ -21,7 +21,7 @@ use natter_fabric::{
 use natter_schemas::{Conversation, InboxItem, ReceiptItem, ReceiptStatus};
 use tokio::sync::watch;
 
-use crate::{WorkerError, stopped};
+use crate::{SETUP_PATIENCE, WorkerError, stopped};
 
 /// How long a receipt event may stay unacked before JetStream redelivers it.
 pub const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -37,17 +37,17 @@ pub async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = Result<(), WorkerError>> + use<>, WorkerError> {
     let stream = js.get_stream_no_info(streams::RCPT).await?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            "receipts",
-            pull::Config {
-                durable_name: Some("receipts".into()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: 1_024,
-                ..Default::default()
-            },
-        )
+    let config = pull::Config {
+        durable_name: Some("receipts".into()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: 1_024,
+        ..Default::default()
+    };
+    let consumer: jetstream::consumer::PullConsumer =
+        streams::with_patience("receipts consumer", SETUP_PATIENCE, || {
+            stream.get_or_create_consumer("receipts", config.clone())
+        })
         .await?;
     let inbox = Inbox::open(js).await?;
     let js = js.clone();
@@ -82,10 +82,9 @@ pub async fn start(
             }
         });
         tokio::select! {
-            _ = stopped(stop) => {}
-            _ = work => {}
+            _ = stopped(stop) => Ok(()),
+            _ = work => Err(WorkerError::ConsumerEnded("receipts".into())),
         }
-        Ok(())
     })
 }
 
@@ -103,6 +102,11 @@ async fn handle(
     event: RcptEvent,
 ) -> Result<(), ReceiptError> {
     let ts = now_millis();
+    let kind = match &event {
+        RcptEvent::Delivered { .. } => "delivered",
+        RcptEvent::Read { .. } => "read",
+    };
+    metrics::counter!("natter_receipts_events_total", "kind" => kind).increment(1);
     let receipts: Vec<(String, ReceiptItem)> = match event {
         RcptEvent::Delivered {
             by, after, upto, ..
@@ -149,6 +153,7 @@ async fn handle(
             ReceiptStatus::Read => "read",
         };
         let msg_id = format!("rcpt:{}:{}:{status}", receipt.id, receipt.by);
+        metrics::counter!("natter_receipts_sent_total", "status" => status).increment(1);
         let item = Bytes::from(InboxItem::Receipt(receipt).to_json());
         publish_durable(js, &subjects::inbox(&to), &msg_id, item).await
     });
