@@ -42,6 +42,9 @@ struct Cli {
     secret: Option<String>,
 }
 
+/// After the sending window, how long the tool waits for the last deliveries.
+const DRAIN_LIMIT: Duration = Duration::from_secs(45);
+
 #[derive(Default)]
 struct Stats {
     sent: Mutex<Option<Histogram<u64>>>,
@@ -77,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(cli.pairs as f64 / cli.rate as f64);
     let deadline = origin + Duration::from_secs(cli.seconds);
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for i in 0..cli.pairs {
@@ -87,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
             rx,
             origin,
             stats.clone(),
-            deadline + Duration::from_secs(5),
+            stop_rx.clone(),
         )));
         senders.push(tokio::spawn(send(
             tx,
@@ -102,6 +106,15 @@ async fn main() -> anyhow::Result<()> {
     for s in senders {
         s.await??;
     }
+    // Wait until every acknowledged send was delivered, or give up after DRAIN_LIMIT:
+    // what is still missing then is reported as lost.
+    let drain_start = Instant::now();
+    while stats.deliveries.load(Ordering::Relaxed) < stats.acks.load(Ordering::Relaxed)
+        && drain_start.elapsed() < DRAIN_LIMIT
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
     for r in receivers {
         r.await??;
     }
@@ -131,7 +144,8 @@ async fn main() -> anyhow::Result<()> {
         "sends": sends,
         "sent_acks": acks,
         "delivered": deliveries,
-        "lost": sends.saturating_sub(deliveries),
+        "lost": acks.saturating_sub(deliveries),
+        "drain_after_sending_s": stats.last_delivery_us.load(Ordering::Relaxed).saturating_sub(deadline.duration_since(origin).as_micros() as u64) as f64 / 1e6,
         "errors": stats.errors.load(Ordering::Relaxed),
         "delivered_per_s": deliveries as f64 / busy.as_secs_f64().max(1e-9),
         "send_to_sent_ms": {"p50": ms(&sent, 0.5), "p90": ms(&sent, 0.9), "p99": ms(&sent, 0.99), "max": ms(&sent, 1.0)},
@@ -207,7 +221,7 @@ async fn receive(
     socket: Socket,
     origin: Instant,
     stats: Arc<Stats>,
-    until: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     const ACK_EVERY: Duration = Duration::from_millis(20);
     let (mut sink, mut stream) = socket.split();
@@ -221,8 +235,9 @@ async fn receive(
                     acked = newest;
                 }
             }
-            message = tokio::time::timeout_at(until.into(), stream.next()) => {
-                let Ok(Some(message)) = message else { return Ok(()) };
+            _ = stop.changed() => return Ok(()),
+            message = stream.next() => {
+                let Some(message) = message else { return Ok(()) };
                 let Message::Text(text) = message? else { continue };
                 let frame: Value = serde_json::from_str(text.as_str())?;
                 newest = newest.max(frame["seq"].as_u64().unwrap_or(0));

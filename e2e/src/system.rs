@@ -73,6 +73,7 @@ pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
         password: Some(format!("{user}-dev")),
         name: name.to_owned(),
         replicas: 3,
+        subscription_capacity: 1024,
         discover_servers: true,
     }
 }

@@ -17,6 +17,10 @@ pub struct NatsSettings {
     pub name: String,
     /// Replicas of each stream: 3 on the local cluster, 1 on a single server.
     pub replicas: usize,
+    /// Messages buffered per subscription before NATS reports a slow consumer and drops.
+    /// On the gateway a live subscription's drops are repaired from the inbox, so this bounds
+    /// memory per socket; the JetStream request/reply buffer shares it.
+    pub subscription_capacity: usize,
     /// Also use the cluster addresses the servers advertise. Turn off when the servers are
     /// reached through a proxy or NAT and the addresses they advertise are not reachable.
     pub discover_servers: bool,
@@ -30,6 +34,7 @@ impl Default for NatsSettings {
             password: None,
             name: "natter".to_owned(),
             replicas: 3,
+            subscription_capacity: 1024,
             discover_servers: true,
         }
     }
@@ -71,10 +76,6 @@ impl NatsArgs {
     }
 }
 
-/// Items buffered per subscription before NATS reports a slow consumer and drops. Live
-/// delivery repairs drops from the inbox, so this bounds memory, not correctness.
-pub const SUBSCRIPTION_CAPACITY: usize = 256;
-
 /// Connects, retrying for up to `patience` while the cluster comes up. Connection events
 /// (reconnects, slow consumers) are sent on `events`.
 pub async fn connect(
@@ -87,7 +88,7 @@ pub async fn connect(
         let events = events.clone();
         let mut options = ConnectOptions::new()
             .name(&settings.name)
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .subscription_capacity(settings.subscription_capacity)
             .connection_timeout(Duration::from_secs(3))
             .event_callback(move |event| {
                 let events = events.clone();

@@ -8,7 +8,8 @@
 //!
 //! The task takes whatever messages are ready (up to [`BATCH`]), publishes all their inbox
 //! items back to back on one connection (stored in that order), waits for every ack, and
-//! acks the batch at once (`AckPolicy::All`). A publish that failed is retried with the same
+//! then acks each message. (Not `AckPolicy::All`: one message dropped on the way to the
+//! worker would be acked by its successor's ack and never fanned out.) A publish that failed is retried with the same
 //! `Nats-Msg-Id` until it is stored; during a stream leader election that retry can land
 //! after items published behind it, the one case where two items may swap in an inbox.
 //! Inbox items carry `Nats-Msg-Id = <message id>:<recipient>`, so a batch redelivered after
@@ -53,9 +54,9 @@ pub async fn start(
         let config = pull::Config {
             durable_name: Some(name.clone()),
             filter_subject: subjects::msg_partition(p),
-            ack_policy: AckPolicy::All,
+            ack_policy: AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
-            max_ack_pending: 4 * BATCH as i64,
+            max_ack_pending: 2 * BATCH as i64,
             priority_policy: PriorityPolicy::PinnedClient,
             priority_groups: vec![GROUP.to_owned()],
             priority_timeout: PIN_TIMEOUT,
@@ -107,9 +108,9 @@ async fn partition(
                 Err(err) => tracing::warn!(consumer = %name, error = %err, "fanout pull status"),
             }
         }
-        let Some(last) = messages.last() else {
+        if messages.is_empty() {
             continue;
-        };
+        }
         let records: Vec<MsgRecord> = messages
             .iter()
             .filter_map(|m| match serde_json::from_slice(&m.payload) {
@@ -121,8 +122,10 @@ async fn partition(
             })
             .collect();
         fan_out(&js, &records).await;
-        if let Err(err) = last.ack().await {
-            tracing::warn!(error = %err, "ack failed; the batch will be redelivered");
+        for message in &messages {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "ack failed; the message will be redelivered");
+            }
         }
         metrics::histogram!("natter_fanout_batch_seconds").record(started.elapsed().as_secs_f64());
     }

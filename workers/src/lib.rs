@@ -49,6 +49,9 @@ pub enum WorkerError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// Smallest subscription buffer a worker connection gets (see `run`).
+pub const MIN_SUBSCRIPTION_CAPACITY: usize = 8 * 1024;
+
 /// How long start-up waits for JetStream to answer (a fresh cluster takes seconds).
 pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -63,8 +66,24 @@ pub async fn run(
     if let Some(listen) = metrics_listen {
         natter_fabric::telemetry::install(listen)?;
     }
-    let (events, _) = broadcast::channel(16);
+    // A pull consumer delivers up to its max_ack_pending messages into one subscription;
+    // a smaller buffer would drop some, and they would come back only after the ack wait.
+    let nats = NatsSettings {
+        subscription_capacity: nats.subscription_capacity.max(MIN_SUBSCRIPTION_CAPACITY),
+        ..nats
+    };
+    let (events, mut watch_events) = broadcast::channel(16);
     let client = natter_fabric::connect(&nats, events, Duration::from_secs(30)).await?;
+    tokio::spawn(async move {
+        while let Ok(event) = watch_events.recv().await {
+            if let async_nats::Event::SlowConsumer(_) = event {
+                metrics::counter!("natter_workers_slow_consumer_total").increment(1);
+                tracing::error!(
+                    "a consumer's buffer overflowed: messages come back after the ack wait"
+                );
+            }
+        }
+    });
     let js = jetstream::new(client);
     streams::ensure_with_patience(&js, nats.replicas, SETUP_PATIENCE).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
