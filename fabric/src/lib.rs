@@ -8,9 +8,11 @@
 //! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
 //! - [`connect`]: one NATS connection with the options every process needs.
 //! - [`telemetry`]: the Prometheus exporter every process runs.
+//! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod connect;
 pub mod inbox;
+pub mod process;
 pub mod publish;
 pub mod records;
 pub mod streams;

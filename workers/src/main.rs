@@ -35,12 +35,7 @@ struct FileConfig {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .init();
+    natter_fabric::process::init_tracing();
     let cli = Cli::parse();
     let file: FileConfig = match &cli.config {
         Some(path) => {
@@ -55,17 +50,12 @@ async fn main() -> anyhow::Result<()> {
         ..NatsSettings::default()
     });
     cli.nats.apply(&mut nats);
-    natter_workers::run(cli.kind, nats, Some(cli.metrics_listen), shutdown_signal())
-        .await
-        .context("workers failed")
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    natter_workers::run(
+        cli.kind,
+        nats,
+        Some(cli.metrics_listen),
+        natter_fabric::process::shutdown_signal(),
+    )
+    .await
+    .context("workers failed")
 }
