@@ -396,3 +396,52 @@ async fn every_process_exports_prometheus_metrics() {
     assert!(value("natter_receipts_sent_total{status=\"delivered\"}") >= 1.0);
     assert!(!text.contains(&alice), "no user ids in labels");
 }
+
+/// Connects to the test cluster as one of `nats/accounts.conf`'s users.
+async fn nats_as(user: &str) -> async_nats::Client {
+    let settings = natter_e2e::system::nats_settings(&system().nats_urls, user, "e2e-permissions");
+    let (events, _) = tokio::sync::broadcast::channel(4);
+    natter_fabric::connect(&settings, events, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn each_nats_user_is_refused_what_its_process_does_not_need() {
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+
+    // The gateway user cannot delete a stream nor write an inbox directly.
+    let mut gateway = async_nats::jetstream::new(nats_as("gateway").await);
+    gateway.set_timeout(Duration::from_secs(2));
+    assert!(
+        gateway.delete_stream("INBOX").await.is_err(),
+        "gateway deleted INBOX"
+    );
+    let forged = gateway.publish(format!("inbox.{bob}"), "{}".into()).await;
+    let stored = match forged {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!stored, "gateway wrote an inbox directly");
+
+    // The workers user cannot listen to live deliveries.
+    let workers = nats_as("workers").await;
+    let mut eavesdrop = workers.subscribe(format!("live.{bob}")).await.unwrap();
+    a.send_text(&bob, "not for workers' ears").await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    b.wait_for_text("not for workers' ears").await; // stored and delivered
+    let overheard = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures_util::StreamExt::next(&mut eavesdrop),
+    )
+    .await;
+    assert!(
+        !matches!(overheard, Ok(Some(_))),
+        "the workers user received a live item"
+    );
+
+    // INBOX is still there and still delivers.
+    a.send_text(&bob, "still delivered").await;
+    b.wait_for_text("still delivered").await;
+}
