@@ -129,6 +129,12 @@ impl Client {
         .await
     }
 
+    /// The `msg` items among everything pending and arriving within `window`.
+    pub async fn messages_within(&mut self, window: Duration) -> Vec<Value> {
+        let frames = self.collect_for(window).await;
+        frames.into_iter().filter(|f| f["type"] == "msg").collect()
+    }
+
     /// Everything that arrives within `window` (after what is pending).
     pub async fn collect_for(&mut self, window: Duration) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + window;

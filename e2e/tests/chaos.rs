@@ -105,12 +105,7 @@ async fn every_sent_message_arrives_once_and_in_order_when_the_inbox_leader_node
             }
         }
         assert_eq!(got, sent, "{}: every sent message once, in order", bob.user);
-        let late: Vec<Value> = bob
-            .collect_for(Duration::from_millis(500))
-            .await
-            .into_iter()
-            .filter(|f| f["type"] == "msg")
-            .collect();
+        let late: Vec<Value> = bob.messages_within(Duration::from_millis(500)).await;
         assert!(
             late.is_empty(),
             "{}: unexpected extra messages {late:?}",

@@ -96,12 +96,7 @@ async fn resuming_with_after_has_no_gap_and_no_duplicate_on_either_gateway() {
     assert_eq!(texts, want, "in order, none missing, none repeated");
     assert!(b.seqs.iter().all(|s| *s > cursor));
     // Nothing else trickles in later (a duplicate would fail the seq check in `receive`).
-    let extra: Vec<Value> = b
-        .collect_for(Duration::from_millis(2500))
-        .await
-        .into_iter()
-        .filter(|f| f["type"] == "msg")
-        .collect();
+    let extra: Vec<Value> = b.messages_within(Duration::from_millis(2500)).await;
     assert!(extra.is_empty(), "unexpected extra messages: {extra:?}");
 }
 
@@ -138,12 +133,7 @@ async fn resending_a_client_id_returns_the_first_answer_and_delivers_once() {
 
     let mut b = Client::connect(1, &bob, "phone", 0).await;
     b.wait_for_text("only once").await;
-    let more: Vec<Value> = b
-        .collect_for(Duration::from_secs(2))
-        .await
-        .into_iter()
-        .filter(|f| f["type"] == "msg")
-        .collect();
+    let more: Vec<Value> = b.messages_within(Duration::from_secs(2)).await;
     assert!(more.is_empty(), "delivered twice: {more:?}");
 
     // Another user's identical client id is a different message.

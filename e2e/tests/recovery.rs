@@ -83,12 +83,7 @@ async fn store(js: &jetstream::Context, to: &str, from: &str, text: &str) -> u64
 }
 
 async fn nothing_for(client: &mut Client, window: Duration) {
-    let frames: Vec<Value> = client
-        .collect_for(window)
-        .await
-        .into_iter()
-        .filter(|f| f["type"] == "msg")
-        .collect();
+    let frames: Vec<Value> = client.messages_within(window).await;
     assert!(
         frames.is_empty(),
         "expected nothing live yet, got {frames:?}"
