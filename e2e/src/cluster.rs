@@ -83,7 +83,7 @@ impl NatsCluster {
                 &config,
                 format!(
                     "server_name: test-{i}\nlisten: 127.0.0.1:{client_port}\n\
-                     jetstream {{ max_memory_store: 64MB, max_file_store: 2GB }}\n\
+                     jetstream {{ sync_interval: 1s, max_memory_store: 64MB, max_file_store: 2GB }}\n\
                      {cluster}\nmax_payload: 1MB\ninclude ./accounts.conf\n"
                 ),
             )
