@@ -378,6 +378,7 @@ async fn every_process_exports_prometheus_metrics() {
     };
     assert!(value("natter_gateway_sockets") >= 2.0, "{text}");
     assert!(value("natter_gateway_send_to_sent_seconds_count") >= 1.0);
+    assert!(value("natter_gateway_send_to_deliver_seconds_count") >= 1.0);
     assert!(text.contains("natter_gateway_send_to_sent_seconds_bucket{le=\"0.005\"}"));
     assert!(value("natter_gateway_frames_total{type=\"send\"}") >= 1.0);
     assert!(value("natter_gateway_items_delivered_total") >= 2.0);

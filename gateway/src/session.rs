@@ -22,7 +22,7 @@ use natter_fabric::{
 };
 use natter_schemas::{
     ClientFrame, Conversation, ErrorCode, ErrorFrame, Pong, Sent, ServerFrame, Target,
-    ids::check_id,
+    ids::check_id, inbox::message_ts,
 };
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::Instrument;
@@ -244,7 +244,19 @@ impl Session {
                     .increment((items.len() - recovered) as u64);
                 metrics::counter!("natter_gateway_items_delivered_total", "path" => "recovered")
                     .increment(recovered as u64);
-                self.write_items(&items).await
+                self.write_items(&items).await?;
+                // End to end for messages delivered live: from the gateway that accepted the
+                // send (its `ts`) to this write. Catch-up items would measure offline time.
+                if let Some(ts) = items
+                    .last()
+                    .filter(|_| live)
+                    .and_then(|i| message_ts(&i.payload))
+                {
+                    let millis = now_millis().saturating_sub(ts);
+                    metrics::histogram!("natter_gateway_send_to_deliver_seconds")
+                        .record(millis as f64 / 1000.0);
+                }
+                Ok(())
             }
             Err(DeliveryError::TooFarBehind(n)) => Err(End::Behind(format!(
                 "more than {n} items behind; resume with after"

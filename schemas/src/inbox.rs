@@ -52,6 +52,19 @@ pub fn with_seq(seq: u64, stored: &[u8]) -> Option<String> {
     Some(format!("{{\"seq\":{seq}{sep}{rest}"))
 }
 
+/// The server timestamp of a stored `msg` item (`None` for other items), read without
+/// building the whole item: for latency metrics on the delivery path.
+pub fn message_ts(stored: &[u8]) -> Option<Millis> {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: &'a str,
+        ts: Millis,
+    }
+    let probe: Probe = serde_json::from_slice(stored).ok()?;
+    (probe.kind == "msg").then_some(probe.ts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +96,21 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&framed).unwrap();
         assert_eq!(value["type"], "msg");
         assert_eq!(value["body"]["kind"], "text");
+    }
+
+    #[test]
+    fn message_ts_reads_messages_only() {
+        assert_eq!(message_ts(message().to_json().as_bytes()), Some(7));
+        let receipt = InboxItem::Receipt(ReceiptItem {
+            conv: "dm:a:b".into(),
+            id: "m".into(),
+            by: "b".into(),
+            status: ReceiptStatus::Read,
+            ts: 1,
+            all: None,
+        });
+        assert_eq!(message_ts(receipt.to_json().as_bytes()), None);
+        assert_eq!(message_ts(b"nonsense"), None);
     }
 
     #[test]
