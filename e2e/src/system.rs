@@ -155,13 +155,13 @@ fn start(options: Options) -> System {
         .expect("the e2e system did not come up")
 }
 
-/// Plain HTTP GET, returning the status code and body.
+/// Plain HTTP/1.0 GET (no chunked bodies), returning the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

@@ -89,6 +89,8 @@ pub async fn run(
     if let Some(listen) = config.metrics_listen {
         natter_fabric::telemetry::install(listen)?;
     }
+    // Present at zero, so dashboards show 0 rather than no data.
+    metrics::counter!("natter_gateway_nats_disconnects_total").increment(0);
     let (events_tx, events_rx) = broadcast::channel(64);
     let nats =
         natter_fabric::connect(&config.nats, events_tx, std::time::Duration::from_secs(30)).await?;

@@ -66,6 +66,14 @@ pub async fn run(
     if let Some(listen) = metrics_listen {
         natter_fabric::telemetry::install(listen)?;
     }
+    // Counters that stay at zero in a healthy system still exist, so dashboards and alerts
+    // see 0 rather than no data.
+    for zero in [
+        "natter_workers_slow_consumer_total",
+        "natter_fanout_retries_total",
+    ] {
+        metrics::counter!(zero).increment(0);
+    }
     // A pull consumer delivers up to its max_ack_pending messages into one subscription;
     // a smaller buffer would drop some, and they would come back only after the ack wait.
     let nats = NatsSettings {
