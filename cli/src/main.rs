@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use natter_gateway::{auth, config::DEV_JWT_SECRET};
+use natter_auth::{self as auth, DEV_JWT_SECRET};
 
 #[derive(Debug, Parser)]
 #[command(name = "natter", about = "Natter developer commands")]

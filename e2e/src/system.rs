@@ -123,6 +123,7 @@ fn start(options: Options) -> System {
                         }
                     });
                 }
+                let probe_gateway = gateways[0];
                 for i in 0..2 {
                     let settings = nats_settings(&urls, "workers", &format!("workers-{i}"));
                     tokio::spawn(async move {
@@ -130,6 +131,13 @@ fn start(options: Options) -> System {
                             natter_workers::Kind::All,
                             settings,
                             None,
+                            // One set of workers probes gateway 0 twice a second.
+                            (i == 0).then(|| natter_workers::canary::CanarySettings {
+                                gateway: probe_gateway.to_string(),
+                                secret: SECRET.to_owned(),
+                                every: Duration::from_millis(500),
+                                timeout: Duration::from_secs(5),
+                            }),
                             std::future::pending(),
                         )
                         .await

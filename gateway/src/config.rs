@@ -6,9 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use natter_fabric::connect::{NatsArgs, NatsSettings};
 use serde::Deserialize;
 
-/// The HS256 secret used when none is configured. Only for a local setup: the gateway
-/// logs a warning when it runs with it.
-pub const DEV_JWT_SECRET: &str = "natter-dev-secret-do-not-use-in-production";
+pub use natter_auth::DEV_JWT_SECRET;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

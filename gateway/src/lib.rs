@@ -11,7 +11,7 @@
 //! The gateway keeps no routing table: a socket's task subscribes to `live.<uid>` and NATS
 //! interest routing brings that user's items here. Any gateway can serve any user.
 
-pub mod auth;
+pub use natter_auth as auth;
 pub mod config;
 mod delivery;
 mod http;

@@ -3,13 +3,17 @@
 //! - [`fanout`]: `MSGS` → one item in each member's inbox (and the sender's own, for their
 //!   other devices), per partition in stream order.
 //! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes.
+//! - [`jetstream_stats`]: stream sizes and consumer backlogs as Prometheus gauges.
+//! - [`canary`]: a probe message through the whole path, timed end to end.
 //!
 //! Every worker is a durable pull consumer with explicit acks: run more processes to add
 //! throughput, kill any of them and another takes over its unacked work. Every publish
 //! carries a `Nats-Msg-Id` derived from what it is about, so redelivered work stores
 //! nothing twice.
 
+pub mod canary;
 pub mod fanout;
+pub mod jetstream_stats;
 pub mod receipts;
 
 use std::{future::Future, time::Duration};
@@ -61,6 +65,7 @@ pub async fn run(
     kind: Kind,
     nats: NatsSettings,
     metrics_listen: Option<std::net::SocketAddr>,
+    canary: Option<canary::CanarySettings>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     if let Some(listen) = metrics_listen {
@@ -108,6 +113,20 @@ pub async fn run(
     }
     if matches!(kind, Kind::Receipts | Kind::All) {
         tasks.spawn(receipts::start(&js, stop_rx.clone()).await?);
+    }
+    tasks.spawn({
+        let (js, stop) = (js.clone(), stop_rx.clone());
+        async move {
+            jetstream_stats::run(js, stop).await;
+            Ok(())
+        }
+    });
+    if let Some(settings) = canary {
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            canary::run(settings, stop).await;
+            Ok(())
+        });
     }
     tracing::info!(?kind, "workers running");
     while let Some(done) = tasks.join_next().await {

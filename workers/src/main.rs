@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use natter_fabric::connect::{NatsArgs, NatsSettings};
-use natter_workers::Kind;
+use natter_workers::{Kind, canary::CanarySettings};
 
 #[derive(Debug, Parser)]
 #[command(name = "natter-workers", about = "Natter's background workers")]
@@ -16,6 +16,19 @@ struct Cli {
     /// TOML file with a `[nats]` table (urls, user, password, name, replicas).
     #[arg(long, env = "NATTER_WORKERS_CONFIG")]
     config: Option<PathBuf>,
+    /// Gateway address for the delivery canary (e.g. 127.0.0.1:8080); none: no canary.
+    #[arg(long, env = "NATTER_CANARY_GATEWAY")]
+    canary_gateway: Option<String>,
+    /// HS256 secret the canary signs its probe users' tokens with.
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
+    canary_secret: Option<String>,
+    /// Local development: without a secret, the canary signs with the built-in development
+    /// secret (the one a gateway started with --dev accepts).
+    #[arg(long, env = "NATTER_DEV")]
+    dev: bool,
+    /// Milliseconds between probes.
+    #[arg(long, env = "NATTER_CANARY_EVERY_MS", default_value_t = 10_000)]
+    canary_every_ms: u64,
     /// Prometheus `/metrics` listen address.
     #[arg(
         long,
@@ -50,10 +63,26 @@ async fn main() -> anyhow::Result<()> {
         ..NatsSettings::default()
     });
     cli.nats.apply(&mut nats);
+    let secret = cli
+        .canary_secret
+        .or_else(|| cli.dev.then(|| natter_auth::DEV_JWT_SECRET.to_owned()));
+    let canary = match (cli.canary_gateway, secret) {
+        (Some(gateway), Some(secret)) => Some(CanarySettings {
+            gateway,
+            secret,
+            every: std::time::Duration::from_millis(cli.canary_every_ms),
+            timeout: std::time::Duration::from_secs(5),
+        }),
+        (Some(_), None) => {
+            anyhow::bail!("the canary needs the gateway's JWT secret (NATTER_JWT_SECRET, or --dev)")
+        }
+        (None, _) => None,
+    };
     natter_workers::run(
         cli.kind,
         nats,
         Some(cli.metrics_listen),
+        canary,
         natter_fabric::process::shutdown_signal(),
     )
     .await

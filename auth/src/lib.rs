@@ -8,6 +8,16 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use natter_schemas::ids::check_id;
 use serde::{Deserialize, Serialize};
 
+/// The HS256 secret of a local setup (`--dev`): anyone can mint tokens with it.
+pub const DEV_JWT_SECRET: &str = "natter-dev-secret-do-not-use-in-production";
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Why a token was refused or could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -146,7 +156,7 @@ pub fn mint_hs256(
     }
     let claims = Claims {
         sub: user.to_owned(),
-        exp: natter_fabric::now_millis() / 1000 + ttl_secs,
+        exp: now_millis() / 1000 + ttl_secs,
         device: device.map(str::to_owned),
         iss: issuer.map(str::to_owned),
         aud: audience.map(|aud| Audience::One(aud.to_owned())),
@@ -171,7 +181,7 @@ mod tests {
     const SECRET: &[u8] = b"test-secret";
 
     fn claims(exp_offset: i64) -> Claims {
-        let now = (natter_fabric::now_millis() / 1000) as i64;
+        let now = (now_millis() / 1000) as i64;
         Claims {
             sub: "alice".into(),
             exp: (now + exp_offset) as u64,
@@ -302,7 +312,7 @@ mod tests {
             nbf: u64,
         }
         let v = Verifier::hs256(SECRET, None, None).unwrap();
-        let now = natter_fabric::now_millis() / 1000;
+        let now = now_millis() / 1000;
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &NotYet {
