@@ -102,7 +102,10 @@ fn start(options: Options) -> System {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
+                // One exporter for the whole test process, installed before any component
+                // records a metric (a metric recorded before it would be lost).
                 let metrics = SocketAddr::from(([127, 0, 0, 1], crate::cluster::free_port()));
+                natter_fabric::telemetry::install(metrics).expect("metrics exporter");
                 let mut gateways = Vec::new();
                 for i in 0..2 {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -110,7 +113,7 @@ fn start(options: Options) -> System {
                     let mut config = Config {
                         listen: gateways[i],
                         nats: nats_settings(&urls, "gateway", &format!("gateway-{i}")),
-                        metrics_listen: (i == 0).then_some(metrics),
+                        metrics_listen: None,
                         ..Config::default()
                     };
                     config.jwt.secret = Some(SECRET.to_owned());
