@@ -150,8 +150,13 @@ async fn every_dashboard_panel_and_alert_rule_works_against_a_real_prometheus() 
         }
     });
 
-    // Scrapes arrive, then a few seconds of samples for the rate() windows.
+    // Ready (it answers 503 while its storage opens), scrapes arrive, then a few seconds of
+    // samples for the rate() windows.
     let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(prometheus.addr, "/-/ready", None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "Prometheus never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     loop {
         let up = query(&prometheus, "sum(up)").await;
         if up["data"]["result"][0]["value"][1] == "2" {
