@@ -81,6 +81,17 @@ mod tests {
         })
     }
 
+    fn read_receipt() -> InboxItem {
+        InboxItem::Receipt(ReceiptItem {
+            conv: "dm:a:b".into(),
+            id: "m".into(),
+            by: "b".into(),
+            status: ReceiptStatus::Read,
+            ts: 1,
+            all: None,
+        })
+    }
+
     #[test]
     fn with_seq_yields_the_delivered_frame() {
         let stored = message().to_json();
@@ -101,15 +112,7 @@ mod tests {
     #[test]
     fn message_ts_reads_messages_only() {
         assert_eq!(message_ts(message().to_json().as_bytes()), Some(7));
-        let receipt = InboxItem::Receipt(ReceiptItem {
-            conv: "dm:a:b".into(),
-            id: "m".into(),
-            by: "b".into(),
-            status: ReceiptStatus::Read,
-            ts: 1,
-            all: None,
-        });
-        assert_eq!(message_ts(receipt.to_json().as_bytes()), None);
+        assert_eq!(message_ts(read_receipt().to_json().as_bytes()), None);
         assert_eq!(message_ts(b"nonsense"), None);
     }
 
@@ -122,14 +125,7 @@ mod tests {
 
     #[test]
     fn receipts_round_trip_with_optional_all() {
-        let item = InboxItem::Receipt(ReceiptItem {
-            conv: "dm:a:b".into(),
-            id: "m".into(),
-            by: "b".into(),
-            status: ReceiptStatus::Read,
-            ts: 1,
-            all: None,
-        });
+        let item = read_receipt();
         let json = item.to_json();
         assert!(!json.contains("all"), "{json}");
         assert_eq!(serde_json::from_str::<InboxItem>(&json).unwrap(), item);
