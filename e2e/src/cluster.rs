@@ -3,10 +3,15 @@
 #![allow(unsafe_code)] // prctl(PR_SET_PDEATHSIG) so servers die with the test process
 
 use std::{
+    io::{Read, Write},
     net::TcpListener,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU16, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -24,19 +29,29 @@ pub fn nats_server_binary() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".tools/bin/nats-server"))
 }
 
-/// A port that was free a moment ago.
+/// A loopback port that was free a moment ago and that this process has not handed out
+/// before. Ports come from below Linux's ephemeral range (32768 and up), so an outgoing
+/// connection cannot take one between this call and the server binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    // Start at a per-process offset so test binaries that overlap rarely probe the same ports.
+    let next = NEXT.get_or_init(|| AtomicU16::new((std::process::id() % u32::from(SPAN)) as u16));
+    for _ in 0..SPAN {
+        let port = FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 struct Node {
     config: PathBuf,
     store: PathBuf,
     client_port: u16,
+    monitor_port: u16,
     child: Option<Child>,
 }
 
@@ -62,13 +77,15 @@ impl NatsCluster {
             dir.join("accounts.conf"),
         )
         .unwrap();
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16, u16)> = (0..size)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
         let routes: Vec<String> = ports
             .iter()
-            .map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}"))
+            .map(|(_, cluster, _)| format!("nats-route://127.0.0.1:{cluster}"))
             .collect();
         let mut nodes = Vec::new();
-        for (i, (client_port, cluster_port)) in ports.iter().enumerate() {
+        for (i, (client_port, cluster_port, monitor_port)) in ports.iter().enumerate() {
             let config = dir.join(format!("node-{i}.conf"));
             let store = dir.join(format!("store-{i}"));
             let cluster = if size > 1 {
@@ -83,6 +100,7 @@ impl NatsCluster {
                 &config,
                 format!(
                     "server_name: test-{i}\nlisten: 127.0.0.1:{client_port}\n\
+                     http: 127.0.0.1:{monitor_port}\n\
                      jetstream {{ sync_interval: 1s, max_memory_store: 64MB, max_file_store: 2GB }}\n\
                      {cluster}\nmax_payload: 1MB\ninclude ./accounts.conf\n"
                 ),
@@ -92,6 +110,7 @@ impl NatsCluster {
                 config,
                 store,
                 client_port: *client_port,
+                monitor_port: *monitor_port,
                 child: None,
             });
         }
@@ -101,6 +120,9 @@ impl NatsCluster {
         }
         for i in 0..size {
             cluster.wait_listening(i);
+        }
+        for i in 0..size {
+            cluster.wait_jetstream_healthy(i);
         }
         cluster
     }
@@ -139,6 +161,31 @@ impl NatsCluster {
         }
     }
 
+    /// Waits until node `i`'s monitoring `/healthz` answers 200: JetStream is enabled and
+    /// the node is current with the meta leader. A cluster that never gets there fails here,
+    /// with the node's log, instead of as a gateway that cannot create its streams.
+    fn wait_jetstream_healthy(&self, i: usize) {
+        let port = self.nodes[i].monitor_port;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http_status(port, "/healthz") != Some(200) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "nats node {i} not healthy after 60 s; its log ends:\n{}",
+                    self.log_tail(i, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last `lines` lines of node `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let log =
+            std::fs::read_to_string(self.dir.join(format!("node-{i}.log"))).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// All client URLs, comma-separated, as the processes take them.
     pub fn urls(&self) -> String {
         self.nodes
@@ -175,6 +222,16 @@ impl NatsCluster {
         self.start_node(i);
         self.wait_listening(i);
     }
+}
+
+/// The status code of a plain `GET path` to a loopback port, if it answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split(' ').nth(1)?.parse().ok()
 }
 
 impl Drop for NatsCluster {
