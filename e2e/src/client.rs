@@ -74,18 +74,43 @@ impl Client {
         self.send_raw(&value.to_string()).await;
     }
 
+    /// Sends `frame` with a fresh `ref` and waits for the answer carrying it.
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        self.next_ref += 1;
+        let reference = format!("r{}", self.next_ref);
+        frame["ref"] = Value::from(reference.as_str());
+        self.send_json(frame).await;
+        self.wait_for("answer", |f| f["ref"] == reference.as_str())
+            .await
+    }
+
     /// Sends a text message with client id `client_id` and waits for its answer
     /// (`sent` or `error`), which it returns.
     pub async fn send_text_with_id(&mut self, to_user: &str, client_id: &str, text: &str) -> Value {
-        self.next_ref += 1;
-        let reference = format!("r{}", self.next_ref);
-        self.send_json(json!({
-            "type": "send", "id": client_id, "to": format!("user:{to_user}"),
-            "body": {"kind": "text", "text": text}, "ref": reference,
-        }))
-        .await;
-        self.wait_for("answer to send", |f| f["ref"] == reference.as_str())
+        self.send_to_with_id(&format!("user:{to_user}"), client_id, text)
             .await
+    }
+
+    /// Sends a text to `to` (`user:<id>` or `group:<id>`) and returns the answer.
+    pub async fn send_to_with_id(&mut self, to: &str, client_id: &str, text: &str) -> Value {
+        self.request(json!({
+            "type": "send", "id": client_id, "to": to,
+            "body": {"kind": "text", "text": text},
+        }))
+        .await
+    }
+
+    /// Sends a text to group `gid` and returns its `sent` frame (panics on `error`).
+    pub async fn send_to_group(&mut self, gid: &str, text: &str) -> Value {
+        let answer = self
+            .send_to_with_id(
+                &format!("group:{gid}"),
+                &uuid::Uuid::new_v4().to_string(),
+                text,
+            )
+            .await;
+        assert_eq!(answer["type"], "sent", "send refused: {answer}");
+        answer
     }
 
     /// Sends a text message and returns its `sent` frame (panics on `error`).

@@ -47,6 +47,18 @@ pub fn with_cluster<T>(f: impl FnOnce(&mut NatsCluster) -> T) -> T {
 pub struct Options {
     /// Each socket's periodic inbox check (the gateway's `limits.reconcile_every_ms`).
     pub reconcile_every_ms: u64,
+    /// Sets of workers run inside the test process (0: the test runs its own, e.g. as
+    /// processes it can kill).
+    pub workers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            reconcile_every_ms: 2_000,
+            workers: 2,
+        }
+    }
 }
 
 static OPTIONS: OnceLock<Options> = OnceLock::new();
@@ -59,11 +71,7 @@ pub fn configure(options: Options) {
 /// The shared system, started on first use.
 pub fn system() -> &'static System {
     static SYSTEM: OnceLock<System> = OnceLock::new();
-    SYSTEM.get_or_init(|| {
-        start(*OPTIONS.get_or_init(|| Options {
-            reconcile_every_ms: 2_000,
-        }))
-    })
+    SYSTEM.get_or_init(|| start(*OPTIONS.get_or_init(Options::default)))
 }
 
 pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
@@ -107,6 +115,7 @@ fn start(options: Options) -> System {
                 let metrics = SocketAddr::from(([127, 0, 0, 1], crate::cluster::free_port()));
                 natter_fabric::telemetry::install(metrics).expect("metrics exporter");
                 let mut gateways = Vec::new();
+                let mut running = Vec::new();
                 for i in 0..2 {
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                     gateways.push(listener.local_addr().unwrap());
@@ -118,16 +127,16 @@ fn start(options: Options) -> System {
                     };
                     config.jwt.secret = Some(SECRET.to_owned());
                     config.limits.reconcile_every_ms = options.reconcile_every_ms;
-                    tokio::spawn(async move {
+                    running.push(tokio::spawn(async move {
                         if let Err(err) =
                             natter_gateway::run(listener, config, std::future::pending()).await
                         {
                             panic!("gateway {i} failed: {err}");
                         }
-                    });
+                    }));
                 }
                 let probe_gateway = gateways[0];
-                for i in 0..2 {
+                for i in 0..options.workers {
                     let settings = nats_settings(&urls, "workers", &format!("workers-{i}"));
                     tokio::spawn(async move {
                         if let Err(err) = natter_workers::run(
@@ -149,8 +158,8 @@ fn start(options: Options) -> System {
                         }
                     });
                 }
-                for gateway in &gateways {
-                    wait_healthy(*gateway).await;
+                for (gateway, task) in gateways.iter().zip(&running) {
+                    wait_healthy_while(*gateway, || !task.is_finished()).await;
                 }
                 tx.send(System {
                     gateways,
@@ -190,19 +199,35 @@ pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u1
 
 /// Waits until `GET /healthz` on `addr` answers 200.
 pub async fn wait_healthy(addr: SocketAddr) {
+    wait_healthy_while(addr, || true).await
+}
+
+/// Waits until `GET /healthz` on `addr` answers 200, failing at once when `alive` says the
+/// gateway has stopped (its own error is printed where it stopped).
+async fn wait_healthy_while(addr: SocketAddr, alive: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        if let Ok(Ok((200, _))) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::spawn(http_get(addr, "/healthz", None)),
-        )
-        .await
+        if let Ok(Some(200)) =
+            tokio::time::timeout(Duration::from_secs(2), healthz_status(addr)).await
         {
             return;
         }
+        assert!(alive(), "gateway {addr} stopped before it was healthy");
         assert!(Instant::now() < deadline, "gateway {addr} not healthy");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The status of `GET /healthz`, or None while nothing answers.
+async fn healthz_status(addr: SocketAddr) -> Option<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: test\r\n\r\n")
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split(' ').nth(1)?.parse().ok()
 }
 
 /// A gateway started by one test, on that test's runtime, stopped on Drop.

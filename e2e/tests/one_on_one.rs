@@ -415,6 +415,12 @@ async fn each_nats_user_is_refused_what_its_process_does_not_need() {
         Err(_) => false,
     };
     assert!(!stored, "gateway wrote an inbox directly");
+    let forged = gateway.publish("$KV.receipts.m.x", "{}".into()).await;
+    let stored = match forged {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!stored, "gateway wrote the receipt book");
 
     // The workers user cannot listen to live deliveries.
     let workers = nats_as("workers").await;
@@ -431,6 +437,16 @@ async fn each_nats_user_is_refused_what_its_process_does_not_need() {
         !matches!(overheard, Ok(Some(_))),
         "the workers user received a live item"
     );
+
+    // Nor change a group.
+    let mut js = async_nats::jetstream::new(workers.clone());
+    js.set_timeout(Duration::from_secs(2));
+    let forged = js.publish("$KV.groups.g", "{}".into()).await;
+    let stored = match forged {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!stored, "workers wrote a group");
 
     // INBOX is still there and still delivers.
     a.send_text(&bob, "still delivered").await;

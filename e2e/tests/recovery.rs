@@ -31,6 +31,7 @@ static INBOX_SETTINGS: Mutex<()> = Mutex::const_new(());
 async fn admin() -> jetstream::Context {
     configure(Options {
         reconcile_every_ms: 600_000,
+        ..Options::default()
     });
     let urls = system().nats_urls.clone();
     let (events, _) = tokio::sync::broadcast::channel(4);
@@ -210,6 +211,7 @@ fn bulky(i: usize) -> String {
 async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() {
     configure(Options {
         reconcile_every_ms: 600_000,
+        ..Options::default()
     });
     let gateway = ExtraGateway::start(
         nats_settings(&system().nats_urls, "gateway", "slow-client-gateway"),

@@ -5,15 +5,19 @@
 //!   created idempotently by whichever process starts first.
 //! - [`records`]: what the gateway writes to `MSGS` and `RCPT`.
 //! - [`publish`]: publishing that survives a stream leader election.
+//! - [`groups`]: group membership in the `groups` KV bucket, with its rules.
+//! - [`receipt_book`]: per-member delivered/read state of group messages.
 //! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
 //! - [`connect`]: one NATS connection with the options every process needs.
 //! - [`telemetry`]: the Prometheus exporter every process runs.
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod connect;
+pub mod groups;
 pub mod inbox;
 pub mod process;
 pub mod publish;
+pub mod receipt_book;
 pub mod records;
 pub mod streams;
 pub mod subjects;

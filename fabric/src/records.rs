@@ -1,6 +1,6 @@
 //! What the gateway writes into `MSGS` and `RCPT`, read back by the workers.
 
-use natter_schemas::{Body, MessageItem};
+use natter_schemas::{Body, GroupEventItem, MessageItem};
 use serde::{Deserialize, Serialize};
 
 /// One accepted message in `MSGS`. The sender comes from the token, never the frame.
@@ -30,6 +30,24 @@ impl MsgRecord {
             reply_to: self.reply_to.clone(),
         }
     }
+}
+
+/// A group membership change in `MSGS`, on the group's subject: it is ordered with the
+/// group's messages, and the fanout workers put its item into each recipient's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupEventRecord {
+    /// Unique per change (a UUIDv7): the inbox items' `Nats-Msg-Id` is `<event_id>:<uid>`.
+    pub event_id: String,
+    pub item: GroupEventItem,
+    pub recipients: Vec<String>,
+}
+
+/// Anything in `MSGS`: a message, or a group change (told apart by their fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MsgsEntry {
+    Message(MsgRecord),
+    GroupEvent(GroupEventRecord),
 }
 
 /// One event on `rcpt.<uid>`.

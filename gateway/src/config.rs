@@ -53,6 +53,8 @@ pub struct Limits {
     pub ping_every_ms: u64,
     /// Largest client frame, in bytes.
     pub max_frame_bytes: usize,
+    /// Most members of one group (WhatsApp's limit by default).
+    pub max_group_members: usize,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Limits {
             reconcile_every_ms: 30_000,
             ping_every_ms: 30_000,
             max_frame_bytes: 64 * 1024,
+            max_group_members: natter_fabric::groups::DEFAULT_MAX_MEMBERS,
         }
     }
 }

@@ -1,11 +1,12 @@
-//! HTTP routes: the WebSocket upgrade, the inbox over plain HTTP, and health.
+//! HTTP routes: the WebSocket upgrade, the inbox over plain HTTP, a group message's
+//! per-member receipts ("message info"), and health.
 //!
 //! Authentication happens here, before any socket exists: a missing or bad token is a
 //! 401 and a malformed query a 400, with a JSON body `{error, message}`.
 
 use axum::{
     Json, Router,
-    extract::{Query, State, WebSocketUpgrade},
+    extract::{Path, Query, State, WebSocketUpgrade},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -23,6 +24,7 @@ pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/v1/ws", get(websocket))
         .route("/v1/inbox", get(inbox))
+        .route("/v1/messages/{id}/receipts", get(message_info))
         .route("/healthz", get(healthz))
         .with_state(app)
 }
@@ -145,6 +147,46 @@ async fn inbox(
         .collect();
     let body = format!("{{\"items\":[{}],\"next\":{next}}}", frames.join(","));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /v1/messages/<id>/receipts`: for the sender of a group message, each recipient's
+/// furthest status (`sent`, `delivered`, `read`). 404 for anyone else, and for messages
+/// that are not group messages (their one receipt is in the sender's inbox).
+async fn message_info(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let identity = authenticate(&app, &headers, None)?;
+    check_id(&id, "message id")
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
+    let state = app.book.message(&id).await.map_err(|e| {
+        Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    let Some(state) = state.filter(|s| s.from == identity.user) else {
+        return Err(Refusal(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no group message with this id sent by you".into(),
+        ));
+    };
+    let members: Vec<serde_json::Value> = state
+        .recipients
+        .iter()
+        .map(|m| serde_json::json!({ "user": m, "status": state.status_of(m) }))
+        .collect();
+    let body = serde_json::json!({
+        "id": id,
+        "conv": state.conv,
+        "members": members,
+        "delivered_all": state.delivered.len() == state.recipients.len(),
+        "read_all": state.read.len() == state.recipients.len(),
+    });
+    Ok(Json(body).into_response())
 }
 
 async fn healthz(State(app): State<App>) -> Response {

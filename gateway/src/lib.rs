@@ -21,7 +21,7 @@ mod session;
 use std::{future::Future, sync::Arc};
 
 use async_nats::jetstream;
-use natter_fabric::{Inbox, streams};
+use natter_fabric::{Inbox, groups::Groups, receipt_book::ReceiptBook, streams};
 use tokio::{
     net::TcpListener,
     sync::{broadcast, watch},
@@ -54,6 +54,10 @@ pub enum GatewayError {
     Stream(#[from] jetstream::context::GetStreamError),
     #[error("cannot open the inbox: {0}")]
     Inbox(#[from] natter_fabric::InboxError),
+    #[error("cannot open the groups bucket: {0}")]
+    Groups(#[from] natter_fabric::groups::GroupsError),
+    #[error("cannot open the receipt book: {0}")]
+    Book(#[from] natter_fabric::receipt_book::BookError),
     #[error("cannot subscribe to advisories: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("cannot start the metrics exporter: {0}")]
@@ -68,6 +72,10 @@ pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub msgs: jetstream::stream::Stream<()>,
     pub inbox: Inbox,
+    /// Group membership (cached, watched) and group changes.
+    pub groups: Groups,
+    /// Per-member state of group messages, for "message info".
+    pub book: ReceiptBook,
     pub verifier: Verifier,
     pub config: Config,
     /// Fires when every socket should compare its cursor with its inbox.
@@ -103,6 +111,14 @@ pub async fn run(
     .await?;
     let msgs = js.get_stream_no_info(streams::MSGS).await?;
     let inbox = Inbox::open(&js).await?;
+    let patience = std::time::Duration::from_secs(60);
+    let replicas = config.nats.replicas;
+    let groups =
+        streams::with_patience("groups bucket", patience, || Groups::open(&js, replicas)).await?;
+    let book = streams::with_patience("receipt book", patience, || {
+        ReceiptBook::open(&js, replicas)
+    })
+    .await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (resync_tx, _) = broadcast::channel(4);
@@ -111,12 +127,15 @@ pub async fn run(
         js,
         msgs,
         inbox,
+        groups: groups.clone(),
+        book,
         verifier,
         config,
         resync: resync_tx.clone(),
         shutdown: stop_rx.clone(),
     });
     resync::spawn(&nats, events_rx, resync_tx, stop_rx.clone()).await?;
+    tokio::spawn(groups.watch(stop_rx.clone()));
 
     tokio::spawn(async move {
         shutdown.await;

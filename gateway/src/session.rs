@@ -16,13 +16,15 @@ use futures_util::{
     stream::{FuturesUnordered, SplitSink},
 };
 use natter_fabric::{
-    StoredItem, now_millis, publish_durable,
-    records::{MsgRecord, RcptEvent},
+    StoredItem,
+    groups::{Change, Group, GroupsError, Refusal},
+    now_millis, publish_durable,
+    records::{MsgRecord, MsgsEntry, RcptEvent},
     subjects,
 };
 use natter_schemas::{
-    ClientFrame, Conversation, ErrorCode, ErrorFrame, Pong, Sent, ServerFrame, Target,
-    ids::check_id, inbox::message_ts,
+    ClientFrame, Conversation, ErrorCode, ErrorFrame, GroupChange, GroupCreate, GroupLeave, Pong,
+    Sent, ServerFrame, Target, ids::check_id, inbox::message_ts,
 };
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::Instrument;
@@ -343,8 +345,12 @@ impl Session {
         match frame {
             ClientFrame::Send(send) => self.on_send(send).map(Some),
             ClientFrame::Ack(ack) => self.on_ack(ack.seq),
-            ClientFrame::Read(read) => self.on_read(&read.conv, &read.up_to).map(Some),
+            ClientFrame::Read(read) => self.on_read(&read.conv, &read.up_to, read.r#ref).map(Some),
             ClientFrame::Ping(ping) => Err(Answer(ServerFrame::Pong(Pong { r#ref: ping.r#ref }))),
+            ClientFrame::GroupCreate(create) => self.on_group_create(create).map(Some),
+            ClientFrame::GroupAdd(change) => self.on_group_change(change, Membership::Add),
+            ClientFrame::GroupRemove(change) => self.on_group_change(change, Membership::Remove),
+            ClientFrame::GroupLeave(leave) => self.on_group_leave(leave).map(Some),
             other => Err(Refused(
                 ErrorCode::Unsupported,
                 format!("`{}` is not served by this gateway yet", other.kind()),
@@ -355,12 +361,6 @@ impl Session {
     fn on_send(&mut self, send: natter_schemas::Send) -> Result<Pending, Reply> {
         check_id(&send.id, "message id").map_err(bad_id)?;
         let target = Target::parse(&send.to).map_err(bad_id)?;
-        if matches!(target, Target::Group(_)) {
-            return Err(Refused(
-                ErrorCode::Unsupported,
-                "group chat is not served by this gateway yet".into(),
-            ));
-        }
         send.body
             .check()
             .map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
@@ -389,6 +389,11 @@ impl Session {
         let reference = send.r#ref;
         let started = std::time::Instant::now();
         Ok(Box::pin(async move {
+            if let Target::Group(gid) = &target
+                && let Err(refusal) = require_member(&app, gid, &record.from).await
+            {
+                return Some(refusal.with_ref(reference));
+            }
             let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialize"));
             let sent = match publish_durable(&app.js, &subject, &msg_id, payload).await {
                 Ok(ack) if ack.duplicate => original(&app, ack.sequence).await,
@@ -442,28 +447,108 @@ impl Session {
         Ok(Some(self.publish_receipt_event(event, msg_id)))
     }
 
-    fn on_read(&mut self, conv: &str, up_to: &str) -> Result<Pending, Reply> {
+    fn on_read(
+        &mut self,
+        conv: &str,
+        up_to: &str,
+        reference: Option<String>,
+    ) -> Result<Pending, Reply> {
         let conv = Conversation::parse(conv).map_err(bad_id)?;
         check_id(up_to, "up_to").map_err(bad_id)?;
-        if matches!(conv, Conversation::Group(_)) {
-            return Err(Refused(
-                ErrorCode::Unsupported,
-                "group chat is not served by this gateway yet".into(),
-            ));
-        }
-        if conv.peer_of(&self.user).is_none() {
-            return Err(Refused(
-                ErrorCode::Forbidden,
-                "not a member of this conversation".into(),
-            ));
-        }
+        let group = match &conv {
+            Conversation::Group(gid) => Some(gid.clone()),
+            direct if direct.peer_of(&self.user).is_none() => {
+                return Err(Refused(
+                    ErrorCode::Forbidden,
+                    "not a member of this conversation".into(),
+                ));
+            }
+            _ => None,
+        };
         let event = RcptEvent::Read {
             by: self.user.clone(),
             conv: conv.to_string(),
             up_to: up_to.to_owned(),
         };
         let msg_id = format!("r:{}:{conv}:{up_to}", self.user);
-        Ok(self.publish_receipt_event(event, msg_id))
+        let publish = self.publish_receipt_event(event, msg_id);
+        let (app, user) = (self.app.clone(), self.user.clone());
+        Ok(Box::pin(async move {
+            if let Some(gid) = group
+                && let Err(refusal) = require_member(&app, &gid, &user).await
+            {
+                return Some(refusal.with_ref(reference));
+            }
+            publish.await
+        }))
+    }
+
+    /// `group_create`: a new group with a fresh id, the sender as its admin.
+    fn on_group_create(&mut self, create: GroupCreate) -> Result<Pending, Reply> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let limit = self.app.config.limits.max_group_members;
+        let (group, change) = Group::create(
+            id,
+            &create.name,
+            &self.user,
+            &create.members,
+            limit,
+            now_millis(),
+        )
+        .map_err(|refusal| Reply::from(GroupRefused::from(refusal)))?;
+        let app = self.app.clone();
+        let reference = create.r#ref;
+        Ok(Box::pin(async move {
+            if let Err(err) = app.groups.create(&group).await {
+                return Some(GroupRefused::from(err).with_ref(reference));
+            }
+            Some(announce(&app, &group, Some(change), reference).await)
+        }))
+    }
+
+    /// `group_add` / `group_remove`: admins only.
+    fn on_group_change(
+        &mut self,
+        change: GroupChange,
+        membership: Membership,
+    ) -> Result<Option<Pending>, Reply> {
+        check_id(&change.group, "group id").map_err(bad_id)?;
+        let (app, user) = (self.app.clone(), self.user.clone());
+        let limit = app.config.limits.max_group_members;
+        Ok(Some(Box::pin(async move {
+            let updated = app
+                .groups
+                .update(&change.group, |group| {
+                    let ts = now_millis();
+                    match membership {
+                        Membership::Add => group.add(&user, &change.members, limit, ts),
+                        Membership::Remove => group.remove(&user, &change.members, ts),
+                    }
+                })
+                .await;
+            Some(match updated {
+                Ok((group, event)) => announce(&app, &group, event, change.r#ref).await,
+                Err(err) => GroupRefused::from(err).with_ref(change.r#ref),
+            })
+        })))
+    }
+
+    /// `group_leave`: any member.
+    fn on_group_leave(&mut self, leave: GroupLeave) -> Result<Pending, Reply> {
+        check_id(&leave.group, "group id").map_err(bad_id)?;
+        let (app, user) = (self.app.clone(), self.user.clone());
+        Ok(Box::pin(async move {
+            let updated = app
+                .groups
+                .update(&leave.group, |group| {
+                    group.leave(&user, now_millis()).map(Some)
+                })
+                .await;
+            Some(match updated {
+                Ok((group, event)) => announce(&app, &group, event, leave.r#ref).await,
+                Err(err) => GroupRefused::from(err).with_ref(leave.r#ref),
+            })
+        }))
     }
 
     fn publish_receipt_event(&self, event: RcptEvent, msg_id: String) -> Pending {
@@ -477,6 +562,90 @@ impl Session {
             None
         })
     }
+}
+
+/// Which way `group_add` / `group_remove` changes a group.
+#[derive(Debug, Clone, Copy)]
+enum Membership {
+    Add,
+    Remove,
+}
+
+/// A refused group action, as the `error` frame it becomes.
+struct GroupRefused(ErrorCode, String);
+
+impl GroupRefused {
+    fn with_ref(self, reference: Option<String>) -> ServerFrame {
+        refuse(self.0, &self.1, reference)
+    }
+}
+
+impl From<GroupRefused> for Reply {
+    fn from(GroupRefused(code, message): GroupRefused) -> Self {
+        Refused(code, message)
+    }
+}
+
+impl From<Refusal> for GroupRefused {
+    fn from(refusal: Refusal) -> Self {
+        let code = match refusal {
+            Refusal::NotMember | Refusal::NotAdmin => ErrorCode::Forbidden,
+            Refusal::TooMany { .. } => ErrorCode::LimitExceeded,
+            Refusal::BadName => ErrorCode::BadRequest,
+            Refusal::BadMember(_) => ErrorCode::BadId,
+        };
+        Self(code, refusal.to_string())
+    }
+}
+
+impl From<GroupsError> for GroupRefused {
+    fn from(err: GroupsError) -> Self {
+        match err {
+            GroupsError::Refused(refusal) => refusal.into(),
+            other => {
+                tracing::warn!(error = %other, "group store failed");
+                Self(
+                    ErrorCode::Unavailable,
+                    "groups are unavailable; try again".into(),
+                )
+            }
+        }
+    }
+}
+
+/// Refuses anyone who is not (or no longer) a member of `gid`.
+async fn require_member(app: &App, gid: &str, user: &str) -> Result<(), GroupRefused> {
+    match app.groups.is_member(gid, user).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Refusal::NotMember.into()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Puts a group change into `MSGS` (the group's partition, ordered with its messages) for
+/// the fanout workers, then answers with the group as it is now.
+async fn announce(
+    app: &App,
+    group: &Group,
+    change: Option<Change>,
+    reference: Option<String>,
+) -> ServerFrame {
+    if let Some(change) = change {
+        let event = change.record();
+        let msg_id = format!("gev:{}", event.event_id);
+        let subject = subjects::msg(&Conversation::Group(group.id.clone()));
+        let record = MsgsEntry::GroupEvent(event);
+        let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialize"));
+        if let Err(err) = publish_durable(&app.js, &subject, &msg_id, payload).await {
+            tracing::warn!(error = %err, group = %group.id, "group change stored but not announced");
+            return refuse(
+                ErrorCode::Unavailable,
+                "the change is stored but members were not told yet; try again",
+                reference,
+            );
+        }
+    }
+    ServerFrame::Group(group.info(reference))
 }
 
 /// The first `sent` answer of a re-sent client id: the stored original.

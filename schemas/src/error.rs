@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Unsupported,
     /// The message could not be made durable; retry with the same `id`.
     Unavailable,
+    /// A limit was reached (a group's member limit).
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -31,6 +33,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::Unsupported => "unsupported",
             Self::Unavailable => "unavailable",
+            Self::LimitExceeded => "limit_exceeded",
         }
     }
 }

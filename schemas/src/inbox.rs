@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Body, Millis, ReceiptItem};
+use crate::{Body, GroupEventItem, Millis, ReceiptItem};
 
 /// One item of a user's inbox as stored: a frame without its `seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -12,6 +12,7 @@ use crate::{Body, Millis, ReceiptItem};
 pub enum InboxItem {
     Msg(MessageItem),
     Receipt(ReceiptItem),
+    GroupEvent(GroupEventItem),
 }
 
 /// A message as every member of the conversation sees it.

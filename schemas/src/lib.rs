@@ -29,7 +29,7 @@ pub mod typing;
 pub use ack::Ack;
 pub use body::Body;
 pub use error::{ErrorCode, ErrorFrame};
-pub use group::{GroupChange, GroupCreate, GroupLeave};
+pub use group::{GroupChange, GroupCreate, GroupEventItem, GroupEventKind, GroupInfo, GroupLeave};
 pub use history::HistoryRequest;
 pub use ids::{Conversation, IdError, Target};
 pub use inbox::{Delivered, InboxItem, MessageItem};
@@ -104,6 +104,7 @@ impl ClientFrame {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Sent(Sent),
+    Group(GroupInfo),
     Pong(Pong),
     Error(ErrorFrame),
 }

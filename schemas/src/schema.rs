@@ -22,6 +22,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<GroupCreate>("group_create"),
         one::<GroupChange>("group_change"),
         one::<GroupLeave>("group_leave"),
+        one::<GroupInfo>("group"),
+        one::<GroupEventItem>("group_event"),
         one::<PresenceSubscribe>("presence_subscribe"),
         one::<Ping>("ping"),
         one::<Pong>("pong"),

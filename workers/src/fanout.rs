@@ -14,8 +14,15 @@
 //! after items published behind it, the one case where two items may swap in an inbox.
 //! Inbox items carry `Nats-Msg-Id = <message id>:<recipient>`, so a batch redelivered after
 //! a worker died mid-fanout stores nothing twice.
+//!
+//! Group messages go to the members as the `groups` bucket has them when the batch is
+//! fanned out (read once per group per batch, never from a cache), and only when the
+//! sender is still a member: a member removed before that gets nothing more, and a removed
+//! sender's late message reaches nobody. Before a group message reaches any inbox, its
+//! recipients go into the receipt book, for per-member receipts. Group changes are in the
+//! same partition as the group's messages, so members see them in the order they happened.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use async_nats::{
     HeaderMap,
@@ -26,7 +33,13 @@ use async_nats::{
 };
 use bytes::Bytes;
 use futures_util::{StreamExt, future::join_all};
-use natter_fabric::{publish_durable, records::MsgRecord, streams, subjects};
+use natter_fabric::{
+    groups::{Group, Groups},
+    publish_durable,
+    receipt_book::{MessageState, ReceiptBook},
+    records::{MsgRecord, MsgsEntry},
+    streams, subjects,
+};
 use natter_schemas::{Conversation, InboxItem};
 use tokio::sync::watch;
 
@@ -45,6 +58,8 @@ const GROUP: &str = "fanout";
 /// Creates (or joins) the partition consumers and returns one task per partition.
 pub async fn start(
     js: &jetstream::Context,
+    groups: &Groups,
+    book: &ReceiptBook,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::MSGS).await?;
@@ -67,17 +82,29 @@ pub async fn start(
                 stream.create_consumer(config.clone())
             })
             .await?;
-        let js = js.clone();
+        let fanout = Fanout {
+            js: js.clone(),
+            groups: groups.clone(),
+            book: book.clone(),
+        };
         let stop = stop.clone();
         tasks.push(Box::pin(async move {
-            partition(js, name, consumer, stop).await
+            partition(fanout, name, consumer, stop).await
         }));
     }
     Ok(tasks)
 }
 
+/// What a partition task writes to.
+#[derive(Clone)]
+pub struct Fanout {
+    pub js: jetstream::Context,
+    pub groups: Groups,
+    pub book: ReceiptBook,
+}
+
 async fn partition(
-    js: jetstream::Context,
+    fanout: Fanout,
     name: String,
     consumer: jetstream::consumer::PullConsumer,
     stop: watch::Receiver<bool>,
@@ -111,7 +138,7 @@ async fn partition(
         if messages.is_empty() {
             continue;
         }
-        let records: Vec<MsgRecord> = messages
+        let entries: Vec<MsgsEntry> = messages
             .iter()
             .filter_map(|m| match serde_json::from_slice(&m.payload) {
                 Ok(record) => Some(record),
@@ -121,7 +148,7 @@ async fn partition(
                 }
             })
             .collect();
-        fan_out(&js, &records).await;
+        fanout.fan_out(&entries).await;
         for message in &messages {
             if let Err(err) = message.ack().await {
                 tracing::warn!(error = %err, "ack failed; the message will be redelivered");
@@ -136,52 +163,123 @@ async fn partition(
 /// a slot that another partition holds.
 pub const WINDOW: usize = 128;
 
-/// Puts every record into every recipient's inbox, in order, and returns once all are
-/// stored. Publishes go out in windows whose acks are awaited together; a failed one is
-/// retried, in order, until it is stored.
-pub async fn fan_out(js: &jetstream::Context, records: &[MsgRecord]) {
-    let now = natter_fabric::now_millis();
-    let mut items = Vec::new();
-    for record in records {
-        let recipients = recipients(record);
-        if recipients.is_empty() {
-            tracing::error!(conv = %record.conv, from = %record.from, "message with no recipients; dropped");
-            continue;
+impl Fanout {
+    /// Puts every entry into every recipient's inbox, in order, and returns once all are
+    /// stored. Publishes go out in windows whose acks are awaited together; a failed one
+    /// is retried, in order, until it is stored.
+    pub async fn fan_out(&self, entries: &[MsgsEntry]) {
+        let now = natter_fabric::now_millis();
+        let mut groups: HashMap<String, Option<Arc<Group>>> = HashMap::new();
+        let mut items = Vec::new();
+        let mut messages = 0;
+        for entry in entries {
+            let (id, recipients, item) = match entry {
+                MsgsEntry::Message(record) => {
+                    messages += 1;
+                    metrics::histogram!("natter_fanout_lag_seconds")
+                        .record(now.saturating_sub(record.ts) as f64 / 1000.0);
+                    let recipients = self.recipients(record, &mut groups).await;
+                    if recipients.is_empty() {
+                        metrics::counter!("natter_fanout_refused_total").increment(1);
+                        tracing::warn!(conv = %record.conv, from = %record.from, "sender not in the conversation; message reaches nobody");
+                        continue;
+                    }
+                    let item = InboxItem::Msg(record.to_item());
+                    (&record.id, recipients, item)
+                }
+                MsgsEntry::GroupEvent(event) => {
+                    let item = InboxItem::GroupEvent(event.item.clone());
+                    (&event.event_id, event.recipients.clone(), item)
+                }
+            };
+            let item = Bytes::from(item.to_json());
+            for uid in recipients {
+                items.push((subjects::inbox(&uid), format!("{id}:{uid}"), item.clone()));
+            }
         }
-        metrics::histogram!("natter_fanout_lag_seconds")
-            .record(now.saturating_sub(record.ts) as f64 / 1000.0);
-        let item = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
-        for uid in recipients {
-            items.push((
-                subjects::inbox(&uid),
-                format!("{}:{uid}", record.id),
-                item.clone(),
-            ));
+        metrics::counter!("natter_fanout_messages_total").increment(messages);
+        metrics::counter!("natter_fanout_items_total").increment(items.len() as u64);
+        for window in items.chunks(WINDOW) {
+            let mut acks = Vec::with_capacity(window.len());
+            for (subject, msg_id, item) in window {
+                let mut headers = HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+                acks.push(
+                    self.js
+                        .publish_with_headers(subject.clone(), headers, item.clone())
+                        .await,
+                );
+            }
+            let stored = join_all(acks.into_iter().map(|ack| async move {
+                match ack {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }))
+            .await;
+            for ((subject, msg_id, item), stored) in window.iter().zip(stored) {
+                if !stored {
+                    metrics::counter!("natter_fanout_retries_total").increment(1);
+                    store_until_done(&self.js, subject, msg_id, item.clone()).await;
+                }
+            }
         }
     }
-    metrics::counter!("natter_fanout_messages_total").increment(records.len() as u64);
-    metrics::counter!("natter_fanout_items_total").increment(items.len() as u64);
-    for window in items.chunks(WINDOW) {
-        let mut acks = Vec::with_capacity(window.len());
-        for (subject, msg_id, item) in window {
-            let mut headers = HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-            acks.push(
-                js.publish_with_headers(subject.clone(), headers, item.clone())
-                    .await,
-            );
+
+    /// Who gets a message: both sides of a one-on-one conversation, or every member of a
+    /// group (the sender too, for their other devices). Nobody when the sender is not part
+    /// of the conversation. A group message's recipients go into the receipt book first.
+    async fn recipients(
+        &self,
+        record: &MsgRecord,
+        groups: &mut HashMap<String, Option<Arc<Group>>>,
+    ) -> Vec<String> {
+        let gid = match Conversation::parse(&record.conv) {
+            Ok(Conversation::Group(gid)) => gid,
+            _ => return direct_recipients(record),
+        };
+        if !groups.contains_key(&gid) {
+            let group = until_done("read group", || self.groups.get(&gid)).await;
+            groups.insert(gid.clone(), group);
         }
-        let stored = join_all(acks.into_iter().map(|ack| async move {
-            match ack {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            }
-        }))
+        let Some(group) = groups.get(&gid).cloned().flatten() else {
+            return Vec::new();
+        };
+        if !group.is_member(&record.from) {
+            return Vec::new();
+        }
+        let state = MessageState {
+            conv: record.conv.clone(),
+            from: record.from.clone(),
+            recipients: group
+                .members
+                .iter()
+                .filter(|m| **m != record.from)
+                .cloned()
+                .collect(),
+            ..Default::default()
+        };
+        until_done("record receipt state", || {
+            self.book.record_message(&record.id, &state)
+        })
         .await;
-        for ((subject, msg_id, item), stored) in window.iter().zip(stored) {
-            if !stored {
+        group.members.clone()
+    }
+}
+
+/// Retries a store call until it succeeds: the partition cannot move past it, and
+/// skipping it would drop or misdirect a message.
+async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(err) => {
                 metrics::counter!("natter_fanout_retries_total").increment(1);
-                store_until_done(js, subject, msg_id, item.clone()).await;
+                tracing::warn!(error = %err, "{what} failed; fanout of this partition waits");
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
     }
@@ -204,9 +302,9 @@ async fn store_until_done(js: &jetstream::Context, subject: &str, msg_id: &str, 
     }
 }
 
-/// Who gets an item: both sides of a one-on-one conversation (the sender for their other
-/// devices). Nobody when the record's sender is not part of its conversation.
-fn recipients(record: &MsgRecord) -> Vec<String> {
+/// Both sides of a one-on-one conversation (the sender for their other devices); nobody
+/// when the record's sender is not one of them.
+fn direct_recipients(record: &MsgRecord) -> Vec<String> {
     match Conversation::parse(&record.conv) {
         Ok(conv @ Conversation::Direct { .. }) if conv.peer_of(&record.from).is_some() => {
             let Conversation::Direct { a, b } = conv else {
@@ -237,13 +335,16 @@ mod tests {
 
     #[test]
     fn a_direct_message_goes_to_both_sides_once() {
-        assert_eq!(recipients(&record("dm:amy:bob", "amy")), ["amy", "bob"]);
-        assert_eq!(recipients(&record("dm:amy:amy", "amy")), ["amy"]);
+        assert_eq!(
+            direct_recipients(&record("dm:amy:bob", "amy")),
+            ["amy", "bob"]
+        );
+        assert_eq!(direct_recipients(&record("dm:amy:amy", "amy")), ["amy"]);
     }
 
     #[test]
     fn a_sender_outside_the_conversation_reaches_nobody() {
-        assert!(recipients(&record("dm:amy:bob", "eve")).is_empty());
-        assert!(recipients(&record("nonsense", "amy")).is_empty());
+        assert!(direct_recipients(&record("dm:amy:bob", "eve")).is_empty());
+        assert!(direct_recipients(&record("nonsense", "amy")).is_empty());
     }
 }

@@ -1,8 +1,9 @@
 //! Natter's workers: background consumers of the durable streams.
 //!
 //! - [`fanout`]: `MSGS` → one item in each member's inbox (and the sender's own, for their
-//!   other devices), per partition in stream order.
-//! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes.
+//!   other devices), per partition in stream order; group membership is checked here.
+//! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes; for
+//!   group messages, per-member state in the receipt book and "all" once everyone has it.
 //! - [`jetstream_stats`]: stream sizes and consumer backlogs as Prometheus gauges.
 //! - [`canary`]: a probe message through the whole path, timed end to end.
 //!
@@ -19,7 +20,7 @@ pub mod receipts;
 use std::{future::Future, time::Duration};
 
 use async_nats::jetstream;
-use natter_fabric::{NatsSettings, streams};
+use natter_fabric::{NatsSettings, groups::Groups, receipt_book::ReceiptBook, streams};
 use tokio::sync::{broadcast, watch};
 
 /// Which workers a process runs.
@@ -49,6 +50,10 @@ pub enum WorkerError {
     ConsumerEnded(String),
     #[error("cannot start the metrics exporter: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot open the groups bucket: {0}")]
+    Groups(#[from] natter_fabric::groups::GroupsError),
+    #[error("cannot open the receipt book: {0}")]
+    Book(#[from] natter_fabric::receipt_book::BookError),
     #[error("a worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -99,6 +104,14 @@ pub async fn run(
     });
     let js = jetstream::new(client);
     streams::ensure_with_patience(&js, nats.replicas, SETUP_PATIENCE).await?;
+    let groups = streams::with_patience("groups bucket", SETUP_PATIENCE, || {
+        Groups::open(&js, nats.replicas)
+    })
+    .await?;
+    let book = streams::with_patience("receipt book", SETUP_PATIENCE, || {
+        ReceiptBook::open(&js, nats.replicas)
+    })
+    .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -107,12 +120,12 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     if matches!(kind, Kind::Fanout | Kind::All) {
-        for task in fanout::start(&js, stop_rx.clone()).await? {
+        for task in fanout::start(&js, &groups, &book, stop_rx.clone()).await? {
             tasks.spawn(task);
         }
     }
     if matches!(kind, Kind::Receipts | Kind::All) {
-        tasks.spawn(receipts::start(&js, stop_rx.clone()).await?);
+        tasks.spawn(receipts::start(&js, &book, stop_rx.clone()).await?);
     }
     tasks.spawn({
         let (js, stop) = (js.clone(), stop_rx.clone());

@@ -6,8 +6,14 @@
 //! of the conversation. Receipt items carry `Nats-Msg-Id = rcpt:<message>:<by>:<status>`,
 //! so a redelivered event, or a second device acking the same message, stores nothing new
 //! within the duplicate window. Clients keep the highest status they saw per message.
+//!
+//! Group messages are tracked per member in the receipt book (see
+//! `natter_fabric::receipt_book`): each member's first `delivered` and first `read` of a
+//! message becomes one receipt to the sender, and the one that completes the set says
+//! `all: true` (two ticks, then blue ticks). A `read` in a group is a watermark: it covers
+//! the member's earlier unread messages of that group, whoever sent them.
 
-use std::future::Future;
+use std::{collections::BTreeSet, future::Future};
 
 use async_nats::jetstream::{
     self, AckKind,
@@ -16,7 +22,10 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use futures_util::{StreamExt, future::join_all};
 use natter_fabric::{
-    Inbox, PublishFailed, now_millis, publish_durable, records::RcptEvent, streams, subjects,
+    Inbox, PublishFailed, now_millis, publish_durable,
+    receipt_book::{BookError, Marked, MessageState, ReceiptBook},
+    records::RcptEvent,
+    streams, subjects,
 };
 use natter_schemas::{Conversation, InboxItem, ReceiptItem, ReceiptStatus};
 use tokio::sync::watch;
@@ -34,6 +43,7 @@ const MAX_RANGE: usize = 10_000;
 
 pub async fn start(
     js: &jetstream::Context,
+    book: &ReceiptBook,
     stop: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = Result<(), WorkerError>> + use<>, WorkerError> {
     let stream = js.get_stream_no_info(streams::RCPT).await?;
@@ -51,10 +61,11 @@ pub async fn start(
         .await?;
     let inbox = Inbox::open(js).await?;
     let js = js.clone();
+    let book = book.clone();
     Ok(async move {
         let messages = consumer.messages().await?;
         let work = messages.for_each_concurrent(CONCURRENCY, |next| {
-            let (js, inbox) = (&js, &inbox);
+            let (js, inbox, book) = (&js, &inbox, &book);
             async move {
                 let message = match next {
                     Ok(message) => message,
@@ -64,7 +75,7 @@ pub async fn start(
                     }
                 };
                 let ack = match serde_json::from_slice::<RcptEvent>(&message.payload) {
-                    Ok(event) => match handle(js, inbox, event).await {
+                    Ok(event) => match handle(js, inbox, book, event).await {
                         Ok(()) => AckKind::Ack,
                         Err(err) => {
                             tracing::warn!(error = %err, "receipt event failed; will be redelivered");
@@ -94,11 +105,17 @@ pub enum ReceiptError {
     Inbox(#[from] natter_fabric::InboxError),
     #[error(transparent)]
     Publish(#[from] PublishFailed),
+    #[error(transparent)]
+    Book(#[from] BookError),
 }
+
+/// Most rounds of a group read catching deliveries that raced it.
+const READ_ROUNDS: usize = 8;
 
 async fn handle(
     js: &jetstream::Context,
     inbox: &Inbox,
+    book: &ReceiptBook,
     event: RcptEvent,
 ) -> Result<(), ReceiptError> {
     let ts = now_millis();
@@ -107,46 +124,61 @@ async fn handle(
         RcptEvent::Read { .. } => "read",
     };
     metrics::counter!("natter_receipts_events_total", "kind" => kind).increment(1);
-    let receipts: Vec<(String, ReceiptItem)> = match event {
+    let mut receipts: Vec<(String, ReceiptItem)> = Vec::new();
+    match event {
         RcptEvent::Delivered {
             by, after, upto, ..
-        } => inbox
-            .read_after(&by, after, upto, MAX_RANGE)
-            .await?
-            .into_iter()
-            .filter_map(|stored| match serde_json::from_slice(&stored.payload) {
-                Ok(InboxItem::Msg(m)) if m.from != by => Some((
-                    m.from,
-                    ReceiptItem {
-                        conv: m.conv,
-                        id: m.id,
-                        by: by.clone(),
-                        status: ReceiptStatus::Delivered,
-                        ts,
-                        all: None,
-                    },
-                )),
-                _ => None,
-            })
-            .collect(),
+        } => {
+            for stored in inbox.read_after(&by, after, upto, MAX_RANGE).await? {
+                let Ok(InboxItem::Msg(m)) = serde_json::from_slice(&stored.payload) else {
+                    continue;
+                };
+                if m.from == by {
+                    continue;
+                }
+                match Conversation::parse(&m.conv) {
+                    Ok(Conversation::Group(gid)) => {
+                        let covered = book.delivered_to(&gid, &by, &m.id).await?;
+                        if let Some((state, marked)) = book.mark(&m.id, &by, covered).await? {
+                            receipts.extend(group_receipts(&m.id, &by, &state, marked, ts));
+                        }
+                    }
+                    _ => receipts.push((
+                        m.from,
+                        ReceiptItem {
+                            conv: m.conv,
+                            id: m.id,
+                            by: by.clone(),
+                            status: ReceiptStatus::Delivered,
+                            ts,
+                            all: None,
+                        },
+                    )),
+                }
+            }
+        }
         RcptEvent::Read { by, conv, up_to } => match Conversation::parse(&conv) {
-            Ok(c) => match c.peer_of(&by) {
-                Some(peer) if peer != by => vec![(
-                    peer.to_owned(),
-                    ReceiptItem {
-                        conv,
-                        id: up_to,
-                        by,
-                        status: ReceiptStatus::Read,
-                        ts,
-                        all: None,
-                    },
-                )],
-                _ => Vec::new(),
-            },
-            Err(_) => Vec::new(),
+            Ok(Conversation::Group(gid)) => {
+                receipts = group_read(book, &gid, &by, &up_to, ts).await?;
+            }
+            Ok(c) => {
+                if let Some(peer) = c.peer_of(&by).filter(|peer| *peer != by) {
+                    receipts.push((
+                        peer.to_owned(),
+                        ReceiptItem {
+                            conv,
+                            id: up_to,
+                            by,
+                            status: ReceiptStatus::Read,
+                            ts,
+                            all: None,
+                        },
+                    ));
+                }
+            }
+            Err(_) => {}
         },
-    };
+    }
     let publishes = receipts.into_iter().map(|(to, receipt)| async move {
         let status = match receipt.status {
             ReceiptStatus::Delivered => "delivered",
@@ -161,4 +193,62 @@ async fn handle(
         result?;
     }
     Ok(())
+}
+
+/// A member read a group up to `up_to`: marks that message and every earlier unread one
+/// delivered to them. Deliveries recorded while this runs are caught in another round.
+async fn group_read(
+    book: &ReceiptBook,
+    gid: &str,
+    by: &str,
+    up_to: &str,
+    ts: u64,
+) -> Result<Vec<(String, ReceiptItem)>, ReceiptError> {
+    let mut receipts = Vec::new();
+    let mut done = BTreeSet::new();
+    let mut todo = book.member(gid, by).await?.covered_by(up_to);
+    todo.push(up_to.to_owned());
+    for _ in 0..READ_ROUNDS {
+        for id in todo {
+            if let Some((state, marked)) = book.mark(&id, by, true).await? {
+                receipts.extend(group_receipts(&id, by, &state, marked, ts));
+            }
+            done.insert(id);
+        }
+        todo = book.finish_read(gid, by, up_to, &done).await?;
+        if todo.is_empty() {
+            break;
+        }
+    }
+    Ok(receipts)
+}
+
+/// The receipts one mark produces, for the message's sender.
+fn group_receipts(
+    id: &str,
+    by: &str,
+    state: &MessageState,
+    marked: Marked,
+    ts: u64,
+) -> Vec<(String, ReceiptItem)> {
+    [
+        (ReceiptStatus::Delivered, marked.delivered),
+        (ReceiptStatus::Read, marked.read),
+    ]
+    .into_iter()
+    .filter_map(|(status, all)| {
+        let all = all?;
+        Some((
+            state.from.clone(),
+            ReceiptItem {
+                conv: state.conv.clone(),
+                id: id.to_owned(),
+                by: by.to_owned(),
+                status,
+                ts,
+                all: Some(all),
+            },
+        ))
+    })
+    .collect()
 }

@@ -1,0 +1,538 @@
+//! Groups: metadata and membership, kept in the replicated KV bucket `groups` (R3 on the
+//! local cluster, one key per group id).
+//!
+//! Why a KV bucket and not the history store: membership is read on every group send (by
+//! the gateway) and every group fanout, from every process, and must survive the loss of a
+//! node; JetStream KV gives that with the cluster we already run, compare-and-set updates
+//! (two admins changing a group at once cannot lose each other's change), and a watch that
+//! keeps the gateways' cached copies current.
+//!
+//! [`Group`] holds the rules (who may add, remove, leave; the member limit; promoting a
+//! member when the last admin leaves) as plain functions; [`Groups`] stores and caches.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+    stream::StorageType,
+};
+use futures_util::StreamExt;
+use natter_schemas::{GroupEventItem, GroupEventKind, GroupInfo, ids::check_id};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::records::GroupEventRecord;
+
+pub const BUCKET: &str = "groups";
+/// WhatsApp's limit, and the default of `limits.max_group_members`.
+pub const DEFAULT_MAX_MEMBERS: usize = 1024;
+/// Longest group name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// One group as stored under its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    /// In the order they joined (the longest-standing member is promoted first).
+    pub members: Vec<String>,
+    pub admins: Vec<String>,
+}
+
+/// Why a group change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not a member of this group")]
+    NotMember,
+    #[error("only admins may add or remove members")]
+    NotAdmin,
+    #[error("a group has at most {limit} members")]
+    TooMany { limit: usize },
+    #[error("a group name is 1 to {MAX_NAME_CHARS} characters")]
+    BadName,
+    #[error("{0}")]
+    BadMember(String),
+}
+
+/// A change that concerns members' inboxes: the item, and whose inboxes get it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub item: GroupEventItem,
+    pub recipients: Vec<String>,
+}
+
+impl Change {
+    /// The `MSGS` record that carries this change to the fanout workers.
+    pub fn record(self) -> GroupEventRecord {
+        GroupEventRecord {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            item: self.item,
+            recipients: self.recipients,
+        }
+    }
+}
+
+impl Group {
+    /// A new group with `creator` as its admin and first member.
+    pub fn create(
+        id: String,
+        name: &str,
+        creator: &str,
+        members: &[String],
+        limit: usize,
+        ts: u64,
+    ) -> Result<(Self, Change), Refusal> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(Refusal::BadName);
+        }
+        let mut group = Self {
+            id,
+            name: name.to_owned(),
+            members: vec![creator.to_owned()],
+            admins: vec![creator.to_owned()],
+        };
+        group.join(members, limit)?;
+        let change = Change {
+            item: group.event(GroupEventKind::Created, group.members.clone(), creator, ts),
+            recipients: group.members.clone(),
+        };
+        Ok((group, change))
+    }
+
+    pub fn is_member(&self, uid: &str) -> bool {
+        self.members.iter().any(|m| m == uid)
+    }
+
+    pub fn is_admin(&self, uid: &str) -> bool {
+        self.admins.iter().any(|m| m == uid)
+    }
+
+    /// An admin adds members; those already in are ignored (`None`: nothing changed).
+    pub fn add(
+        &mut self,
+        by: &str,
+        members: &[String],
+        limit: usize,
+        ts: u64,
+    ) -> Result<Option<Change>, Refusal> {
+        self.require_admin(by)?;
+        let added = self.join(members, limit)?;
+        if added.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Change {
+            item: self.event(GroupEventKind::Added, added, by, ts),
+            recipients: self.members.clone(),
+        }))
+    }
+
+    /// An admin removes members; those not in are ignored. The removed members get the
+    /// event too: it is the last item of this group their devices see.
+    pub fn remove(
+        &mut self,
+        by: &str,
+        members: &[String],
+        ts: u64,
+    ) -> Result<Option<Change>, Refusal> {
+        self.require_admin(by)?;
+        for member in members {
+            check_id(member, "member").map_err(|e| Refusal::BadMember(e.to_string()))?;
+        }
+        let removed: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| members.contains(m))
+            .cloned()
+            .collect();
+        if removed.is_empty() {
+            return Ok(None);
+        }
+        let mut recipients = self.members.clone();
+        self.members.retain(|m| !removed.contains(m));
+        self.admins.retain(|m| !removed.contains(m));
+        let mut item = self.event(GroupEventKind::Removed, removed, by, ts);
+        item.admins = self.promote_if_leaderless();
+        recipients.sort();
+        recipients.dedup();
+        Ok(Some(Change { item, recipients }))
+    }
+
+    /// A member leaves. When the last admin leaves, the longest-standing member becomes
+    /// admin, so a group is never left without one.
+    pub fn leave(&mut self, by: &str, ts: u64) -> Result<Change, Refusal> {
+        if !self.is_member(by) {
+            return Err(Refusal::NotMember);
+        }
+        let recipients = self.members.clone();
+        self.members.retain(|m| m != by);
+        self.admins.retain(|m| m != by);
+        let mut item = self.event(GroupEventKind::Left, vec![by.to_owned()], by, ts);
+        item.admins = self.promote_if_leaderless();
+        Ok(Change { item, recipients })
+    }
+
+    pub fn info(&self, reference: Option<String>) -> GroupInfo {
+        GroupInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            members: self.members.clone(),
+            admins: self.admins.clone(),
+            r#ref: reference,
+        }
+    }
+
+    fn require_admin(&self, by: &str) -> Result<(), Refusal> {
+        if !self.is_member(by) {
+            Err(Refusal::NotMember)
+        } else if !self.is_admin(by) {
+            Err(Refusal::NotAdmin)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adds the members not in yet, checking ids and the limit first. Returns them.
+    fn join(&mut self, members: &[String], limit: usize) -> Result<Vec<String>, Refusal> {
+        let mut added: Vec<String> = Vec::new();
+        for member in members {
+            check_id(member, "member").map_err(|e| Refusal::BadMember(e.to_string()))?;
+            if !self.is_member(member) && !added.contains(member) {
+                added.push(member.clone());
+            }
+        }
+        if self.members.len() + added.len() > limit {
+            return Err(Refusal::TooMany { limit });
+        }
+        self.members.extend(added.iter().cloned());
+        Ok(added)
+    }
+
+    fn promote_if_leaderless(&mut self) -> Option<Vec<String>> {
+        if !self.admins.is_empty() {
+            return None;
+        }
+        let first = self.members.first()?.clone();
+        self.admins.push(first);
+        Some(self.admins.clone())
+    }
+
+    fn event(
+        &self,
+        event: GroupEventKind,
+        members: Vec<String>,
+        by: &str,
+        ts: u64,
+    ) -> GroupEventItem {
+        GroupEventItem {
+            group: self.id.clone(),
+            event,
+            members,
+            by: by.to_owned(),
+            ts,
+            name: Some(self.name.clone()),
+            admins: (event == GroupEventKind::Created).then(|| self.admins.clone()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupsError {
+    #[error("group bucket unavailable: {0}")]
+    Bucket(String),
+    #[error("group store: {0}")]
+    Store(String),
+    #[error("stored group {0} is unreadable")]
+    Corrupt(String),
+    #[error("group {0} kept changing under us; try again")]
+    Contended(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+/// How often a compare-and-set update is retried when another writer got there first.
+const CAS_ATTEMPTS: usize = 20;
+
+/// The `groups` bucket, with a cache of the groups this process looked at.
+///
+/// The cache only ever answers "yes, a member" quickly: anything else is read from the
+/// bucket. A watch keeps cached groups current (so a removed member stops passing within
+/// milliseconds); entries carry their revision, so a slow read cannot overwrite a newer
+/// watched value.
+#[derive(Clone)]
+pub struct Groups {
+    kv: kv::Store,
+    cache: Arc<RwLock<Cache>>,
+}
+
+/// Group id → (revision, group).
+type Cache = HashMap<String, (u64, Arc<Group>)>;
+
+impl Groups {
+    /// Opens the bucket, creating it on first use.
+    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, GroupsError> {
+        let kv = open_bucket(
+            js,
+            kv::Config {
+                bucket: BUCKET.to_owned(),
+                description: "Natter group metadata and membership".to_owned(),
+                history: 1,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(GroupsError::Bucket)?;
+        Ok(Self {
+            kv,
+            cache: Arc::default(),
+        })
+    }
+
+    /// The group as stored now (not from the cache).
+    pub async fn get(&self, gid: &str) -> Result<Option<Arc<Group>>, GroupsError> {
+        Ok(self.entry(gid).await?.map(|(_, group)| group))
+    }
+
+    /// Whether `uid` is a member of `gid`: from the cache when it says so, else from the
+    /// bucket.
+    pub async fn is_member(&self, gid: &str, uid: &str) -> Result<bool, GroupsError> {
+        let cached = self.cache.read().expect("cache lock").get(gid).cloned();
+        if let Some((_, group)) = cached
+            && group.is_member(uid)
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .entry(gid)
+            .await?
+            .is_some_and(|(_, group)| group.is_member(uid)))
+    }
+
+    /// Stores a new group (its id is fresh, so it cannot exist yet).
+    pub async fn create(&self, group: &Group) -> Result<(), GroupsError> {
+        let value = serde_json::to_vec(group).expect("groups serialize");
+        self.kv
+            .create(&group.id, value.into())
+            .await
+            .map_err(|e| GroupsError::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Applies `change` to the stored group with compare-and-set, retrying when another
+    /// writer changed it in between. `Ok(None)` from `change` means nothing to store.
+    pub async fn update<T>(
+        &self,
+        gid: &str,
+        mut change: impl FnMut(&mut Group) -> Result<T, Refusal>,
+    ) -> Result<(Group, T), GroupsError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some((revision, stored)) = self.entry(gid).await? else {
+                return Err(Refusal::NotMember.into());
+            };
+            let mut group = (*stored).clone();
+            let outcome = change(&mut group)?;
+            if group == *stored {
+                return Ok((group, outcome));
+            }
+            let value = serde_json::to_vec(&group).expect("groups serialize");
+            match self.kv.update(gid, value.into(), revision).await {
+                Ok(revision) => {
+                    self.remember(revision, Arc::new(group.clone()));
+                    return Ok((group, outcome));
+                }
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) => return Err(GroupsError::Store(err.to_string())),
+            }
+        }
+        Err(GroupsError::Contended(gid.to_owned()))
+    }
+
+    /// Keeps cached groups current until `stop`; re-watches after an interruption.
+    pub async fn watch(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            match self.kv.watch_all().await {
+                Ok(mut updates) => loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        next = updates.next() => match next {
+                            Some(Ok(entry)) => self.apply(entry),
+                            Some(Err(err)) => {
+                                tracing::warn!(error = %err, "group watch interrupted");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                },
+                Err(err) => tracing::warn!(error = %err, "cannot watch groups"),
+            }
+            // Whatever changed while not watching is unknown: forget it all.
+            self.cache.write().expect("cache lock").clear();
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    fn apply(&self, entry: kv::Entry) {
+        match entry.operation {
+            Operation::Put => match serde_json::from_slice::<Group>(&entry.value) {
+                Ok(group) => self.remember(entry.revision, Arc::new(group)),
+                Err(_) => {
+                    self.cache.write().expect("cache lock").remove(&entry.key);
+                }
+            },
+            Operation::Delete | Operation::Purge => {
+                self.cache.write().expect("cache lock").remove(&entry.key);
+            }
+        }
+    }
+
+    fn remember(&self, revision: u64, group: Arc<Group>) {
+        let mut cache = self.cache.write().expect("cache lock");
+        let newer = cache.get(&group.id).is_none_or(|(r, _)| *r < revision);
+        if newer {
+            cache.insert(group.id.clone(), (revision, group));
+        }
+    }
+
+    async fn entry(&self, gid: &str) -> Result<Option<(u64, Arc<Group>)>, GroupsError> {
+        check_id(gid, "group id").map_err(|_| Refusal::NotMember)?;
+        let Some(entry) = self
+            .kv
+            .entry(gid)
+            .await
+            .map_err(|e| GroupsError::Store(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        if entry.operation != Operation::Put {
+            return Ok(None);
+        }
+        let group: Group =
+            serde_json::from_slice(&entry.value).map_err(|_| GroupsError::Corrupt(gid.into()))?;
+        let group = Arc::new(group);
+        self.remember(entry.revision, group.clone());
+        Ok(Some((entry.revision, group)))
+    }
+}
+
+/// Opens a KV bucket, creating it when it does not exist yet.
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, String> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js.create_key_value(config).await.map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn group() -> Group {
+        Group::create(
+            "g".into(),
+            " Friends ",
+            "amy",
+            &ids(&["bob", "cat", "bob"]),
+            10,
+            1,
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn the_creator_is_the_first_member_and_admin() {
+        let (g, change) =
+            Group::create("g".into(), "Friends", "amy", &ids(&["bob", "cat"]), 10, 1).unwrap();
+        assert_eq!(g.name, "Friends");
+        assert_eq!(g.members, ids(&["amy", "bob", "cat"]));
+        assert_eq!(g.admins, ids(&["amy"]));
+        assert_eq!(change.item.event, GroupEventKind::Created);
+        assert_eq!(change.recipients, ids(&["amy", "bob", "cat"]));
+        assert_eq!(
+            group().members,
+            ids(&["amy", "bob", "cat"]),
+            "duplicates dropped"
+        );
+    }
+
+    #[test]
+    fn names_and_member_ids_are_checked() {
+        assert_eq!(
+            Group::create("g".into(), "  ", "amy", &[], 10, 1).unwrap_err(),
+            Refusal::BadName
+        );
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        assert!(Group::create("g".into(), &long, "amy", &[], 10, 1).is_err());
+        assert!(matches!(
+            Group::create("g".into(), "n", "amy", &ids(&["bad.id"]), 10, 1),
+            Err(Refusal::BadMember(_))
+        ));
+    }
+
+    #[test]
+    fn the_member_limit_counts_the_creator() {
+        let members: Vec<String> = (0..3).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            Group::create("g".into(), "n", "amy", &members, 3, 1).unwrap_err(),
+            Refusal::TooMany { limit: 3 }
+        );
+        let mut g = Group::create("g".into(), "n", "amy", &members[..2], 3, 1)
+            .unwrap()
+            .0;
+        assert_eq!(
+            g.add("amy", &ids(&["dan"]), 3, 2).unwrap_err(),
+            Refusal::TooMany { limit: 3 }
+        );
+        assert_eq!(g.add("amy", &ids(&["u0"]), 3, 2), Ok(None), "already in");
+    }
+
+    #[test]
+    fn only_admins_add_and_remove() {
+        let mut g = group();
+        assert_eq!(g.add("bob", &ids(&["dan"]), 10, 2), Err(Refusal::NotAdmin));
+        assert_eq!(g.remove("bob", &ids(&["cat"]), 2), Err(Refusal::NotAdmin));
+        assert_eq!(g.add("eve", &ids(&["dan"]), 10, 2), Err(Refusal::NotMember));
+        let added = g.add("amy", &ids(&["dan"]), 10, 2).unwrap().unwrap();
+        assert_eq!(added.item.members, ids(&["dan"]));
+        assert_eq!(added.recipients, ids(&["amy", "bob", "cat", "dan"]));
+        let removed = g.remove("amy", &ids(&["cat", "zed"]), 3).unwrap().unwrap();
+        assert_eq!(removed.item.members, ids(&["cat"]));
+        assert!(
+            removed.recipients.contains(&"cat".to_owned()),
+            "the removed are told"
+        );
+        assert_eq!(g.members, ids(&["amy", "bob", "dan"]));
+    }
+
+    #[test]
+    fn the_last_admin_leaving_promotes_the_longest_standing_member() {
+        let mut g = group();
+        let left = g.leave("amy", 2).unwrap();
+        assert_eq!(left.item.event, GroupEventKind::Left);
+        assert_eq!(left.recipients, ids(&["amy", "bob", "cat"]));
+        assert_eq!(g.admins, ids(&["bob"]));
+        assert_eq!(left.item.admins, Some(ids(&["bob"])));
+        assert_eq!(g.leave("amy", 3), Err(Refusal::NotMember));
+        g.leave("bob", 4).unwrap();
+        g.leave("cat", 5).unwrap();
+        assert!(g.members.is_empty() && g.admins.is_empty());
+    }
+}
