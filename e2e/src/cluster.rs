@@ -128,7 +128,7 @@ impl NatsCluster {
     }
 
     fn start_node(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
+        let node = &self.nodes[i];
         let log = std::fs::File::create(self.dir.join(format!("node-{i}.log"))).unwrap();
         let mut command = Command::new(nats_server_binary());
         command
@@ -138,15 +138,7 @@ impl NatsCluster {
             .arg(&node.store)
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the
-        // server if the thread that spawned it dies (a crashed or killed test run).
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        node.child = Some(command.spawn().expect("start nats-server"));
+        self.nodes[i].child = Some(spawn_bound(&mut command));
     }
 
     fn wait_listening(&self, i: usize) {
@@ -222,6 +214,19 @@ impl NatsCluster {
         self.start_node(i);
         self.wait_listening(i);
     }
+}
+
+/// Spawns `command` so the kernel kills it (SIGKILL) if the thread that spawned it dies:
+/// a crashed or killed test run leaves no servers or workers behind.
+pub fn spawn_bound(command: &mut Command) -> Child {
+    // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.spawn().expect("spawn a test process")
 }
 
 /// The status code of a plain `GET path` to a loopback port, if it answered.

@@ -1,0 +1,182 @@
+//! A fanout worker process is killed (SIGKILL, by PID) in the middle of a large group
+//! fanout, and another is started: every member still gets every message exactly once, in
+//! the order it was sent.
+//!
+//! This binary's shared system runs no workers of its own. The workers are this test
+//! binary run again as a child process (`worker_process` below, selected with
+//! `--exact --ignored` and an environment variable), so the test can kill one by PID.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use natter_e2e::{
+    Client,
+    client::token,
+    cluster::spawn_bound,
+    system::{self, Options, configure, http_get, nats_settings},
+    unique,
+};
+use serde_json::{Value, json};
+
+const MEMBERS: usize = 250;
+const MESSAGES: usize = 40;
+const URLS_VAR: &str = "NATTER_E2E_WORKER_URLS";
+
+/// Runs the workers until killed, when started by the test below.
+#[test]
+#[ignore = "a child process of the failover test, not a test"]
+fn worker_process() {
+    let Ok(urls) = std::env::var(URLS_VAR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let settings = nats_settings(&urls, "workers", "failover-worker");
+        natter_workers::run(
+            natter_workers::Kind::All,
+            settings,
+            None,
+            None,
+            std::future::pending(),
+        )
+        .await
+        .expect("workers");
+    });
+}
+
+/// A worker process, killed when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn start(urls: &str) -> Self {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", "worker_process", "--ignored", "--nocapture"])
+            .env(URLS_VAR, urls)
+            .stdout(Stdio::null());
+        Self(spawn_bound(&mut command))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn inbox_items(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream(natter_fabric::streams::INBOX).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// The ids of the `msg` items in `user`'s inbox, in inbox order.
+async fn message_ids(user: &str) -> Vec<String> {
+    let path = "/v1/inbox?after=0&limit=500";
+    let (status, body) = http_get(system::system().gateways[0], path, Some(&token(user))).await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "msg")
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fanout_worker_killed_mid_fanout_loses_and_doubles_nothing() {
+    configure(Options {
+        workers: 0,
+        ..Options::default()
+    });
+    let urls = system::system().nats_urls.clone();
+    let (events, _) = tokio::sync::broadcast::channel(4);
+    let admin = natter_fabric::connect(
+        &nats_settings(&urls, "workers", "failover-admin"),
+        events,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let js = jetstream::new(admin);
+
+    let mut first = Worker::start(&urls);
+    let owner = unique("owner");
+    let members: Vec<String> = (1..MEMBERS).map(|i| unique(&format!("m{i}"))).collect();
+    let mut o = Client::connect(0, &owner, "phone", 0).await;
+    let group = o
+        .request(json!({"type": "group_create", "name": "Big", "members": members}))
+        .await;
+    let gid = group["id"].as_str().expect("group created").to_owned();
+    // The first worker is up and fanning out: the owner's copy of the event arrived.
+    o.wait_for("created event", |f| f["type"] == "group_event")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let baseline = loop {
+        let n = inbox_items(&js).await;
+        if n >= MEMBERS as u64 {
+            break n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "created event fanout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let mut sent = Vec::new();
+    for i in 0..MESSAGES {
+        let answer = o.send_to_group(&gid, &format!("burst {i}")).await;
+        sent.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    let total = (MESSAGES * MEMBERS) as u64;
+    // Kill the worker once part of the burst is in the inboxes.
+    let at_kill = loop {
+        let stored = inbox_items(&js).await - baseline;
+        if stored >= total / 10 {
+            first.kill();
+            break inbox_items(&js).await - baseline;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        at_kill < total,
+        "the fanout finished before the kill ({at_kill} of {total}); make the burst bigger"
+    );
+
+    let _second = Worker::start(&urls);
+    // Its partitions move to the new worker after the pin timeout, and the unacked batch
+    // is redelivered after the ack wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let stored = inbox_items(&js).await - baseline;
+        if stored >= total {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {stored} of {total} inbox items after the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing more trickles in (no duplicates stored late).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        inbox_items(&js).await - baseline,
+        total,
+        "items beyond one per member and message"
+    );
+    for member in std::iter::once(&owner).chain(&members) {
+        assert_eq!(message_ids(member).await, sent, "{member}'s inbox");
+    }
+    eprintln!("killed after {at_kill} of {total} inbox items; all {total} stored exactly once");
+}
