@@ -1,6 +1,7 @@
-//! A fanout worker process is killed (SIGKILL, by PID) in the middle of a large group
-//! fanout, and another is started: every member still gets every message exactly once, in
-//! the order it was sent.
+//! A worker process is killed (SIGKILL, by PID) in the middle of a large group fanout,
+//! and another is started: every member still gets every message exactly once, in the
+//! order it was sent, and group receipt state marked by the first worker is still there
+//! for the second (the receipt that completes "all delivered" comes from it).
 //!
 //! This binary's shared system runs no workers of its own. The workers are this test
 //! binary run again as a child process (`worker_process` below, selected with
@@ -77,8 +78,9 @@ async fn inbox_items(js: &jetstream::Context) -> u64 {
     stream.info().await.unwrap().state.messages
 }
 
-/// The ids of the `msg` items in `user`'s inbox, in inbox order.
-async fn message_ids(user: &str) -> Vec<String> {
+/// The ids of group `gid`'s `msg` items in `user`'s inbox, in inbox order.
+async fn message_ids(user: &str, gid: &str) -> Vec<String> {
+    let conv = format!("group:{gid}");
     let path = "/v1/inbox?after=0&limit=500";
     let (status, body) = http_get(system::system().gateways[0], path, Some(&token(user))).await;
     assert_eq!(status, 200, "{body}");
@@ -87,7 +89,7 @@ async fn message_ids(user: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|i| i["type"] == "msg")
+        .filter(|i| i["type"] == "msg" && i["conv"] == conv.as_str())
         .map(|i| i["id"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -120,10 +122,33 @@ async fn a_fanout_worker_killed_mid_fanout_loses_and_doubles_nothing() {
     // The first worker is up and fanning out: the owner's copy of the event arrived.
     o.wait_for("created event", |f| f["type"] == "group_event")
         .await;
+    // A small group whose first delivered receipt is counted by the first worker.
+    let (x, y) = (unique("x"), unique("y"));
+    let mut cx = Client::connect(1, &x, "phone", 0).await;
+    let mut cy = Client::connect(1, &y, "phone", 0).await;
+    let small = o
+        .request(json!({"type": "group_create", "name": "Small", "members": [x, y]}))
+        .await;
+    let small = small["id"]
+        .as_str()
+        .expect("small group created")
+        .to_owned();
+    let note = o.send_to_group(&small, "before the crash").await["id"].clone();
+    let at_x = cx.wait_for_text("before the crash").await;
+    let at_y = cy.wait_for_text("before the crash").await;
+    cx.ack(at_x["seq"].as_u64().unwrap()).await;
+    let first_receipt = o
+        .wait_for("x's delivered receipt", |f| {
+            f["type"] == "receipt" && f["id"] == note && f["by"] == x.as_str()
+        })
+        .await;
+    assert_eq!(first_receipt["all"], false);
+
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let baseline = loop {
         let n = inbox_items(&js).await;
-        if n >= MEMBERS as u64 {
+        // The big group's event, and the small group's event, message and receipt.
+        if n >= MEMBERS as u64 + 3 + 3 + 1 {
             break n;
         }
         assert!(
@@ -176,7 +201,19 @@ async fn a_fanout_worker_killed_mid_fanout_loses_and_doubles_nothing() {
         "items beyond one per member and message"
     );
     for member in std::iter::once(&owner).chain(&members) {
-        assert_eq!(message_ids(member).await, sent, "{member}'s inbox");
+        assert_eq!(message_ids(member, &gid).await, sent, "{member}'s inbox");
     }
     eprintln!("killed after {at_kill} of {total} inbox items; all {total} stored exactly once");
+
+    // The second worker continues the small group's receipt state: y's ack completes it.
+    cy.ack(at_y["seq"].as_u64().unwrap()).await;
+    let last_receipt = o
+        .wait_for("y's delivered receipt", |f| {
+            f["type"] == "receipt" && f["id"] == note && f["by"] == y.as_str()
+        })
+        .await;
+    assert_eq!(
+        last_receipt["all"], true,
+        "state kept across workers: {last_receipt}"
+    );
 }
