@@ -2,6 +2,7 @@
 //!
 //! - [`cluster`]: a 3-node nats-server cluster with JetStream on free loopback ports,
 //!   using the repo's `nats/accounts.conf`, killed and deleted on Drop.
+//! - [`http`]: a minimal HTTP/1.1 client for binary uploads and downloads.
 //! - [`proxy`]: a TCP proxy a test can cut, to make a process lose its NATS connection.
 //! - [`system`]: one shared system per test binary (the cluster, two gateways, the
 //!   workers), started on first use on a runtime of its own and torn down at exit.
@@ -10,11 +11,26 @@
 
 pub mod client;
 pub mod cluster;
+pub mod http;
 pub mod proxy;
 pub mod system;
 
 pub use client::Client;
 pub use system::{System, system};
+
+/// `len` bytes of deterministic noise after `head` (a file signature), for uploads.
+pub fn test_file(head: &[u8], len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut bytes = head.to_vec();
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(len);
+    bytes
+}
 
 /// A user id no other test uses.
 pub fn unique(name: &str) -> String {

@@ -239,15 +239,22 @@ pub struct ExtraGateway {
 impl ExtraGateway {
     /// Starts a gateway with the shared system's secret, `nats` and `config`'s limits.
     pub async fn start(nats: NatsSettings, limits: natter_gateway::config::Limits) -> Self {
+        Self::start_with(nats, |config| config.limits = limits).await
+    }
+
+    /// Starts a gateway with the shared system's secret and `nats`, its config otherwise
+    /// the defaults as changed by `configure`.
+    pub async fn start_with(nats: NatsSettings, configure: impl FnOnce(&mut Config)) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = Config {
             listen: addr,
             nats,
-            limits,
             metrics_listen: None,
             ..Config::default()
         };
+        configure(&mut config);
+        config.listen = addr;
         config.jwt.secret = Some(SECRET.to_owned());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(natter_gateway::run(listener, config, async move {

@@ -7,6 +7,7 @@
 //! - [`publish`]: publishing that survives a stream leader election.
 //! - [`groups`]: group membership in the `groups` KV bucket, with its rules.
 //! - [`receipt_book`]: per-member delivered/read state of group messages.
+//! - [`media`]: uploaded files (object store `media`) and who may fetch them.
 //! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
 //! - [`connect`]: one NATS connection with the options every process needs.
 //! - [`telemetry`]: the Prometheus exporter every process runs.
@@ -15,6 +16,7 @@
 pub mod connect;
 pub mod groups;
 pub mod inbox;
+pub mod media;
 pub mod process;
 pub mod publish;
 pub mod receipt_book;

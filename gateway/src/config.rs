@@ -18,6 +18,56 @@ pub struct Config {
     pub nats: NatsSettings,
     pub jwt: JwtConfig,
     pub limits: Limits,
+    pub media: MediaConfig,
+}
+
+/// Uploads (`POST /v1/media`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest upload, in bytes (413 beyond it).
+    pub max_bytes: u64,
+    /// `Content-Type`s accepted; the common ones are also checked against the file's
+    /// leading bytes.
+    pub allowed_types: Vec<String>,
+    /// How long files are kept, in days; 0 keeps them as long as history (forever).
+    /// Applies when the bucket is created.
+    pub max_age_days: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: natter_fabric::media::DEFAULT_MAX_BYTES,
+            allowed_types: [
+                "image/jpeg",
+                "image/png",
+                "image/gif",
+                "image/webp",
+                "video/mp4",
+                "video/webm",
+                "video/quicktime",
+                "audio/mpeg",
+                "audio/mp4",
+                "audio/ogg",
+                "audio/webm",
+                "audio/wav",
+                "application/pdf",
+                "application/zip",
+                "text/plain",
+                "application/octet-stream",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_age_days: 0,
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs(self.max_age_days * 24 * 3600)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +118,7 @@ impl Default for Config {
             },
             jwt: JwtConfig::default(),
             limits: Limits::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -216,6 +267,13 @@ mod tests {
             config.limits.max_frame_bytes,
             defaults.limits.max_frame_bytes
         );
+        assert_eq!(
+            config.limits.max_group_members,
+            defaults.limits.max_group_members
+        );
+        assert_eq!(config.media.max_bytes, defaults.media.max_bytes);
+        assert_eq!(config.media.allowed_types, defaults.media.allowed_types);
+        assert_eq!(config.media.max_age_days, defaults.media.max_age_days);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! HTTP routes: the WebSocket upgrade, the inbox over plain HTTP, a group message's
-//! per-member receipts ("message info"), and health.
+//! per-member receipts ("message info"), media upload and download, and health.
 //!
 //! Authentication happens here, before any socket exists: a missing or bad token is a
 //! 401 and a malformed query a 400, with a JSON body `{error, message}`.
@@ -9,10 +9,14 @@ use axum::{
     extract::{Path, Query, State, WebSocketUpgrade},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
+use futures_util::TryStreamExt;
+use natter_fabric::media::{MediaAccess, MediaError};
+use natter_schemas::Conversation;
 use natter_schemas::ids::check_id;
 use serde::Deserialize;
+use tokio_util::io::StreamReader;
 
 use crate::{
     App,
@@ -25,6 +29,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/ws", get(websocket))
         .route("/v1/inbox", get(inbox))
         .route("/v1/messages/{id}/receipts", get(message_info))
+        .route("/v1/media", post(upload))
+        .route("/v1/media/{id}", get(download))
         .route("/healthz", get(healthz))
         .with_state(app)
 }
@@ -189,9 +195,201 @@ async fn message_info(
     Ok(Json(body).into_response())
 }
 
+fn unavailable(err: impl std::fmt::Display) -> Refusal {
+    Refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        err.to_string(),
+    )
+}
+
+/// `POST /v1/media`: the body is the file, `Content-Type` its type. Streamed into the
+/// object store (never held whole in memory); 201 `{id, size, sha256, mime}`.
+async fn upload(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, Refusal> {
+    let identity = authenticate(&app, &headers, None)?;
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Content-Type is required".into(),
+            )
+        })?;
+    let media = &app.config.media;
+    if !media.allowed_types.contains(&mime) {
+        return Err(Refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_type",
+            format!("{mime} is not an accepted type"),
+        ));
+    }
+    let too_large = || {
+        Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("files are at most {} bytes", media.max_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > media.max_bytes) {
+        return Err(too_large());
+    }
+    let mut reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let started = std::time::Instant::now();
+    let stored = app
+        .media
+        .put(&identity.user, &mime, media.max_bytes, &mut reader)
+        .await
+        .map_err(|err| match err {
+            MediaError::TooLarge { .. } => too_large(),
+            MediaError::WrongType { .. } => Refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "wrong_type",
+                err.to_string(),
+            ),
+            MediaError::Empty | MediaError::Read(_) => {
+                Refusal(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
+            }
+            other => unavailable(other),
+        })?;
+    metrics::counter!("natter_gateway_media_uploaded_bytes_total").increment(stored.size);
+    metrics::histogram!("natter_gateway_media_upload_seconds")
+        .record(started.elapsed().as_secs_f64());
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+/// Whether `user` may fetch a file: its uploader, or a member of a conversation where a
+/// message referred to it.
+pub(crate) async fn may_see(app: &App, user: &str, access: &MediaAccess) -> Result<bool, String> {
+    if access.uploader == user {
+        return Ok(true);
+    }
+    for conv in &access.convs {
+        let member = match Conversation::parse(conv) {
+            Ok(Conversation::Group(gid)) => app
+                .groups
+                .is_member(&gid, user)
+                .await
+                .map_err(|e| e.to_string())?,
+            Ok(direct) => direct.peer_of(user).is_some(),
+            Err(_) => false,
+        };
+        if member {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `GET /v1/media/<id>`: the file, streamed, with one `Range` honoured (206). 404 for
+/// anyone who may not see it, exactly as for an id that does not exist.
+async fn download(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Refusal> {
+    let identity = authenticate(&app, &headers, None)?;
+    let not_found = || Refusal(StatusCode::NOT_FOUND, "not_found", "no such media".into());
+    let access = app
+        .media
+        .access(&id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
+    if !may_see(&app, &identity.user, &access)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(not_found());
+    }
+    let size = access.size;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| byte_range(v, size));
+    let common = [
+        (header::CONTENT_TYPE, access.mime.clone()),
+        (header::ETAG, format!("\"{}\"", access.sha256)),
+        (header::ACCEPT_RANGES, "bytes".to_owned()),
+    ];
+    let response = match range {
+        None => {
+            let body = axum::body::Body::from_stream(app.media.read(&access, 0, size - 1));
+            let length = [(header::CONTENT_LENGTH, size.to_string())];
+            (StatusCode::OK, common, length, body).into_response()
+        }
+        Some(None) => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+        )
+            .into_response(),
+        Some(Some((first, last))) => {
+            let body = axum::body::Body::from_stream(app.media.read(&access, first, last));
+            let headers = [
+                (header::CONTENT_LENGTH, (last - first + 1).to_string()),
+                (
+                    header::CONTENT_RANGE,
+                    format!("bytes {first}-{last}/{size}"),
+                ),
+            ];
+            (StatusCode::PARTIAL_CONTENT, common, headers, body).into_response()
+        }
+    };
+    Ok(response)
+}
+
+/// One `bytes=` range of a `size`-byte file as (first, last) byte; `None` when it cannot
+/// be satisfied (or is not one range).
+fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = match (first.trim(), last.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            (size.checked_sub(n.min(size))?, size - 1)
+        }
+        (first, "") => (first.parse().ok()?, size - 1),
+        (first, last) => (first.parse().ok()?, last.parse::<u64>().ok()?.min(size - 1)),
+    };
+    (first <= last && first < size).then_some((first, last))
+}
+
 async fn healthz(State(app): State<App>) -> Response {
     match app.nats.connection_state() {
         async_nats::connection::State::Connected => (StatusCode::OK, "ok\n").into_response(),
         state => (StatusCode::SERVICE_UNAVAILABLE, format!("nats {state}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn single_byte_ranges_are_understood_and_the_rest_refused() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(byte_range("bytes=990-5000", 1000), Some((990, 999)));
+        assert_eq!(byte_range("bytes=1000-", 1000), None);
+        assert_eq!(byte_range("bytes=5-1", 1000), None);
+        assert_eq!(byte_range("bytes=0-1,5-6", 1000), None);
+        assert_eq!(byte_range("items=0-1", 1000), None);
+        assert_eq!(byte_range("bytes=-0", 1000), None);
     }
 }

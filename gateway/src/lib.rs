@@ -21,7 +21,7 @@ mod session;
 use std::{future::Future, sync::Arc};
 
 use async_nats::jetstream;
-use natter_fabric::{Inbox, groups::Groups, receipt_book::ReceiptBook, streams};
+use natter_fabric::{Inbox, groups::Groups, media::MediaStore, receipt_book::ReceiptBook, streams};
 use tokio::{
     net::TcpListener,
     sync::{broadcast, watch},
@@ -56,6 +56,8 @@ pub enum GatewayError {
     Inbox(#[from] natter_fabric::InboxError),
     #[error("cannot open the groups bucket: {0}")]
     Groups(#[from] natter_fabric::groups::GroupsError),
+    #[error("cannot open the media buckets: {0}")]
+    Media(#[from] natter_fabric::media::MediaError),
     #[error("cannot open the receipt book: {0}")]
     Book(#[from] natter_fabric::receipt_book::BookError),
     #[error("cannot subscribe to advisories: {0}")]
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     pub groups: Groups,
     /// Per-member state of group messages, for "message info".
     pub book: ReceiptBook,
+    /// Uploaded files and who may fetch them.
+    pub media: MediaStore,
     pub verifier: Verifier,
     pub config: Config,
     /// Fires when every socket should compare its cursor with its inbox.
@@ -119,6 +123,11 @@ pub async fn run(
         ReceiptBook::open(&js, replicas)
     })
     .await?;
+    let media_age = config.media.max_age();
+    let media = streams::with_patience("media buckets", patience, || {
+        MediaStore::open(&js, replicas, media_age)
+    })
+    .await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (resync_tx, _) = broadcast::channel(4);
@@ -129,6 +138,7 @@ pub async fn run(
         inbox,
         groups: groups.clone(),
         book,
+        media,
         verifier,
         config,
         resync: resync_tx.clone(),

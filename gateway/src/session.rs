@@ -364,12 +364,6 @@ impl Session {
         send.body
             .check()
             .map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
-        if send.body.is_media() {
-            return Err(Refused(
-                ErrorCode::Unsupported,
-                "media messages are not served by this gateway yet".into(),
-            ));
-        }
         if let Some(reply_to) = &send.reply_to {
             check_id(reply_to, "reply_to").map_err(bad_id)?;
         }
@@ -391,6 +385,11 @@ impl Session {
         Ok(Box::pin(async move {
             if let Target::Group(gid) = &target
                 && let Err(refusal) = require_member(&app, gid, &record.from).await
+            {
+                return Some(refusal.with_ref(reference));
+            }
+            if let Some(media) = record.body.media()
+                && let Err(refusal) = share_media(&app, &record.from, &record.conv, media).await
             {
                 return Some(refusal.with_ref(reference));
             }
@@ -495,12 +494,12 @@ impl Session {
             limit,
             now_millis(),
         )
-        .map_err(|refusal| Reply::from(GroupRefused::from(refusal)))?;
+        .map_err(|refusal| Reply::from(Denied::from(refusal)))?;
         let app = self.app.clone();
         let reference = create.r#ref;
         Ok(Box::pin(async move {
             if let Err(err) = app.groups.create(&group).await {
-                return Some(GroupRefused::from(err).with_ref(reference));
+                return Some(Denied::from(err).with_ref(reference));
             }
             Some(announce(&app, &group, Some(change), reference).await)
         }))
@@ -528,7 +527,7 @@ impl Session {
                 .await;
             Some(match updated {
                 Ok((group, event)) => announce(&app, &group, event, change.r#ref).await,
-                Err(err) => GroupRefused::from(err).with_ref(change.r#ref),
+                Err(err) => Denied::from(err).with_ref(change.r#ref),
             })
         })))
     }
@@ -546,7 +545,7 @@ impl Session {
                 .await;
             Some(match updated {
                 Ok((group, event)) => announce(&app, &group, event, leave.r#ref).await,
-                Err(err) => GroupRefused::from(err).with_ref(leave.r#ref),
+                Err(err) => Denied::from(err).with_ref(leave.r#ref),
             })
         }))
     }
@@ -571,22 +570,22 @@ enum Membership {
     Remove,
 }
 
-/// A refused group action, as the `error` frame it becomes.
-struct GroupRefused(ErrorCode, String);
+/// A refused action (group, membership, media), as the `error` frame it becomes.
+struct Denied(ErrorCode, String);
 
-impl GroupRefused {
+impl Denied {
     fn with_ref(self, reference: Option<String>) -> ServerFrame {
         refuse(self.0, &self.1, reference)
     }
 }
 
-impl From<GroupRefused> for Reply {
-    fn from(GroupRefused(code, message): GroupRefused) -> Self {
+impl From<Denied> for Reply {
+    fn from(Denied(code, message): Denied) -> Self {
         Refused(code, message)
     }
 }
 
-impl From<Refusal> for GroupRefused {
+impl From<Refusal> for Denied {
     fn from(refusal: Refusal) -> Self {
         let code = match refusal {
             Refusal::NotMember | Refusal::NotAdmin => ErrorCode::Forbidden,
@@ -598,7 +597,7 @@ impl From<Refusal> for GroupRefused {
     }
 }
 
-impl From<GroupsError> for GroupRefused {
+impl From<GroupsError> for Denied {
     fn from(err: GroupsError) -> Self {
         match err {
             GroupsError::Refused(refusal) => refusal.into(),
@@ -614,12 +613,57 @@ impl From<GroupsError> for GroupRefused {
 }
 
 /// Refuses anyone who is not (or no longer) a member of `gid`.
-async fn require_member(app: &App, gid: &str, user: &str) -> Result<(), GroupRefused> {
+async fn require_member(app: &App, gid: &str, user: &str) -> Result<(), Denied> {
     match app.groups.is_member(gid, user).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Refusal::NotMember.into()),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Lets the members of `conv` fetch the file a media message refers to, if `user` may
+/// share it: they uploaded it, or can already see it. Recorded before the message is
+/// stored, so recipients can fetch it as soon as it arrives.
+async fn share_media(
+    app: &App,
+    user: &str,
+    conv: &str,
+    media: &natter_schemas::body::Media,
+) -> Result<(), Denied> {
+    let unavailable = |err: String| {
+        tracing::warn!(error = %err, "media store failed");
+        Denied(
+            ErrorCode::Unavailable,
+            "media unavailable; retry with the same id".into(),
+        )
+    };
+    let access = app
+        .media
+        .access(&media.media_id)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let allowed = match &access {
+        Some(access) => crate::http::may_see(app, user, access)
+            .await
+            .map_err(unavailable)?,
+        None => false,
+    };
+    let Some(access) = access.filter(|_| allowed) else {
+        return Err(Denied(
+            ErrorCode::Forbidden,
+            "no such media, or not yours to share".into(),
+        ));
+    };
+    if access.mime != media.mime {
+        return Err(Denied(
+            ErrorCode::BadRequest,
+            format!("mime must be the uploaded type, {}", access.mime),
+        ));
+    }
+    app.media
+        .share(&media.media_id, conv)
+        .await
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// Puts a group change into `MSGS` (the group's partition, ordered with its messages) for

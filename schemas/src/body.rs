@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest text body accepted, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+/// Longest inline thumbnail (a `data:image/…;base64,…` URL), in bytes.
+pub const MAX_THUMBNAIL_BYTES: usize = 16 * 1024;
+/// Longest caption, in bytes of UTF-8.
+pub const MAX_CAPTION_BYTES: usize = 4 * 1024;
 
 /// What a message carries, tagged by `kind`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -25,6 +29,10 @@ pub struct Media {
     pub mime: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption: Option<String>,
+    /// A small preview shown before the file is fetched: a `data:image/…;base64,…` URL of
+    /// at most 16 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
 }
 
 impl Body {
@@ -33,7 +41,38 @@ impl Body {
         match self {
             Self::Text { text } if text.trim().is_empty() => Err("text must not be empty"),
             Self::Text { text } if text.len() > MAX_TEXT_BYTES => Err("text is longer than 32 KiB"),
-            _ => Ok(()),
+            Self::Text { .. } => Ok(()),
+            _ => {
+                let media = self.media().expect("a media body");
+                if media
+                    .caption
+                    .as_ref()
+                    .is_some_and(|c| c.len() > MAX_CAPTION_BYTES)
+                {
+                    return Err("caption is longer than 4 KiB");
+                }
+                match &media.thumbnail {
+                    Some(t) if t.len() > MAX_THUMBNAIL_BYTES => {
+                        Err("thumbnail is larger than 16 KiB")
+                    }
+                    Some(t) if !t.starts_with("data:image/") || !t.contains(";base64,") => {
+                        Err("thumbnail must be a data:image/…;base64,… URL")
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// The media a body refers to (`None` for text).
+    pub fn media(&self) -> Option<&Media> {
+        match self {
+            Self::Text { .. } => None,
+            Self::Media(m)
+            | Self::Image(m)
+            | Self::Video(m)
+            | Self::Audio(m)
+            | Self::Document(m) => Some(m),
         }
     }
 
