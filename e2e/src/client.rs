@@ -199,6 +199,65 @@ impl Client {
         }
     }
 
+    /// Every message id of `conv` in history, oldest first, paging back `limit` at a time;
+    /// the first `error` answer instead, if one comes. Checks each page's shape (at most
+    /// `limit` messages, oldest first).
+    pub async fn page_back(&mut self, conv: &str, limit: u32) -> Result<Vec<String>, Value> {
+        let mut ids: Vec<String> = Vec::new();
+        let mut before: Option<String> = None;
+        for _ in 0..10_000 {
+            let mut request = json!({"type": "history", "conv": conv, "limit": limit});
+            if let Some(before) = &before {
+                request["before"] = Value::from(before.as_str());
+            }
+            let page = self.request(request).await;
+            if page["type"] != "history" {
+                return Err(page);
+            }
+            assert_eq!(page["conv"], conv);
+            let messages = page["messages"].as_array().expect("messages");
+            assert!(messages.len() <= limit as usize);
+            let page_ids: Vec<String> = messages
+                .iter()
+                .map(|m| m["id"].as_str().expect("an id").to_owned())
+                .collect();
+            assert!(
+                page_ids.windows(2).all(|w| w[0] < w[1]),
+                "a page is oldest first"
+            );
+            before = page_ids.first().cloned();
+            ids.splice(0..0, page_ids);
+            if page["more"] == false {
+                return Ok(ids);
+            }
+        }
+        panic!("history of {conv} never ended");
+    }
+
+    /// Pages back until `conv`'s history is exactly `expected` (history is written
+    /// shortly after `sent`, and a worker may be restarting), for up to `patience`.
+    pub async fn wait_for_history(&mut self, conv: &str, expected: &[String], patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let found = self.page_back(conv, 100).await;
+            if found.as_deref() == Ok(expected) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                match found {
+                    Ok(ids) => panic!(
+                        "history of {conv}: {} ids, expected {} (first difference at {:?})",
+                        ids.len(),
+                        expected.len(),
+                        ids.iter().zip(expected).position(|(a, b)| a != b)
+                    ),
+                    Err(error) => panic!("history of {conv}: {error}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     pub async fn ack(&mut self, seq: u64) {
         self.send_json(json!({"type": "ack", "seq": seq})).await;
     }

@@ -178,6 +178,12 @@ impl NatsCluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The cluster's scratch directory (configs, stores, logs), deleted on Drop: a place
+    /// for other per-run data too.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// All client URLs, comma-separated, as the processes take them.
     pub fn urls(&self) -> String {
         self.nodes

@@ -11,6 +11,7 @@ use std::{
 
 use natter_fabric::NatsSettings;
 use natter_gateway::config::Config;
+use natter_workers::history::{Backend, HistorySettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::NatsCluster;
@@ -101,6 +102,7 @@ fn start(options: Options) -> System {
             // its servers are bound to it by PR_SET_PDEATHSIG.
             let cluster = NatsCluster::start(3);
             let urls = cluster.urls();
+            let data = cluster.dir().to_path_buf();
             *CLUSTER.lock().unwrap() = Some(cluster);
             // SAFETY: registers a plain extern "C" fn with no arguments.
             unsafe { libc::atexit(stop_cluster) };
@@ -138,21 +140,24 @@ fn start(options: Options) -> System {
                 let probe_gateway = gateways[0];
                 for i in 0..options.workers {
                     let settings = nats_settings(&urls, "workers", &format!("workers-{i}"));
+                    // Each set keeps its own embedded history (its own consumer and file).
+                    let history = history_settings(&data, i);
                     tokio::spawn(async move {
-                        if let Err(err) = natter_workers::run(
-                            natter_workers::Kind::All,
-                            settings,
-                            None,
+                        let settings = natter_workers::Settings {
+                            kind: natter_workers::Kind::All,
+                            nats: settings,
+                            metrics_listen: None,
                             // One set of workers probes gateway 0 twice a second.
-                            (i == 0).then(|| natter_workers::canary::CanarySettings {
+                            canary: (i == 0).then(|| natter_workers::canary::CanarySettings {
                                 gateway: probe_gateway.to_string(),
                                 secret: SECRET.to_owned(),
                                 every: Duration::from_millis(500),
                                 timeout: Duration::from_secs(5),
                             }),
-                            std::future::pending(),
-                        )
-                        .await
+                            history: Some(history),
+                        };
+                        if let Err(err) =
+                            natter_workers::run(settings, std::future::pending()).await
                         {
                             panic!("workers {i} failed: {err}");
                         }
@@ -160,6 +165,9 @@ fn start(options: Options) -> System {
                 }
                 for (gateway, task) in gateways.iter().zip(&running) {
                     wait_healthy_while(*gateway, || !task.is_finished()).await;
+                }
+                if options.workers > 0 {
+                    wait_for_history_workers(&urls).await;
                 }
                 tx.send(System {
                     gateways,
@@ -173,6 +181,45 @@ fn start(options: Options) -> System {
         .unwrap();
     rx.recv_timeout(Duration::from_secs(120))
         .expect("the e2e system did not come up")
+}
+
+/// Waits until a history worker answers a page request (the workers are subscribed).
+async fn wait_for_history_workers(urls: &str) {
+    let (events, _) = tokio::sync::broadcast::channel(4);
+    let settings = nats_settings(urls, "gateway", "e2e-readiness");
+    let client = natter_fabric::connect(&settings, events, Duration::from_secs(30))
+        .await
+        .expect("NATS for the readiness check");
+    let query = natter_fabric::records::HistoryQuery {
+        conv: "dm:ready:ready".into(),
+        before: None,
+        limit: 1,
+    };
+    let payload = serde_json::to_vec(&query).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while client
+        .request(
+            natter_fabric::subjects::HISTORY_PAGE,
+            payload.clone().into(),
+        )
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no history worker answered in 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// History set-up for worker set `i`: an embedded store under `data`, its own consumer.
+pub fn history_settings(data: &std::path::Path, i: usize) -> HistorySettings {
+    HistorySettings {
+        instance: format!("history-{i}"),
+        backend: Backend::Embedded(data.join(format!("history-{i}"))),
+        retention_days: 0,
+    }
 }
 
 /// Plain HTTP/1.0 GET (no chunked bodies), returning the status code and body.

@@ -36,15 +36,16 @@ fn worker_process() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let settings = nats_settings(&urls, "workers", "failover-worker");
-        natter_workers::run(
-            natter_workers::Kind::All,
-            settings,
-            None,
-            None,
-            std::future::pending(),
-        )
-        .await
-        .expect("workers");
+        let settings = natter_workers::Settings {
+            kind: natter_workers::Kind::All,
+            nats: settings,
+            metrics_listen: None,
+            canary: None,
+            history: None,
+        };
+        natter_workers::run(settings, std::future::pending())
+            .await
+            .expect("workers");
     });
 }
 

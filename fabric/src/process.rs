@@ -3,6 +3,7 @@
 /// Logs to stderr; `RUST_LOG` overrides the default filter.
 pub fn init_tracing() {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,async_nats=warn".into()),

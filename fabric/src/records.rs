@@ -68,3 +68,26 @@ pub enum RcptEvent {
         up_to: String,
     },
 }
+
+/// A history page request on `history.page`, sent by a gateway that has checked the user
+/// may read `conv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    pub conv: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// The answer to a [`HistoryQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryAnswer {
+    Page {
+        messages: Vec<MessageItem>,
+        more: bool,
+    },
+    Failed {
+        error: String,
+    },
+}

@@ -7,6 +7,10 @@
 
 use natter_schemas::Conversation;
 
+/// Request/reply subject of history pages (served by the history workers, queue group
+/// `history`).
+pub const HISTORY_PAGE: &str = "history.page";
+
 /// Number of `MSGS` partitions. Changing it moves conversations between partitions, so
 /// it is fixed for the life of a deployment's `MSGS` stream.
 pub const PARTITIONS: u32 = 16;

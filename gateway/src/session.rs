@@ -19,12 +19,12 @@ use natter_fabric::{
     StoredItem,
     groups::{Change, Group, GroupsError, Refusal},
     now_millis, publish_durable,
-    records::{MsgRecord, MsgsEntry, RcptEvent},
+    records::{HistoryAnswer, HistoryQuery, MsgRecord, MsgsEntry, RcptEvent},
     subjects,
 };
 use natter_schemas::{
-    ClientFrame, Conversation, ErrorCode, ErrorFrame, GroupChange, GroupCreate, GroupLeave, Pong,
-    Sent, ServerFrame, Target, ids::check_id, inbox::message_ts,
+    ClientFrame, Conversation, ErrorCode, ErrorFrame, GroupChange, GroupCreate, GroupLeave,
+    HistoryPage, HistoryRequest, Pong, Sent, ServerFrame, Target, ids::check_id, inbox::message_ts,
 };
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::Instrument;
@@ -35,6 +35,12 @@ use crate::{
 };
 
 type Sink = SplitSink<WebSocket, Message>;
+
+/// Default and largest `limit` of a `history` request.
+const DEFAULT_HISTORY_PAGE: u32 = 50;
+const MAX_HISTORY_PAGE: u32 = 100;
+/// How long a `history` request waits for a history worker.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How soon a failed inbox read is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -351,6 +357,7 @@ impl Session {
             ClientFrame::GroupAdd(change) => self.on_group_change(change, Membership::Add),
             ClientFrame::GroupRemove(change) => self.on_group_change(change, Membership::Remove),
             ClientFrame::GroupLeave(leave) => self.on_group_leave(leave).map(Some),
+            ClientFrame::History(request) => self.on_history(request).map(Some),
             other => Err(Refused(
                 ErrorCode::Unsupported,
                 format!("`{}` is not served by this gateway yet", other.kind()),
@@ -479,6 +486,78 @@ impl Session {
                 return Some(refusal.with_ref(reference));
             }
             publish.await
+        }))
+    }
+
+    /// `history`: one page of a conversation the user is part of, from the history
+    /// workers (the gateway never touches the store).
+    fn on_history(&mut self, request: HistoryRequest) -> Result<Pending, Reply> {
+        let conv = Conversation::parse(&request.conv).map_err(bad_id)?;
+        if let Some(before) = &request.before {
+            check_id(before, "before").map_err(bad_id)?;
+        }
+        let limit = request.limit.unwrap_or(DEFAULT_HISTORY_PAGE);
+        if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
+            return Err(Refused(
+                ErrorCode::BadRequest,
+                format!("limit must be 1..={MAX_HISTORY_PAGE}"),
+            ));
+        }
+        let group = match &conv {
+            Conversation::Group(gid) => Some(gid.clone()),
+            direct if direct.peer_of(&self.user).is_none() => {
+                return Err(Refused(
+                    ErrorCode::Forbidden,
+                    "not a member of this conversation".into(),
+                ));
+            }
+            _ => None,
+        };
+        let (app, user, reference) = (self.app.clone(), self.user.clone(), request.r#ref);
+        Ok(Box::pin(async move {
+            if let Some(gid) = group
+                && let Err(refusal) = require_member(&app, &gid, &user).await
+            {
+                return Some(refusal.with_ref(reference));
+            }
+            let query = HistoryQuery {
+                conv: conv.to_string(),
+                before: request.before,
+                limit: limit as usize,
+            };
+            let payload = Bytes::from(serde_json::to_vec(&query).expect("queries serialize"));
+            let started = std::time::Instant::now();
+            let asked = timeout(
+                HISTORY_TIMEOUT,
+                app.nats.request(subjects::HISTORY_PAGE, payload),
+            )
+            .await;
+            let answer = match asked {
+                Ok(Ok(message)) => serde_json::from_slice::<HistoryAnswer>(&message.payload)
+                    .map_err(|e| e.to_string()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err("no answer in time".to_owned()),
+            };
+            Some(match answer {
+                Ok(HistoryAnswer::Page { messages, more }) => {
+                    metrics::histogram!("natter_gateway_history_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    ServerFrame::History(HistoryPage {
+                        conv: query.conv,
+                        messages,
+                        more,
+                        r#ref: reference,
+                    })
+                }
+                Ok(HistoryAnswer::Failed { error }) | Err(error) => {
+                    tracing::warn!(%error, "history page failed");
+                    refuse(
+                        ErrorCode::Unavailable,
+                        "history unavailable; try again",
+                        reference,
+                    )
+                }
+            })
         }))
     }
 

@@ -1,7 +1,10 @@
-//! `history`: one page of a conversation's past, newest first.
+//! `history`: one page of a conversation's past. Pages go back in time (each request
+//! names the oldest message it has as `before`); within a page, messages are oldest first.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::MessageItem;
 
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -13,6 +16,17 @@ pub struct HistoryRequest {
     /// 1..=100, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}
+
+/// Server → client: up to `limit` messages before `before`, oldest first; `more` when
+/// older ones exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryPage {
+    pub conv: String,
+    pub messages: Vec<MessageItem>,
+    pub more: bool,
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
 }

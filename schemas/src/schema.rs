@@ -19,6 +19,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<Read>("read"),
         one::<Typing>("typing"),
         one::<HistoryRequest>("history"),
+        one::<HistoryPage>("history_page"),
         one::<GroupCreate>("group_create"),
         one::<GroupChange>("group_change"),
         one::<GroupLeave>("group_leave"),

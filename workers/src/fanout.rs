@@ -22,7 +22,7 @@
 //! recipients go into the receipt book, for per-member receipts. Group changes are in the
 //! same partition as the group's messages, so members see them in the order they happened.
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use async_nats::{
     HeaderMap,
@@ -43,9 +43,7 @@ use natter_fabric::{
 use natter_schemas::{Conversation, InboxItem};
 use tokio::sync::watch;
 
-use crate::{SETUP_PATIENCE, WorkerError, stopped};
-
-type Task = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
+use crate::{SETUP_PATIENCE, Task, WorkerError, stopped};
 
 /// Most messages fanned out per batch.
 pub const BATCH: usize = 256;

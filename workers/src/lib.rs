@@ -4,6 +4,7 @@
 //!   other devices), per partition in stream order; group membership is checked here.
 //! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes; for
 //!   group messages, per-member state in the receipt book and "all" once everyone has it.
+//! - [`history`]: `MSGS` → the history store (embedded redb or TiKV); pages on request.
 //! - [`jetstream_stats`]: stream sizes and consumer backlogs as Prometheus gauges.
 //! - [`canary`]: a probe message through the whole path, timed end to end.
 //!
@@ -14,10 +15,11 @@
 
 pub mod canary;
 pub mod fanout;
+pub mod history;
 pub mod jetstream_stats;
 pub mod receipts;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use async_nats::jetstream;
 use natter_fabric::{NatsSettings, groups::Groups, receipt_book::ReceiptBook, streams};
@@ -28,9 +30,25 @@ use tokio::sync::{broadcast, watch};
 pub enum Kind {
     Fanout,
     Receipts,
-    /// Every worker kind in one process (the local default).
+    History,
+    /// Every worker kind in one process (the local default; history when configured).
     All,
 }
+
+/// What a worker process runs and where.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kind: Kind,
+    pub nats: NatsSettings,
+    /// Prometheus exporter address; none when the caller installed one.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub canary: Option<canary::CanarySettings>,
+    /// Needed by `History`; `All` runs history when it is set.
+    pub history: Option<history::HistorySettings>,
+}
+
+/// One long-running worker task.
+pub(crate) type Task = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -54,6 +72,12 @@ pub enum WorkerError {
     Groups(#[from] natter_fabric::groups::GroupsError),
     #[error("cannot open the receipt book: {0}")]
     Book(#[from] natter_fabric::receipt_book::BookError),
+    #[error("history store: {0}")]
+    History(#[from] natter_history::StoreError),
+    #[error("history workers need a store: --history-dir or --tikv-pd")]
+    NoHistoryStore,
+    #[error("cannot subscribe: {0}")]
+    Subscribe(String),
     #[error("a worker task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -67,12 +91,19 @@ pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 /// Runs the `kind` workers until `shutdown` completes. Work in progress at shutdown is
 /// not acked and is redelivered to another worker.
 pub async fn run(
-    kind: Kind,
-    nats: NatsSettings,
-    metrics_listen: Option<std::net::SocketAddr>,
-    canary: Option<canary::CanarySettings>,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
+    let Settings {
+        kind,
+        nats,
+        metrics_listen,
+        canary,
+        history,
+    } = settings;
+    if kind == Kind::History && history.is_none() {
+        return Err(WorkerError::NoHistoryStore);
+    }
     if let Some(listen) = metrics_listen {
         natter_fabric::telemetry::install(listen)?;
     }
@@ -102,7 +133,7 @@ pub async fn run(
             }
         }
     });
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     streams::ensure_with_patience(&js, nats.replicas, SETUP_PATIENCE).await?;
     let groups = streams::with_patience("groups bucket", SETUP_PATIENCE, || {
         Groups::open(&js, nats.replicas)
@@ -126,6 +157,11 @@ pub async fn run(
     }
     if matches!(kind, Kind::Receipts | Kind::All) {
         tasks.spawn(receipts::start(&js, &book, stop_rx.clone()).await?);
+    }
+    if let Some(settings) = history.filter(|_| matches!(kind, Kind::History | Kind::All)) {
+        for task in history::start(&js, &client, &settings, stop_rx.clone()).await? {
+            tasks.spawn(task);
+        }
     }
     tasks.spawn({
         let (js, stop) = (js.clone(), stop_rx.clone());

@@ -1,11 +1,16 @@
-//! `natter-workers <kind>`: runs fanout, receipts, or all of them, until Ctrl-C/SIGTERM.
+//! `natter-workers <kind>`: runs fanout, receipts, history, or all of them, until
+//! Ctrl-C/SIGTERM.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use natter_fabric::connect::{NatsArgs, NatsSettings};
-use natter_workers::{Kind, canary::CanarySettings};
+use natter_workers::{
+    Kind, Settings,
+    canary::CanarySettings,
+    history::{Backend, HistorySettings},
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "natter-workers", about = "Natter's background workers")]
@@ -36,6 +41,23 @@ struct Cli {
         default_value = "127.0.0.1:9465"
     )]
     metrics_listen: std::net::SocketAddr,
+    /// Embedded history store directory (redb). Each process using the embedded store
+    /// needs its own directory and its own --history-instance.
+    #[arg(long, env = "NATTER_HISTORY_DIR", default_value = ".run/history")]
+    history_dir: PathBuf,
+    /// TiKV PD endpoints (host:port, comma-separated): history goes to TiKV instead of the
+    /// embedded store.
+    #[arg(long, env = "NATTER_TIKV_PD", value_delimiter = ',')]
+    tikv_pd: Vec<String>,
+    /// The history consumer's name: unique per embedded store, shared by TiKV workers.
+    #[arg(long, env = "NATTER_HISTORY_INSTANCE", default_value = "history")]
+    history_instance: String,
+    /// Delete history older than this many days (0: keep forever).
+    #[arg(long, env = "NATTER_HISTORY_RETENTION_DAYS", default_value_t = 0)]
+    history_retention_days: u64,
+    /// Run without history (e.g. fanout-only processes under `all`).
+    #[arg(long)]
+    no_history: bool,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -78,13 +100,24 @@ async fn main() -> anyhow::Result<()> {
         }
         (None, _) => None,
     };
-    natter_workers::run(
-        cli.kind,
+    let backend = if cli.tikv_pd.is_empty() {
+        Backend::Embedded(cli.history_dir)
+    } else {
+        Backend::Tikv(cli.tikv_pd)
+    };
+    let history = (!cli.no_history).then_some(HistorySettings {
+        instance: cli.history_instance,
+        backend,
+        retention_days: cli.history_retention_days,
+    });
+    let settings = Settings {
+        kind: cli.kind,
         nats,
-        Some(cli.metrics_listen),
+        metrics_listen: Some(cli.metrics_listen),
         canary,
-        natter_fabric::process::shutdown_signal(),
-    )
-    .await
-    .context("workers failed")
+        history,
+    };
+    natter_workers::run(settings, natter_fabric::process::shutdown_signal())
+        .await
+        .context("workers failed")
 }

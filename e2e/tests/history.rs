@@ -1,0 +1,138 @@
+//! History end to end on the shared system (each of its two worker sets keeps its own
+//! embedded history store): paging back through long one-on-one and group conversations,
+//! refusals, and a new device that has nothing locally.
+
+use std::time::Duration;
+
+use natter_e2e::{Client, unique};
+use serde_json::json;
+
+async fn page_back(client: &mut Client, conv: &str, limit: u32) -> Vec<String> {
+    client.page_back(conv, limit).await.expect("a history page")
+}
+
+async fn assert_history(client: &mut Client, conv: &str, sent: &[String]) {
+    client
+        .wait_for_history(conv, sent, Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test]
+async fn paging_back_through_520_one_on_one_messages_sees_each_once_in_order() {
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut sent = Vec::new();
+    let mut conv = String::new();
+    for i in 0..520 {
+        let (from, to) = if i % 3 == 0 {
+            (&mut b, &alice)
+        } else {
+            (&mut a, &bob)
+        };
+        let answer = from.send_text(to, &format!("line {i}")).await;
+        sent.push(answer["id"].as_str().unwrap().to_owned());
+        conv = answer["conv"].as_str().unwrap().to_owned();
+    }
+    assert_history(&mut a, &conv, &sent).await;
+    // Both sides see the same history; a page's content is the messages as sent.
+    assert_eq!(page_back(&mut b, &conv, 37).await, sent);
+    let newest = b
+        .request(json!({"type": "history", "conv": conv, "limit": 1}))
+        .await;
+    let message = &newest["messages"][0];
+    assert_eq!(message["id"], sent[519].as_str());
+    assert_eq!(message["body"]["text"], "line 519");
+    assert_eq!(message["from"], bob.as_str());
+    assert_eq!(newest["more"], true);
+}
+
+#[tokio::test]
+async fn paging_back_through_510_group_messages_sees_each_once_in_order() {
+    let (amy, bob, cat) = (unique("amy"), unique("bob"), unique("cat"));
+    let mut a = Client::connect(0, &amy, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut c = Client::connect(0, &cat, "phone", 0).await;
+    let group = a
+        .request(json!({"type": "group_create", "name": "Long", "members": [bob, cat]}))
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let conv = format!("group:{gid}");
+    let mut sent = Vec::new();
+    for i in 0..510 {
+        let sender = match i % 3 {
+            0 => &mut a,
+            1 => &mut b,
+            _ => &mut c,
+        };
+        let answer = sender.send_to_group(&gid, &format!("g{i}")).await;
+        sent.push(answer["id"].as_str().unwrap().to_owned());
+    }
+    assert_history(&mut c, &conv, &sent).await;
+}
+
+#[tokio::test]
+async fn outsiders_are_refused_and_bad_history_requests_get_errors() {
+    let (alice, bob, eve) = (unique("alice"), unique("bob"), unique("eve"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut e = Client::connect(1, &eve, "phone", 0).await;
+    let sent = a.send_text(&bob, "private").await;
+    let dm = sent["conv"].as_str().unwrap().to_owned();
+    let group = a
+        .request(json!({"type": "group_create", "name": "Closed", "members": [bob]}))
+        .await;
+    let gconv = format!("group:{}", group["id"].as_str().unwrap());
+    let cases = [
+        (json!({"type": "history", "conv": dm}), "forbidden"),
+        (json!({"type": "history", "conv": gconv}), "forbidden"),
+        (json!({"type": "history", "conv": "dm:b:a"}), "bad_id"),
+        (json!({"type": "history", "conv": "chan:x"}), "bad_id"),
+        (
+            json!({"type": "history", "conv": format!("dm:{eve}:{eve}"), "limit": 0}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "history", "conv": format!("dm:{eve}:{eve}"), "limit": 101}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "history", "conv": format!("dm:{eve}:{eve}"), "before": "x.y"}),
+            "bad_id",
+        ),
+    ];
+    for (frame, code) in cases {
+        let answer = e.request(frame.clone()).await;
+        assert_eq!(answer["code"], code, "{frame} → {answer}");
+    }
+    // Their own (empty) conversation pages fine.
+    let own = e
+        .request(json!({"type": "history", "conv": format!("dm:{eve}:{eve}")}))
+        .await;
+    assert_eq!(own["messages"], json!([]));
+    assert_eq!(own["more"], false);
+}
+
+#[tokio::test]
+async fn a_new_device_with_nothing_stored_pages_the_whole_conversation() {
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut sent = Vec::new();
+    let mut conv = String::new();
+    for i in 0..60 {
+        let answer = a
+            .send_text(&bob, &format!("before the new phone {i}"))
+            .await;
+        sent.push(answer["id"].as_str().unwrap().to_owned());
+        conv = answer["conv"].as_str().unwrap().to_owned();
+    }
+    // Bob's new tablet skips the inbox (it resumes after everything in it) and has no
+    // local state: history gives it the conversation.
+    let mut probe = Client::connect(1, &bob, "probe", 0).await;
+    let last = probe.wait_for_text("before the new phone 59").await["seq"]
+        .as_u64()
+        .unwrap();
+    let mut tablet = Client::connect(1, &bob, "tablet", last).await;
+    assert_history(&mut tablet, &conv, &sent).await;
+    let inbox = tablet.messages_within(Duration::from_millis(300)).await;
+    assert!(inbox.is_empty(), "the inbox replayed {inbox:?}");
+}
