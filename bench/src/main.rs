@@ -6,6 +6,10 @@
 //! drives delivered receipts, as a phone would). Latencies are measured in this process
 //! on one monotonic clock: send→sent (the JetStream ack reached the sender) and
 //! send→deliver (the message reached the recipient's socket).
+//!
+//! Scenario `history`: see [`history`].
+
+mod history;
 
 use std::{
     sync::{
@@ -23,9 +27,23 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    Dm,
+    History,
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "natter-bench", about = "Load tool for Natter")]
 struct Cli {
+    #[arg(long, value_enum, default_value = "dm")]
+    scenario: Scenario,
+    /// `history`: messages in the conversation.
+    #[arg(long, default_value_t = 5_000)]
+    messages: usize,
+    /// `history`: page requests timed.
+    #[arg(long, default_value_t = 500)]
+    pages: usize,
     /// Gateway address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     gateway: String,
@@ -74,6 +92,11 @@ async fn main() -> anyhow::Result<()> {
         .secret
         .clone()
         .unwrap_or_else(|| natter_gateway::config::DEV_JWT_SECRET.to_owned());
+    if cli.scenario == Scenario::History {
+        let report = history::run(&cli.gateway, &secret, cli.messages.max(100), cli.pages).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let origin = Instant::now();
     let stats = Arc::new(Stats::default());
