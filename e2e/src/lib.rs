@@ -32,6 +32,15 @@ pub fn test_file(head: &[u8], len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
+/// "debug" or "release", for figures a test prints.
+pub fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
 /// A user id no other test uses.
 pub fn unique(name: &str) -> String {
     format!(

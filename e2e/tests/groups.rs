@@ -378,7 +378,8 @@ async fn a_group_of_1024_members_puts_each_message_into_every_inbox_exactly_once
     }
     let last_inbox = started.elapsed();
     eprintln!(
-        "1024-member group: sent after {sent_after:?}, in the last of 1024 inboxes after {last_inbox:?}"
+        "1024-member group: sent after {sent_after:?}, in the last of 1024 inboxes after {last_inbox:?} ({} build)",
+        natter_e2e::build_profile()
     );
 
     for member in std::iter::once(&owner).chain(&others) {

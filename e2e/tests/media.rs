@@ -162,9 +162,10 @@ async fn a_10_mib_video_round_trips_byte_exact_with_ranges_and_only_for_the_conv
         .expect("object store read within 30 s");
     assert!(through_object_store == file, "object store layout differs");
     eprintln!(
-        "10 MiB: upload {:.1} MiB/s, download {:.1} MiB/s (debug build)",
+        "10 MiB: upload {:.1} MiB/s, download {:.1} MiB/s ({} build)",
         10.0 / upload_time.as_secs_f64(),
-        10.0 / download_time.as_secs_f64()
+        10.0 / download_time.as_secs_f64(),
+        natter_e2e::build_profile()
     );
 
     let part = download(1, &bob, &id, Some("bytes=5000000-5000999")).await;

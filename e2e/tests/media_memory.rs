@@ -165,9 +165,10 @@ async fn uploading_200_mib_keeps_the_gateway_memory_bounded() {
     eprintln!(
         "200 MiB: upload {:.1} MiB/s, download {:.1} MiB/s; gateway RSS idle {idle:.1} MiB, \
          peak during upload {peak_upload:.1} MiB, after download {peak_after_download:.1} MiB \
-         (debug build)",
+         ({} build)",
         FILE_MIB as f64 / upload_time.as_secs_f64(),
         FILE_MIB as f64 / download_time.as_secs_f64(),
+        natter_e2e::build_profile(),
     );
     // Holding the file would take 200 MiB; streaming needs a few MiB over idle.
     assert!(
