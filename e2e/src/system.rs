@@ -192,6 +192,7 @@ async fn wait_for_history_workers(urls: &str) {
         .expect("NATS for the readiness check");
     let query = natter_fabric::records::HistoryQuery {
         conv: "dm:ready:ready".into(),
+        reader: "ready".into(),
         before: None,
         limit: 1,
     };

@@ -136,3 +136,93 @@ async fn a_new_device_with_nothing_stored_pages_the_whole_conversation() {
     let inbox = tablet.messages_within(Duration::from_millis(300)).await;
     assert!(inbox.is_empty(), "the inbox replayed {inbox:?}");
 }
+
+/// The `status` of every message on the newest history page, oldest first.
+async fn ticks(client: &mut Client, conv: &str) -> Vec<serde_json::Value> {
+    let page = client
+        .request(json!({"type": "history", "conv": conv, "limit": 100}))
+        .await;
+    page["messages"]
+        .as_array()
+        .map(|m| m.iter().map(|m| m["status"].clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Pages until the ticks are `expected` (receipt events reach history asynchronously).
+async fn wait_for_ticks(client: &mut Client, conv: &str, expected: serde_json::Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = serde_json::Value::from(ticks(client, conv).await);
+        if found == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticks of {conv}: {found}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn history_carries_the_ticks_of_the_readers_own_messages() {
+    let (alice, bob, cat) = (unique("alice"), unique("bob"), unique("cat"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut c = Client::connect(0, &cat, "phone", 0).await;
+
+    // One-on-one: Bob has all three, read up to the second.
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for text in ["t1", "t2", "t3"] {
+            ids.push(
+                a.send_text(&bob, text).await["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        ids
+    };
+    let conv = if alice < bob {
+        format!("dm:{alice}:{bob}")
+    } else {
+        format!("dm:{bob}:{alice}")
+    };
+    wait_for_ticks(&mut a, &conv, json!(["sent", "sent", "sent"])).await;
+    let last = b.wait_for_text("t3").await["seq"].as_u64().unwrap();
+    b.ack(last).await;
+    wait_for_ticks(
+        &mut a,
+        &conv,
+        json!(["delivered", "delivered", "delivered"]),
+    )
+    .await;
+    b.send_json(json!({"type": "read", "conv": conv, "up_to": ids[1]}))
+        .await;
+    wait_for_ticks(&mut a, &conv, json!(["read", "read", "delivered"])).await;
+    // Bob's view of Alice's messages carries no ticks: they are not his.
+    wait_for_ticks(&mut b, &conv, json!([null, null, null])).await;
+
+    // A group: double ticks once both members have it, blue once both read it.
+    let group = a
+        .request(json!({"type": "group_create", "name": "Ticks", "members": [bob, cat]}))
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let gconv = format!("group:{gid}");
+    let id = a.send_to_group(&gid, "g1").await["id"].clone();
+    let at_bob = b.wait_for_text("g1").await;
+    b.ack(at_bob["seq"].as_u64().unwrap()).await;
+    b.send_json(json!({"type": "read", "conv": gconv, "up_to": id}))
+        .await;
+    // Wait until Bob's read is counted (Cat's receipt for Bob's read is not the signal:
+    // history follows RCPT on its own), then check the ticks are not blue yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_ticks(&mut a, &gconv, json!(["sent"])).await;
+    let at_cat = c.wait_for_text("g1").await;
+    c.ack(at_cat["seq"].as_u64().unwrap()).await;
+    wait_for_ticks(&mut a, &gconv, json!(["delivered"])).await;
+    c.send_json(json!({"type": "read", "conv": gconv, "up_to": id}))
+        .await;
+    wait_for_ticks(&mut a, &gconv, json!(["read"])).await;
+}

@@ -191,7 +191,7 @@ async fn history_survives_a_killed_worker_and_a_restart_of_everything() {
                 .is_ok_and(|info| info.cluster.as_ref().is_some_and(|c| c.leader.is_some())),
             Err(_) => false,
         };
-        let query = br#"{"conv":"dm:ready:ready","limit":1}"#.to_vec();
+        let query = br#"{"conv":"dm:ready:ready","reader":"ready","limit":1}"#.to_vec();
         let worker_ready = asker
             .request(natter_fabric::subjects::HISTORY_PAGE, query.into())
             .await

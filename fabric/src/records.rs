@@ -1,6 +1,6 @@
 //! What the gateway writes into `MSGS` and `RCPT`, read back by the workers.
 
-use natter_schemas::{Body, GroupEventItem, MessageItem};
+use natter_schemas::{Body, GroupEventItem, HistoryMessage, MessageItem};
 use serde::{Deserialize, Serialize};
 
 /// One accepted message in `MSGS`. The sender comes from the token, never the frame.
@@ -74,6 +74,8 @@ pub enum RcptEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryQuery {
     pub conv: String,
+    /// Who asks: their own messages come with their ticks.
+    pub reader: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
     pub limit: usize,
@@ -84,7 +86,7 @@ pub struct HistoryQuery {
 #[serde(rename_all = "snake_case")]
 pub enum HistoryAnswer {
     Page {
-        messages: Vec<MessageItem>,
+        messages: Vec<HistoryMessage>,
         more: bool,
     },
     Failed {

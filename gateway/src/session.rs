@@ -522,6 +522,7 @@ impl Session {
             }
             let query = HistoryQuery {
                 conv: conv.to_string(),
+                reader: user.clone(),
                 before: request.before,
                 limit: limit as usize,
             };

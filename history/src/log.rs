@@ -6,8 +6,14 @@
 //! key range in time order: a page is a single bounded reverse scan (on TiKV, a walk over
 //! the conversation's region), and writing a message again (a redelivery) rewrites the same
 //! key with the same bytes.
+//!
+//! Receipt state lives next to the messages as two watermarks per member and conversation:
+//! `d/<conversation>/<user>` (the newest message delivered to one of their devices) and
+//! `r/<conversation>/<user>` (the newest they read). Both only move forward, and a message
+//! is delivered to (read by) a member when their watermark reached its id, so a page's
+//! ticks come from two reads per other member, however long the conversation.
 
-use natter_schemas::MessageItem;
+use natter_schemas::{MessageItem, Ticks};
 
 use crate::store::{OrderedStore, StoreError};
 
@@ -23,6 +29,43 @@ pub struct Page {
 
 pub struct History<S> {
     store: S,
+}
+
+/// One member's watermarks in one conversation ("" before the first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub delivered: String,
+    pub read: String,
+}
+
+/// Which watermark an event moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Delivered,
+    Read,
+}
+
+fn mark_key(mark: Mark, conv: &str, user: &str) -> Vec<u8> {
+    let kind = match mark {
+        Mark::Delivered => 'd',
+        Mark::Read => 'r',
+    };
+    format!("{kind}/{conv}/{user}").into_bytes()
+}
+
+/// The ticks of a message with id `id`, given the watermarks of every member but its
+/// sender: blue when all read it, double grey when all have it (reading implies having).
+pub fn ticks(id: &str, others: &[Marks]) -> Ticks {
+    if others.iter().all(|m| m.read.as_str() >= id) {
+        Ticks::Read
+    } else if others
+        .iter()
+        .all(|m| m.delivered.as_str() >= id || m.read.as_str() >= id)
+    {
+        Ticks::Delivered
+    } else {
+        Ticks::Sent
+    }
 }
 
 fn message_key(conv: &str, id: &str) -> Vec<u8> {
@@ -90,6 +133,38 @@ impl<S: OrderedStore> History<S> {
         Ok(Page { messages, more })
     }
 
+    /// Moves `user`'s watermark in `conv` to `id` unless it is already there or further.
+    /// (One writer per store: each history worker handles receipt events in order.)
+    pub async fn advance(
+        &self,
+        mark: Mark,
+        conv: &str,
+        user: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let key = mark_key(mark, conv, user);
+        let current = self.store.get(&key).await?;
+        if current.as_deref().is_some_and(|c| c >= id.as_bytes()) {
+            return Ok(false);
+        }
+        self.store
+            .put_batch(vec![(key, id.as_bytes().to_vec())])
+            .await?;
+        Ok(true)
+    }
+
+    /// `user`'s watermarks in `conv`.
+    pub async fn marks(&self, conv: &str, user: &str) -> Result<Marks, StoreError> {
+        let read = |mark| async move {
+            let value = self.store.get(&mark_key(mark, conv, user)).await?;
+            Ok::<_, StoreError>(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        };
+        Ok(Marks {
+            delivered: read(Mark::Delivered).await?.unwrap_or_default(),
+            read: read(Mark::Read).await?.unwrap_or_default(),
+        })
+    }
+
     /// Deletes every message made before `cutoff_ms`, conversation by conversation (one
     /// range delete each). Returns how many conversations it visited.
     pub async fn forget_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
@@ -134,6 +209,30 @@ mod tests {
         assert!(id_prefix_at(ms).as_str() <= id);
         assert!(id_prefix_at(ms + 1).as_str() > id);
         assert_eq!(id_prefix_at(ms), "01a2244d-5569");
+    }
+
+    #[test]
+    fn ticks_need_every_other_member() {
+        let marks = |d: &str, r: &str| Marks {
+            delivered: d.into(),
+            read: r.into(),
+        };
+        assert_eq!(ticks("05", &[marks("04", "")]), Ticks::Sent);
+        assert_eq!(ticks("05", &[marks("05", "")]), Ticks::Delivered);
+        assert_eq!(
+            ticks("05", &[marks("", "07")]),
+            Ticks::Read,
+            "read implies delivered"
+        );
+        assert_eq!(
+            ticks("05", &[marks("09", "09"), marks("05", "03")]),
+            Ticks::Delivered
+        );
+        assert_eq!(
+            ticks("05", &[marks("09", "09"), marks("", "")]),
+            Ticks::Sent
+        );
+        assert_eq!(ticks("05", &[]), Ticks::Read, "notes to yourself");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! run on the machines this project is developed on, so there the TiKV test says it was
 //! not run, and nothing claims it passed.
 
-use natter_history::{Embedded, History, OrderedStore, Tikv};
+use natter_history::{Embedded, History, Mark, OrderedStore, Tikv};
 use natter_schemas::{Body, MessageItem};
 
 /// Every key this run writes starts with `prefix` (a shared TiKV cluster stays clean).
@@ -126,6 +126,34 @@ async fn history_suite<S: OrderedStore>(store: S, conv_prefix: &str) {
             .unwrap()
             .messages
             .is_empty()
+    );
+
+    // Watermarks only move forward, and each member has their own.
+    let reader = format!("{conv_prefix}b");
+    assert!(
+        history
+            .advance(Mark::Read, &conv, &reader, "0005")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !history
+            .advance(Mark::Read, &conv, &reader, "0003")
+            .await
+            .unwrap()
+    );
+    history
+        .advance(Mark::Delivered, &conv, &reader, "0007")
+        .await
+        .unwrap();
+    let marks = history.marks(&conv, &reader).await.unwrap();
+    assert_eq!(
+        (marks.delivered.as_str(), marks.read.as_str()),
+        ("0007", "0005")
+    );
+    assert_eq!(
+        history.marks(&conv, "nobody").await.unwrap(),
+        Default::default()
     );
 }
 

@@ -25,8 +25,30 @@ pub struct HistoryRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryPage {
     pub conv: String,
-    pub messages: Vec<MessageItem>,
+    pub messages: Vec<HistoryMessage>,
     pub more: bool,
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
+}
+
+/// A message in a history page: as every member saw it, plus, on the reader's own
+/// messages, how far it got (the ticks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryMessage {
+    #[serde(flatten)]
+    pub message: MessageItem,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Ticks>,
+}
+
+/// How far a message got: one grey tick, two grey ticks (every other member has it),
+/// two blue ticks (every other member read it).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Ticks {
+    Sent,
+    Delivered,
+    Read,
 }

@@ -30,7 +30,7 @@ pub use ack::Ack;
 pub use body::Body;
 pub use error::{ErrorCode, ErrorFrame};
 pub use group::{GroupChange, GroupCreate, GroupEventItem, GroupEventKind, GroupInfo, GroupLeave};
-pub use history::{HistoryPage, HistoryRequest};
+pub use history::{HistoryMessage, HistoryPage, HistoryRequest, Ticks};
 pub use ids::{Conversation, IdError, Target};
 pub use inbox::{Delivered, InboxItem, MessageItem};
 pub use ping::{Ping, Pong};

@@ -6,6 +6,11 @@
 //! rewrites the same keys with the same bytes (nothing doubled). Group changes in `MSGS`
 //! are not history.
 //!
+//! Ticks: a second durable consumer (`<instance>-receipts`) on `RCPT` moves each member's
+//! delivered and read watermarks per conversation (one writer, events in order; a
+//! delivered event names an inbox range, read back by direct get like the receipts worker
+//! does). A page answers the reader's own messages with their ticks.
+//!
 //! Serving: request/reply on `history.page` in the queue group `history`, so each request
 //! is answered once by whichever history worker NATS picks. Gateways check membership
 //! before asking; workers never see a user's identity.
@@ -18,16 +23,18 @@
 use std::{path::PathBuf, time::Duration};
 
 use async_nats::jetstream::{
-    self,
+    self, AckKind,
     consumer::{AckPolicy, pull},
 };
 use futures_util::StreamExt;
 use natter_fabric::{
-    records::{HistoryAnswer, HistoryQuery, MsgsEntry},
+    Inbox,
+    groups::Groups,
+    records::{HistoryAnswer, HistoryQuery, MsgsEntry, RcptEvent},
     streams, subjects,
 };
-use natter_history::{Embedded, History, Store, Tikv};
-use natter_schemas::MessageItem;
+use natter_history::{Embedded, History, Mark, Marks, Store, Tikv, ticks};
+use natter_schemas::{Conversation, HistoryMessage, InboxItem, MessageItem};
 use tokio::sync::watch;
 
 use crate::{SETUP_PATIENCE, WorkerError, stopped};
@@ -60,6 +67,7 @@ pub enum Backend {
 pub async fn start(
     js: &jetstream::Context,
     client: &async_nats::Client,
+    groups: &Groups,
     settings: &HistorySettings,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<crate::Task>, WorkerError> {
@@ -80,6 +88,20 @@ pub async fn start(
             stream.get_or_create_consumer(&settings.instance, config.clone())
         })
         .await?;
+    let receipts_name = format!("{}-receipts", settings.instance);
+    let rcpt = js.get_stream_no_info(streams::RCPT).await?;
+    let receipts_config = pull::Config {
+        durable_name: Some(receipts_name.clone()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let receipts: jetstream::consumer::PullConsumer =
+        streams::with_patience(&receipts_name, SETUP_PATIENCE, || {
+            rcpt.get_or_create_consumer(&receipts_name, receipts_config.clone())
+        })
+        .await?;
+    let inbox = Inbox::open(js).await?;
     let requests = client
         .queue_subscribe(subjects::HISTORY_PAGE, QUEUE_GROUP.to_owned())
         .await
@@ -90,14 +112,21 @@ pub async fn start(
         Box::pin(async move { write(History::new(store), consumer, name, stop).await })
             as crate::Task
     };
+    let marker = {
+        let (store, stop) = (store.clone(), stop.clone());
+        Box::pin(
+            async move { mark(History::new(store), receipts, inbox, receipts_name, stop).await },
+        ) as crate::Task
+    };
     let server = {
         let (store, client, stop) = (store.clone(), client.clone(), stop.clone());
+        let groups = groups.clone();
         Box::pin(async move {
-            serve(History::new(store), client, requests, stop).await;
+            serve(History::new(store), groups, client, requests, stop).await;
             Ok(())
         }) as crate::Task
     };
-    let mut tasks = vec![writer, server];
+    let mut tasks = vec![writer, marker, server];
     if settings.retention_days > 0 {
         let days = settings.retention_days;
         tasks.push(Box::pin(async move {
@@ -162,34 +191,161 @@ async fn write(
     }
 }
 
+/// Most inbox items one delivered event is read back for (as in the receipts worker).
+const MAX_RANGE: usize = 10_000;
+
+async fn mark(
+    history: History<Store>,
+    consumer: jetstream::consumer::PullConsumer,
+    inbox: Inbox,
+    name: String,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let mut events = consumer.messages().await?;
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            next = events.next() => next.ok_or_else(|| WorkerError::ConsumerEnded(name.clone()))?,
+        };
+        let message = match next {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(error = %err, "history receipts pull status");
+                continue;
+            }
+        };
+        let ack = match serde_json::from_slice::<RcptEvent>(&message.payload) {
+            Ok(event) => match apply(&history, &inbox, event).await {
+                Ok(()) => AckKind::Ack,
+                Err(err) => {
+                    tracing::warn!(error = %err, "history receipt event failed; redelivered");
+                    AckKind::Nak(Some(Duration::from_secs(1)))
+                }
+            },
+            Err(_) => AckKind::Term,
+        };
+        if let Err(err) = message.ack_with(ack).await {
+            tracing::warn!(error = %err, "ack failed; the event comes again");
+        }
+    }
+}
+
+/// Moves the watermarks one receipt event implies.
+async fn apply(history: &History<Store>, inbox: &Inbox, event: RcptEvent) -> Result<(), String> {
+    match event {
+        RcptEvent::Read { by, conv, up_to } => {
+            history
+                .advance(Mark::Read, &conv, &by, &up_to)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        RcptEvent::Delivered {
+            by, after, upto, ..
+        } => {
+            let items = inbox
+                .read_after(&by, after, upto, MAX_RANGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut newest: std::collections::HashMap<String, String> = Default::default();
+            for stored in items {
+                if let Ok(InboxItem::Msg(m)) = serde_json::from_slice(&stored.payload)
+                    && m.from != by
+                {
+                    let slot = newest.entry(m.conv).or_default();
+                    if m.id > *slot {
+                        *slot = m.id;
+                    }
+                }
+            }
+            for (conv, id) in newest {
+                history
+                    .advance(Mark::Delivered, &conv, &by, &id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The watermarks of everyone in `conv` but `reader` (group members as they are now).
+async fn others_marks(
+    history: &History<Store>,
+    groups: &Groups,
+    conv: &str,
+    reader: &str,
+) -> Result<Vec<Marks>, String> {
+    let others: Vec<String> = match Conversation::parse(conv).map_err(|e| e.to_string())? {
+        Conversation::Direct { a, b } => [a, b].into_iter().filter(|u| u != reader).collect(),
+        Conversation::Group(gid) => groups
+            .get(&gid)
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|g| g.members.iter().filter(|m| *m != reader).cloned().collect())
+            .unwrap_or_default(),
+    };
+    let mut marks = Vec::with_capacity(others.len());
+    for other in &others {
+        marks.push(
+            history
+                .marks(conv, other)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(marks)
+}
+
+/// One page with the reader's own messages' ticks.
+async fn page(
+    history: &History<Store>,
+    groups: &Groups,
+    query: &HistoryQuery,
+) -> Result<HistoryAnswer, String> {
+    let page = history
+        .page(&query.conv, query.before.as_deref(), query.limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    let own = page.messages.iter().any(|m| m.from == query.reader);
+    let marks = if own {
+        others_marks(history, groups, &query.conv, &query.reader).await?
+    } else {
+        Vec::new()
+    };
+    let messages = page
+        .messages
+        .into_iter()
+        .map(|message| HistoryMessage {
+            status: (message.from == query.reader).then(|| ticks(&message.id, &marks)),
+            message,
+        })
+        .collect();
+    Ok(HistoryAnswer::Page {
+        messages,
+        more: page.more,
+    })
+}
+
 async fn serve(
     history: History<Store>,
+    groups: Groups,
     client: async_nats::Client,
     requests: async_nats::Subscriber,
     stop: watch::Receiver<bool>,
 ) {
     let work = requests.for_each_concurrent(CONCURRENCY, |request| {
-        let (history, client) = (&history, &client);
+        let (history, client, groups) = (&history, &client, &groups);
         async move {
             let Some(reply) = request.reply else {
                 return;
             };
             let started = std::time::Instant::now();
             let answer = match serde_json::from_slice::<HistoryQuery>(&request.payload) {
-                Ok(query) => {
-                    match history
-                        .page(&query.conv, query.before.as_deref(), query.limit)
-                        .await
-                    {
-                        Ok(page) => HistoryAnswer::Page {
-                            messages: page.messages,
-                            more: page.more,
-                        },
-                        Err(err) => HistoryAnswer::Failed {
-                            error: err.to_string(),
-                        },
-                    }
-                }
+                Ok(query) => page(history, groups, &query)
+                    .await
+                    .unwrap_or_else(|error| HistoryAnswer::Failed { error }),
                 Err(err) => HistoryAnswer::Failed {
                     error: format!("bad query: {err}"),
                 },

@@ -159,7 +159,7 @@ pub async fn run(
         tasks.spawn(receipts::start(&js, &book, stop_rx.clone()).await?);
     }
     if let Some(settings) = history.filter(|_| matches!(kind, Kind::History | Kind::All)) {
-        for task in history::start(&js, &client, &settings, stop_rx.clone()).await? {
+        for task in history::start(&js, &client, &groups, &settings, stop_rx.clone()).await? {
             tasks.spawn(task);
         }
     }
