@@ -1,5 +1,6 @@
 //! Test harness for Natter's end-to-end tests: real servers, real sockets.
 //!
+//! - [`child`]: this test binary run again as a gateway or worker process a test can kill.
 //! - [`cluster`]: a 3-node nats-server cluster with JetStream on free loopback ports,
 //!   using the repo's `nats/accounts.conf`, killed and deleted on Drop.
 //! - [`http`]: a minimal HTTP/1.1 client for binary uploads and downloads.
@@ -9,6 +10,7 @@
 //! - [`client`]: a WebSocket client that records every frame and checks, on every inbox
 //!   item, that sequences only grow (no duplicate, no reordering).
 
+pub mod child;
 pub mod client;
 pub mod cluster;
 pub mod http;

@@ -7,16 +7,13 @@
 //! binary run again as a child process (`worker_process` below, selected with
 //! `--exact --ignored` and an environment variable), so the test can kill one by PID.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use natter_e2e::{
     Client,
+    child::TestProcess,
     client::token,
-    cluster::spawn_bound,
     system::{self, Options, configure, http_get, nats_settings},
     unique,
 };
@@ -49,29 +46,9 @@ fn worker_process() {
     });
 }
 
-/// A worker process, killed when dropped.
-struct Worker(Child);
-
-impl Worker {
-    fn start(urls: &str) -> Self {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args(["--exact", "worker_process", "--ignored", "--nocapture"])
-            .env(URLS_VAR, urls)
-            .stdout(Stdio::null());
-        Self(spawn_bound(&mut command))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A worker process running `worker_process`.
+fn start_worker(urls: &str) -> TestProcess {
+    TestProcess::start("worker_process", &[(URLS_VAR, urls)], None)
 }
 
 async fn inbox_items(js: &jetstream::Context) -> u64 {
@@ -112,7 +89,7 @@ async fn a_fanout_worker_killed_mid_fanout_loses_and_doubles_nothing() {
     .unwrap();
     let js = jetstream::new(admin);
 
-    let mut first = Worker::start(&urls);
+    let mut first = start_worker(&urls);
     let owner = unique("owner");
     let members: Vec<String> = (1..MEMBERS).map(|i| unique(&format!("m{i}"))).collect();
     let mut o = Client::connect(0, &owner, "phone", 0).await;
@@ -181,7 +158,7 @@ async fn a_fanout_worker_killed_mid_fanout_loses_and_doubles_nothing() {
         "the fanout finished before the kill ({at_kill} of {total}); make the burst bigger"
     );
 
-    let _second = Worker::start(&urls);
+    let _second = start_worker(&urls);
     // Its partitions move to the new worker after the pin timeout, and the unacked batch
     // is redelivered after the ack wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);

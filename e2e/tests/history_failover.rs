@@ -9,14 +9,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command},
     time::Duration,
 };
 
 use async_nats::jetstream;
 use natter_e2e::{
     Client,
-    cluster::spawn_bound,
+    child::TestProcess,
     system::{self, Options, configure, nats_settings, with_cluster},
     unique,
 };
@@ -52,36 +51,14 @@ fn history_worker_process() {
     });
 }
 
-struct Worker(Child);
-
-impl Worker {
-    fn start(urls: &str, dir: &Path) -> Self {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args([
-                "--exact",
-                "history_worker_process",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env(URLS_VAR, urls)
-            .env(DIR_VAR, dir)
-            .env("RUST_LOG", "info");
-        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
-        command.stdout(log.try_clone().unwrap()).stderr(log);
-        Self(spawn_bound(&mut command))
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A history worker process on the store in `dir`; its output goes to `dir`.log.
+fn start_worker(urls: &str, dir: &Path) -> TestProcess {
+    let dir_text = dir.to_str().expect("a UTF-8 path");
+    TestProcess::start(
+        "history_worker_process",
+        &[(URLS_VAR, urls), (DIR_VAR, dir_text), ("RUST_LOG", "info")],
+        Some(&dir.with_extension("log")),
+    )
 }
 
 /// How many messages the newest history page shows (0 while no worker answers).
@@ -106,7 +83,7 @@ async fn history_survives_a_killed_worker_and_a_restart_of_everything() {
     } else {
         format!("dm:{bob}:{alice}")
     };
-    let mut first = Worker::start(&urls, &dir);
+    let mut first = start_worker(&urls, &dir);
 
     let sender = Client::connect(0, &alice, "phone", 0).await;
     let sending = tokio::spawn(async move {
@@ -136,7 +113,7 @@ async fn history_survives_a_killed_worker_and_a_restart_of_everything() {
     };
     first.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut second = Worker::start(&urls, &dir);
+    let mut second = start_worker(&urls, &dir);
     let sent = sending.await.unwrap();
     reader
         .wait_for_history(&conv, &sent, Duration::from_secs(60))
@@ -171,7 +148,7 @@ async fn history_survives_a_killed_worker_and_a_restart_of_everything() {
             cluster.restart(i);
         }
     });
-    let _third = Worker::start(&urls, &dir);
+    let _third = start_worker(&urls, &dir);
     // Connect once the inbox has a leader again and the worker answers (asked as the
     // gateway asks: the workers' NATS user may not publish requests).
     let (events, _) = tokio::sync::broadcast::channel(4);

@@ -3,16 +3,11 @@
 //! binary again, `gateway_process` below) so its peak resident memory (`VmHWM`) can be
 //! read from /proc. Prints upload and download throughput.
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::Instant,
-};
+use std::{net::SocketAddr, time::Instant};
 
 use natter_e2e::{
+    child::TestProcess,
     client::token,
-    cluster::spawn_bound,
     http::{Body, request},
     system::{self, Options, SECRET, configure, nats_settings, wait_healthy},
     test_file,
@@ -48,30 +43,24 @@ fn gateway_process() {
 }
 
 struct Gateway {
-    child: Child,
+    process: TestProcess,
     addr: SocketAddr,
 }
 
 impl Gateway {
     fn start(urls: &str) -> Self {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args(["--exact", "gateway_process", "--ignored", "--nocapture"])
-            .env(URLS_VAR, urls)
-            .stdout(Stdio::piped());
-        let mut child = spawn_bound(&mut command);
-        let stdout = child.stdout.take().unwrap();
-        let addr = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("listening ")?.parse().ok())
-            .expect("the gateway's address");
-        Self { child, addr }
+        let (process, addr) =
+            TestProcess::start_announcing("gateway_process", &[(URLS_VAR, urls)], "listening ");
+        Self {
+            process,
+            addr: addr.parse().expect("the gateway's address"),
+        }
     }
 
     /// A `/proc/<pid>/status` figure in MiB (`VmRSS`: now, `VmHWM`: peak).
     fn memory_mib(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
+            .expect("the gateway's /proc status");
         let kib: f64 = status
             .lines()
             .find_map(|l| {
@@ -84,13 +73,6 @@ impl Gateway {
             })
             .expect("a memory figure");
         kib / 1024.0
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -461,16 +461,7 @@ impl Session {
     ) -> Result<Pending, Reply> {
         let conv = Conversation::parse(conv).map_err(bad_id)?;
         check_id(up_to, "up_to").map_err(bad_id)?;
-        let group = match &conv {
-            Conversation::Group(gid) => Some(gid.clone()),
-            direct if direct.peer_of(&self.user).is_none() => {
-                return Err(Refused(
-                    ErrorCode::Forbidden,
-                    "not a member of this conversation".into(),
-                ));
-            }
-            _ => None,
-        };
+        let group = self.group_to_check(&conv)?;
         let event = RcptEvent::Read {
             by: self.user.clone(),
             conv: conv.to_string(),
@@ -489,6 +480,19 @@ impl Session {
         }))
     }
 
+    /// Refuses a one-on-one conversation the user is not part of; for a group, the id
+    /// whose membership the answer must check first (an asynchronous read).
+    fn group_to_check(&self, conv: &Conversation) -> Result<Option<String>, Reply> {
+        match conv {
+            Conversation::Group(gid) => Ok(Some(gid.clone())),
+            direct if direct.peer_of(&self.user).is_none() => Err(Refused(
+                ErrorCode::Forbidden,
+                "not a member of this conversation".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
     /// `history`: one page of a conversation the user is part of, from the history
     /// workers (the gateway never touches the store).
     fn on_history(&mut self, request: HistoryRequest) -> Result<Pending, Reply> {
@@ -503,16 +507,7 @@ impl Session {
                 format!("limit must be 1..={MAX_HISTORY_PAGE}"),
             ));
         }
-        let group = match &conv {
-            Conversation::Group(gid) => Some(gid.clone()),
-            direct if direct.peer_of(&self.user).is_none() => {
-                return Err(Refused(
-                    ErrorCode::Forbidden,
-                    "not a member of this conversation".into(),
-                ));
-            }
-            _ => None,
-        };
+        let group = self.group_to_check(&conv)?;
         let (app, user, reference) = (self.app.clone(), self.user.clone(), request.r#ref);
         Ok(Box::pin(async move {
             if let Some(gid) = group
