@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    net::SocketAddr,
     path::Path,
     process::{Command, Stdio},
 };
@@ -75,4 +76,41 @@ impl Drop for TestProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The body of a gateway child process: a gateway on a free loopback port, announced as
+/// `listening <addr>` on standard output, with the test secret and `configure`'s changes,
+/// run until the process is killed. Returns at once in a plain test run (`urls_var` unset).
+pub fn gateway_process(
+    urls_var: &str,
+    name: &str,
+    configure: impl FnOnce(&mut natter_gateway::config::Config),
+) {
+    let Ok(urls) = std::env::var(urls_var) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        println!("listening {}", listener.local_addr().expect("an address"));
+        let mut config = natter_gateway::config::Config {
+            nats: crate::system::nats_settings(&urls, "gateway", name),
+            metrics_listen: None,
+            ..Default::default()
+        };
+        configure(&mut config);
+        config.jwt.secret = Some(crate::system::SECRET.to_owned());
+        natter_gateway::run(listener, config, std::future::pending())
+            .await
+            .expect("gateway");
+    });
+}
+
+/// Starts the gateway child process whose entry is `entry` (a test calling
+/// [`gateway_process`]) and returns it with its address.
+pub fn start_gateway(entry: &str, urls_var: &str, urls: &str) -> (TestProcess, SocketAddr) {
+    let (process, addr) = TestProcess::start_announcing(entry, &[(urls_var, urls)], "listening ");
+    (process, addr.parse().expect("the gateway's address"))
 }

@@ -6,10 +6,10 @@
 use std::{net::SocketAddr, time::Instant};
 
 use natter_e2e::{
-    child::TestProcess,
+    child::{self, TestProcess},
     client::token,
     http::{Body, request},
-    system::{self, Options, SECRET, configure, nats_settings, wait_healthy},
+    system::{self, Options, configure, wait_healthy},
     test_file,
 };
 use sha2::{Digest, Sha256};
@@ -18,27 +18,12 @@ const MIB: usize = 1024 * 1024;
 const FILE_MIB: usize = 200;
 const URLS_VAR: &str = "NATTER_E2E_GATEWAY_URLS";
 
-/// Runs a gateway until killed, when started by the test below; prints its address.
+/// Runs a gateway until killed, when started by the test below.
 #[test]
 #[ignore = "a child process of the memory test, not a test"]
 fn gateway_process() {
-    let Ok(urls) = std::env::var(URLS_VAR) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("listening {}", listener.local_addr().unwrap());
-        let mut config = natter_gateway::config::Config {
-            nats: nats_settings(&urls, "gateway", "memory-gateway"),
-            metrics_listen: None,
-            ..Default::default()
-        };
+    child::gateway_process(URLS_VAR, "memory-gateway", |config| {
         config.media.max_bytes = 2 * (FILE_MIB * MIB) as u64;
-        config.jwt.secret = Some(SECRET.to_owned());
-        natter_gateway::run(listener, config, std::future::pending())
-            .await
-            .expect("gateway");
     });
 }
 
@@ -49,12 +34,8 @@ struct Gateway {
 
 impl Gateway {
     fn start(urls: &str) -> Self {
-        let (process, addr) =
-            TestProcess::start_announcing("gateway_process", &[(URLS_VAR, urls)], "listening ");
-        Self {
-            process,
-            addr: addr.parse().expect("the gateway's address"),
-        }
+        let (process, addr) = child::start_gateway("gateway_process", URLS_VAR, urls);
+        Self { process, addr }
     }
 
     /// A `/proc/<pid>/status` figure in MiB (`VmRSS`: now, `VmHWM`: peak).
