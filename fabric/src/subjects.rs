@@ -50,6 +50,11 @@ pub fn live(uid: &str) -> String {
     format!("live.{uid}")
 }
 
+/// Typing notices for a user's connected devices: core NATS, never stored.
+pub fn ephemeral(uid: &str) -> String {
+    format!("ephemeral.{uid}")
+}
+
 /// Receipt events from a user's devices.
 pub fn rcpt(uid: &str) -> String {
     format!("rcpt.{uid}")

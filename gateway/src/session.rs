@@ -24,7 +24,8 @@ use natter_fabric::{
 };
 use natter_schemas::{
     ClientFrame, Conversation, ErrorCode, ErrorFrame, GroupChange, GroupCreate, GroupLeave,
-    HistoryPage, HistoryRequest, Pong, Sent, ServerFrame, Target, ids::check_id, inbox::message_ts,
+    HistoryPage, HistoryRequest, Pong, Sent, ServerFrame, Target, Typing, TypingNotice,
+    ids::check_id, inbox::message_ts,
 };
 use tokio::time::{Instant, MissedTickBehavior, timeout};
 use tracing::Instrument;
@@ -140,6 +141,16 @@ impl Session {
             Ok(live) => live,
             Err(err) => return End::Internal(err.to_string()),
         };
+        // Typing notices: best effort, never stored; one missed is harmless.
+        let mut ephemeral = match self
+            .app
+            .nats
+            .subscribe(subjects::ephemeral(&self.user))
+            .await
+        {
+            Ok(ephemeral) => ephemeral,
+            Err(err) => return End::Internal(err.to_string()),
+        };
         if let Err(err) = self.app.nats.flush().await {
             return End::Internal(err.to_string());
         }
@@ -179,6 +190,10 @@ impl Session {
                 Some(reply) = inflight.next(), if !inflight.is_empty() => match reply {
                     Some(frame) => self.write(frame.to_json()).await,
                     None => Ok(()),
+                },
+                Some(notice) = ephemeral.next() => match std::str::from_utf8(&notice.payload) {
+                    Ok(text) => self.write(text.to_owned()).await,
+                    Err(_) => Ok(()),
                 },
                 Some(message) = live.next() => {
                     let items = self.cursor.on_live(&self.app.inbox, message).await;
@@ -358,6 +373,7 @@ impl Session {
             ClientFrame::GroupRemove(change) => self.on_group_change(change, Membership::Remove),
             ClientFrame::GroupLeave(leave) => self.on_group_leave(leave).map(Some),
             ClientFrame::History(request) => self.on_history(request).map(Some),
+            ClientFrame::Typing(typing) => self.on_typing(typing).map(Some),
             other => Err(Refused(
                 ErrorCode::Unsupported,
                 format!("`{}` is not served by this gateway yet", other.kind()),
@@ -477,6 +493,47 @@ impl Session {
                 return Some(refusal.with_ref(reference));
             }
             publish.await
+        }))
+    }
+
+    /// `typing`: relayed to the other members' connected devices over core NATS (never
+    /// stored, no answer unless refused).
+    fn on_typing(&mut self, typing: Typing) -> Result<Pending, Reply> {
+        let conv = Conversation::parse(&typing.conv).map_err(bad_id)?;
+        let group = self.group_to_check(&conv)?;
+        let (app, user, reference) = (self.app.clone(), self.user.clone(), typing.r#ref);
+        Ok(Box::pin(async move {
+            let others: Vec<String> = match (&conv, group) {
+                (_, Some(gid)) => match app.groups.get(&gid).await {
+                    Ok(Some(g)) if g.is_member(&user) => {
+                        g.members.iter().filter(|m| **m != user).cloned().collect()
+                    }
+                    Ok(_) => return Some(Denied::from(Refusal::NotMember).with_ref(reference)),
+                    Err(err) => return Some(Denied::from(err).with_ref(reference)),
+                },
+                (direct, None) => direct
+                    .peer_of(&user)
+                    .filter(|peer| *peer != user)
+                    .map(|peer| vec![peer.to_owned()])
+                    .unwrap_or_default(),
+            };
+            let notice = ServerFrame::Typing(TypingNotice {
+                conv: conv.to_string(),
+                from: user,
+                state: typing.state,
+            });
+            let payload = Bytes::from(notice.to_json());
+            for other in &others {
+                if let Err(err) = app
+                    .nats
+                    .publish(subjects::ephemeral(other), payload.clone())
+                    .await
+                {
+                    tracing::debug!(error = %err, "typing notice not relayed");
+                }
+            }
+            metrics::counter!("natter_gateway_typing_relayed_total").increment(others.len() as u64);
+            None
         }))
     }
 

@@ -38,7 +38,7 @@ pub use presence::PresenceSubscribe;
 pub use read::Read;
 pub use receipt::{ReceiptItem, ReceiptStatus};
 pub use send::{Send, Sent};
-pub use typing::Typing;
+pub use typing::{Typing, TypingNotice, TypingState};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,7 @@ pub enum ServerFrame {
     Sent(Sent),
     Group(GroupInfo),
     History(HistoryPage),
+    Typing(TypingNotice),
     Pong(Pong),
     Error(ErrorFrame),
 }

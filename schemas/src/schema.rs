@@ -18,6 +18,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<Ack>("ack"),
         one::<Read>("read"),
         one::<Typing>("typing"),
+        one::<TypingNotice>("typing_notice"),
         one::<HistoryRequest>("history"),
         one::<HistoryPage>("history_page"),
         one::<GroupCreate>("group_create"),

@@ -18,3 +18,11 @@ pub struct Typing {
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
 }
+
+/// Server → client: someone else in `conv` started or stopped typing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TypingNotice {
+    pub conv: String,
+    pub from: String,
+    pub state: TypingState,
+}
