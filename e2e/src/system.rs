@@ -183,13 +183,26 @@ fn start(options: Options) -> System {
         .expect("the e2e system did not come up")
 }
 
+/// A NATS connection to the cluster at `urls` as one of `nats/accounts.conf`'s users.
+pub async fn nats_client(urls: &str, user: &str, name: &str) -> async_nats::Client {
+    let (events, _) = tokio::sync::broadcast::channel(4);
+    natter_fabric::connect(
+        &nats_settings(urls, user, name),
+        events,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|err| panic!("NATS as {user}: {err}"))
+}
+
+/// A NATS connection to the shared system's cluster as `user`.
+pub async fn nats_as(user: &str, name: &str) -> async_nats::Client {
+    nats_client(&system().nats_urls, user, name).await
+}
+
 /// Waits until a history worker answers a page request (the workers are subscribed).
 async fn wait_for_history_workers(urls: &str) {
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let settings = nats_settings(urls, "gateway", "e2e-readiness");
-    let client = natter_fabric::connect(&settings, events, Duration::from_secs(30))
-        .await
-        .expect("NATS for the readiness check");
+    let client = nats_client(urls, "gateway", "e2e-readiness").await;
     let query = natter_fabric::records::HistoryQuery {
         conv: "dm:ready:ready".into(),
         reader: "ready".into(),

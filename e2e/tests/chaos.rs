@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use natter_e2e::{
-    Client, system,
-    system::{nats_settings, with_cluster},
+    Client,
+    system::{nats_as, with_cluster},
     unique,
 };
 use serde_json::Value;
@@ -53,15 +53,7 @@ async fn inbox_leader(js: &jetstream::Context) -> String {
 
 #[tokio::test]
 async fn every_sent_message_arrives_once_and_in_order_when_the_inbox_leader_node_dies() {
-    let urls = system().nats_urls.clone();
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let admin = natter_fabric::connect(
-        &nats_settings(&urls, "workers", "chaos-admin"),
-        events,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let admin = nats_as("workers", "chaos-admin").await;
     let js = jetstream::new(admin);
 
     let mut receivers = Vec::new();

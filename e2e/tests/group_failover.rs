@@ -79,14 +79,7 @@ async fn a_fanout_worker_killed_mid_fanout_loses_and_doubles_nothing() {
         ..Options::default()
     });
     let urls = system::system().nats_urls.clone();
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let admin = natter_fabric::connect(
-        &nats_settings(&urls, "workers", "failover-admin"),
-        events,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let admin = system::nats_as("workers", "failover-admin").await;
     let js = jetstream::new(admin);
 
     let mut first = start_worker(&urls);

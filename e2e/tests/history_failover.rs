@@ -124,14 +124,7 @@ async fn history_survives_a_killed_worker_and_a_restart_of_everything() {
 
     // Everything restarts; MSGS is purged first, so history can only come from disk.
     second.kill();
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let admin = natter_fabric::connect(
-        &nats_settings(&urls, "workers", "history-admin"),
-        events,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
+    let admin = system::nats_as("workers", "history-admin").await;
     let js = jetstream::new(admin);
     js.get_stream(natter_fabric::streams::MSGS)
         .await
@@ -151,14 +144,7 @@ async fn history_survives_a_killed_worker_and_a_restart_of_everything() {
     let _third = start_worker(&urls, &dir);
     // Connect once the inbox has a leader again and the worker answers (asked as the
     // gateway asks: the workers' NATS user may not publish requests).
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let asker = natter_fabric::connect(
-        &nats_settings(&urls, "gateway", "history-readiness"),
-        events,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let asker = system::nats_as("gateway", "history-readiness").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let inbox_ready = match js.get_stream(natter_fabric::streams::INBOX).await {

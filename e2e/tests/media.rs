@@ -69,16 +69,7 @@ async fn send_media(client: &mut Client, to: &str, kind: &str, id: &str, mime: &
 
 /// JetStream as one of `nats/accounts.conf`'s users.
 async fn nats_as(user: &str) -> jetstream::Context {
-    let urls = &system::system().nats_urls;
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let client = natter_fabric::connect(
-        &nats_settings(urls, user, "media-admin"),
-        events,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap();
-    jetstream::new(client)
+    jetstream::new(system::nats_as(user, "media-admin").await)
 }
 
 /// Messages in the media bucket's stream (chunks and metadata) and access records.

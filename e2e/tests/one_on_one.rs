@@ -390,11 +390,7 @@ async fn every_process_exports_prometheus_metrics() {
 
 /// Connects to the test cluster as one of `nats/accounts.conf`'s users.
 async fn nats_as(user: &str) -> async_nats::Client {
-    let settings = natter_e2e::system::nats_settings(&system().nats_urls, user, "e2e-permissions");
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    natter_fabric::connect(&settings, events, Duration::from_secs(10))
-        .await
-        .unwrap()
+    natter_e2e::system::nats_as(user, "e2e-permissions").await
 }
 
 #[tokio::test]

@@ -33,13 +33,7 @@ async fn admin() -> jetstream::Context {
         reconcile_every_ms: 600_000,
         ..Options::default()
     });
-    let urls = system().nats_urls.clone();
-    let (events, _) = tokio::sync::broadcast::channel(4);
-    let settings = nats_settings(&urls, "workers", "e2e-admin");
-    let client = natter_fabric::connect(&settings, events, Duration::from_secs(10))
-        .await
-        .unwrap();
-    jetstream::new(client)
+    jetstream::new(natter_e2e::system::nats_as("workers", "e2e-admin").await)
 }
 
 async fn set_republish(js: &jetstream::Context, on: bool) {
