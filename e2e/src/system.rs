@@ -129,6 +129,9 @@ fn start(options: Options) -> System {
                     };
                     config.jwt.secret = Some(SECRET.to_owned());
                     config.limits.reconcile_every_ms = options.reconcile_every_ms;
+                    // The browser tests load the web client from the gateway and sign in.
+                    config.web.dir = Some(web_dir());
+                    config.web.dev_sign_in = true;
                     running.push(tokio::spawn(async move {
                         if let Err(err) =
                             natter_gateway::run(listener, config, std::future::pending()).await
@@ -181,6 +184,11 @@ fn start(options: Options) -> System {
         .unwrap();
     rx.recv_timeout(Duration::from_secs(120))
         .expect("the e2e system did not come up")
+}
+
+/// The web client's folder in this repository.
+pub fn web_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
 }
 
 /// A NATS connection to the cluster at `urls` as one of `nats/accounts.conf`'s users.

@@ -19,6 +19,17 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub limits: Limits,
     pub media: MediaConfig,
+    pub web: WebConfig,
+}
+
+/// The browser client.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Folder of the web client's files, served at `/`; none serves no client.
+    pub dir: Option<PathBuf>,
+    /// `POST /v1/dev/sign-in` mints a token for any user: local development only.
+    pub dev_sign_in: bool,
 }
 
 /// Uploads (`POST /v1/media`).
@@ -119,6 +130,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             limits: Limits::default(),
             media: MediaConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -189,6 +201,12 @@ pub struct Cli {
     pub dev: bool,
     #[arg(long, env = "NATTER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Serve the web client from this folder (e.g. web/).
+    #[arg(long, env = "NATTER_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// Local development: let the web client sign in as any user (POST /v1/dev/sign-in).
+    #[arg(long, env = "NATTER_DEV_SIGN_IN")]
+    pub dev_sign_in: bool,
     #[command(flatten)]
     pub nats: NatsArgs,
 }
@@ -240,6 +258,12 @@ impl Cli {
         }
         if self.jwt_audience.is_some() {
             config.jwt.audience.clone_from(&self.jwt_audience);
+        }
+        if self.web_dir.is_some() {
+            config.web.dir.clone_from(&self.web_dir);
+        }
+        if self.dev_sign_in {
+            config.web.dev_sign_in = true;
         }
         self.nats.apply(&mut config.nats);
         Ok(config)

@@ -1,5 +1,6 @@
 //! HTTP routes: the WebSocket upgrade, the inbox over plain HTTP, a group message's
-//! per-member receipts ("message info"), media upload and download, and health.
+//! per-member receipts ("message info"), media upload and download, health, and the web
+//! client's files (`web`).
 //!
 //! Authentication happens here, before any socket exists: a missing or bad token is a
 //! 401 and a malformed query a 400, with a JSON body `{error, message}`.
@@ -21,7 +22,7 @@ use tokio_util::io::StreamReader;
 use crate::{
     App,
     auth::{AuthError, Identity},
-    session,
+    session, web,
 };
 
 pub(crate) fn router(app: App) -> Router {
@@ -31,7 +32,9 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/messages/{id}/receipts", get(message_info))
         .route("/v1/media", post(upload))
         .route("/v1/media/{id}", get(download))
+        .route("/v1/dev/sign-in", post(web::dev_sign_in))
         .route("/healthz", get(healthz))
+        .fallback(web::file)
         .with_state(app)
 }
 

@@ -5,6 +5,7 @@
 //! - `http`: the axum router: `/v1/ws` upgrade, `/v1/inbox`, `/healthz`.
 //! - `session`: one task per socket: client frames in; `sent`, errors and inbox items out.
 //! - `delivery`: the per-socket inbox cursor: catch-up, live items, gap repair.
+//! - `web`: the browser client's files and the development sign-in.
 //! - `resync`: tells every socket to re-check its inbox when republishes may have been lost
 //!   (stream leader elected, NATS reconnect, slow consumer).
 //!
@@ -17,6 +18,7 @@ mod delivery;
 mod http;
 mod resync;
 mod session;
+mod web;
 
 use std::{future::Future, sync::Arc};
 
@@ -41,6 +43,8 @@ pub enum GatewayError {
     NoSecret,
     #[error("the JWT secret is shorter than {min} bytes", min = config::MIN_SECRET_BYTES)]
     ShortSecret,
+    #[error("development sign-in needs HS256 tokens (jwt.algorithm is {0})")]
+    DevSignIn(String),
     #[error("cannot read the JWT public key {path}: {source}")]
     PublicKey {
         path: std::path::PathBuf,
@@ -81,6 +85,8 @@ pub(crate) struct Shared {
     /// Uploaded files and who may fetch them.
     pub media: MediaStore,
     pub verifier: Verifier,
+    /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
+    pub dev_secret: Option<String>,
     pub config: Config,
     /// Fires when every socket should compare its cursor with its inbox.
     pub resync: broadcast::Sender<()>,
@@ -98,6 +104,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let verifier = verifier(&config)?;
+    let dev_secret = dev_secret(&config)?;
     if let Some(listen) = config.metrics_listen {
         natter_fabric::telemetry::install(listen)?;
     }
@@ -140,6 +147,7 @@ pub async fn run(
         book,
         media,
         verifier,
+        dev_secret,
         config,
         resync: resync_tx.clone(),
         shutdown: stop_rx.clone(),
@@ -165,6 +173,24 @@ pub async fn run(
         })
         .await?;
     Ok(())
+}
+
+/// The secret development sign-ins are signed with, when they are on: the one the
+/// verifier checks (configured or the development secret).
+fn dev_secret(config: &Config) -> Result<Option<String>, GatewayError> {
+    if !config.web.dev_sign_in {
+        return Ok(None);
+    }
+    let jwt = &config.jwt;
+    if jwt.algorithm != "HS256" {
+        return Err(GatewayError::DevSignIn(jwt.algorithm.clone()));
+    }
+    tracing::warn!("development sign-in is on: anyone can sign in as anyone");
+    Ok(Some(
+        jwt.secret
+            .clone()
+            .unwrap_or_else(|| config::DEV_JWT_SECRET.to_owned()),
+    ))
 }
 
 fn verifier(config: &Config) -> Result<Verifier, GatewayError> {
