@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A limit was reached (a group's member limit).
     LimitExceeded,
+    /// Too many frames of this kind too fast; retry after `retry_after_ms`.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -34,6 +36,7 @@ impl ErrorCode {
             Self::Unsupported => "unsupported",
             Self::Unavailable => "unavailable",
             Self::LimitExceeded => "limit_exceeded",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -45,4 +48,7 @@ pub struct ErrorFrame {
     pub message: String,
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
+    /// With `rate_limited`: how long until the frame would be accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }

@@ -34,7 +34,7 @@ pub use history::{HistoryMessage, HistoryPage, HistoryRequest, Ticks};
 pub use ids::{Conversation, IdError, Target};
 pub use inbox::{Delivered, InboxItem, MessageItem};
 pub use ping::{Ping, Pong};
-pub use presence::PresenceSubscribe;
+pub use presence::{Presence, PresenceSubscribe};
 pub use read::Read;
 pub use receipt::{ReceiptItem, ReceiptStatus};
 pub use send::{Send, Sent};
@@ -107,6 +107,7 @@ pub enum ServerFrame {
     Group(GroupInfo),
     History(HistoryPage),
     Typing(TypingNotice),
+    Presence(Presence),
     Pong(Pong),
     Error(ErrorFrame),
 }

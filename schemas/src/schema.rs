@@ -27,6 +27,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<GroupInfo>("group"),
         one::<GroupEventItem>("group_event"),
         one::<PresenceSubscribe>("presence_subscribe"),
+        one::<Presence>("presence"),
         one::<Ping>("ping"),
         one::<Pong>("pong"),
         one::<ErrorFrame>("error"),
