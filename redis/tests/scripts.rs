@@ -62,11 +62,8 @@ fn client(redis: &Redis) -> natter_redis::Client {
 async fn a_user_is_online_while_any_socket_is_and_last_seen_when_the_last_one_goes() {
     let redis = redis();
     let presence = Presence::new(client(&redis), "t:", Duration::from_secs(30));
-    let bob = "bob".to_owned();
-    assert_eq!(
-        presence.status(&[bob.clone()]).await.unwrap()[0].last_seen,
-        None
-    );
+    let bob = ["bob".to_owned()];
+    assert_eq!(presence.status(&bob).await.unwrap()[0].last_seen, None);
 
     assert!(
         presence.online("bob", "s1").await.unwrap(),
@@ -76,20 +73,20 @@ async fn a_user_is_online_while_any_socket_is_and_last_seen_when_the_last_one_go
         !presence.online("bob", "s2").await.unwrap(),
         "second socket: already online"
     );
-    assert!(presence.status(&[bob.clone()]).await.unwrap()[0].online);
+    assert!(presence.status(&bob).await.unwrap()[0].online);
     assert_eq!(
         presence.offline("bob", "s1").await.unwrap(),
         None,
         "s2 still live"
     );
-    assert!(presence.status(&[bob.clone()]).await.unwrap()[0].online);
+    assert!(presence.status(&bob).await.unwrap()[0].online);
 
     let seen = presence
         .offline("bob", "s2")
         .await
         .unwrap()
         .expect("last socket gone");
-    let state = &presence.status(&[bob.clone()]).await.unwrap()[0];
+    let state = &presence.status(&bob).await.unwrap()[0];
     assert!(!state.online);
     assert_eq!(state.last_seen, Some(seen));
     assert_eq!(
