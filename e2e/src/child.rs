@@ -100,6 +100,7 @@ pub fn gateway_process(
             metrics_listen: None,
             ..Default::default()
         };
+        config.limits.send_per_sec = 0.0;
         configure(&mut config);
         config.jwt.secret = Some(crate::system::SECRET.to_owned());
         natter_gateway::run(listener, config, std::future::pending())

@@ -4,9 +4,10 @@
 //! - [`cluster`]: a 3-node nats-server cluster with JetStream on free loopback ports,
 //!   using the repo's `nats/accounts.conf`, killed and deleted on Drop.
 //! - [`http`]: a minimal HTTP/1.1 client for binary uploads and downloads.
+//! - [`redis`]: a redis-server on a free loopback port, which a test can restart empty.
 //! - [`proxy`]: a TCP proxy a test can cut, to make a process lose its NATS connection.
-//! - [`system`]: one shared system per test binary (the cluster, two gateways, the
-//!   workers), started on first use on a runtime of its own and torn down at exit.
+//! - [`system`]: one shared system per test binary (the cluster, Redis, two gateways,
+//!   the workers), started on first use on a runtime of its own and torn down at exit.
 //! - [`client`]: a WebSocket client that records every frame and checks, on every inbox
 //!   item, that sequences only grow (no duplicate, no reordering).
 
@@ -15,6 +16,7 @@ pub mod client;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
+pub mod redis;
 pub mod system;
 
 pub use client::Client;

@@ -14,7 +14,7 @@ use natter_gateway::config::Config;
 use natter_workers::history::{Backend, HistorySettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cluster::NatsCluster;
+use crate::{cluster::NatsCluster, redis::RedisServer};
 
 /// The HS256 secret the test gateways use.
 pub const SECRET: &str = "e2e-secret-of-at-least-32-bytes-long";
@@ -22,16 +22,29 @@ pub const SECRET: &str = "e2e-secret-of-at-least-32-bytes-long";
 pub struct System {
     pub gateways: Vec<SocketAddr>,
     pub nats_urls: String,
+    pub redis_url: String,
     /// The test process's one Prometheus exporter (the gateways and workers share it).
     pub metrics: SocketAddr,
 }
 
 static CLUSTER: Mutex<Option<NatsCluster>> = Mutex::new(None);
+static REDIS: Mutex<Option<RedisServer>> = Mutex::new(None);
 
 extern "C" fn stop_cluster() {
     if let Ok(mut cluster) = CLUSTER.lock() {
         cluster.take();
     }
+    if let Ok(mut redis) = REDIS.lock() {
+        redis.take();
+    }
+}
+
+/// Runs `f` on the shared system's Redis (to kill or restart it). Like nodes, a Redis
+/// restarted from a test's thread lives as long as that thread.
+pub fn with_redis<T>(f: impl FnOnce(&mut RedisServer) -> T) -> T {
+    system();
+    let mut redis = REDIS.lock().unwrap();
+    f(redis.as_mut().expect("redis is running"))
 }
 
 /// Runs `f` on the shared system's cluster (to kill or restart a node). A node restarted
@@ -44,13 +57,21 @@ pub fn with_cluster<T>(f: impl FnOnce(&mut NatsCluster) -> T) -> T {
 }
 
 /// How the shared system is set up; [`configure`] before first use to change it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Each socket's periodic inbox check (the gateway's `limits.reconcile_every_ms`).
     pub reconcile_every_ms: u64,
     /// Sets of workers run inside the test process (0: the test runs its own, e.g. as
     /// processes it can kill).
     pub workers: usize,
+    /// The gateways' per-user send limit (`limits.send_per_sec`; 0: none, so tests that
+    /// send thousands of messages are not slowed) and burst.
+    pub send_per_sec: f64,
+    pub send_burst: f64,
+    /// How long a socket stays online without a heartbeat (short, so tests see expiry).
+    pub presence_ttl_ms: u64,
+    /// Push workers (with the workers) delivering to this webhook; none: no push.
+    pub push: Option<natter_workers::push::PushSettings>,
 }
 
 impl Default for Options {
@@ -58,6 +79,10 @@ impl Default for Options {
         Self {
             reconcile_every_ms: 2_000,
             workers: 2,
+            send_per_sec: 0.0,
+            send_burst: 1.0,
+            presence_ttl_ms: 3_000,
+            push: None,
         }
     }
 }
@@ -72,7 +97,7 @@ pub fn configure(options: Options) {
 /// The shared system, started on first use.
 pub fn system() -> &'static System {
     static SYSTEM: OnceLock<System> = OnceLock::new();
-    SYSTEM.get_or_init(|| start(*OPTIONS.get_or_init(Options::default)))
+    SYSTEM.get_or_init(|| start(OPTIONS.get_or_init(Options::default).clone()))
 }
 
 pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
@@ -102,6 +127,9 @@ fn start(options: Options) -> System {
             // its servers are bound to it by PR_SET_PDEATHSIG.
             let cluster = NatsCluster::start(3);
             let urls = cluster.urls();
+            let redis = RedisServer::start();
+            let redis_url = redis.url();
+            *REDIS.lock().unwrap() = Some(redis);
             let data = cluster.dir().to_path_buf();
             *CLUSTER.lock().unwrap() = Some(cluster);
             // SAFETY: registers a plain extern "C" fn with no arguments.
@@ -129,6 +157,11 @@ fn start(options: Options) -> System {
                     };
                     config.jwt.secret = Some(SECRET.to_owned());
                     config.limits.reconcile_every_ms = options.reconcile_every_ms;
+                    config.limits.send_per_sec = options.send_per_sec;
+                    config.limits.send_burst = options.send_burst;
+                    config.redis.url.clone_from(&redis_url);
+                    config.presence.ttl_ms = options.presence_ttl_ms;
+                    config.presence.sweep_every_ms = 250;
                     // The browser tests load the web client from the gateway and sign in.
                     config.web.dir = Some(web_dir());
                     config.web.dev_sign_in = true;
@@ -145,6 +178,10 @@ fn start(options: Options) -> System {
                     let settings = nats_settings(&urls, "workers", &format!("workers-{i}"));
                     // Each set keeps its own embedded history (its own consumer and file).
                     let history = history_settings(&data, i);
+                    let push = options.push.clone().map(|mut push| {
+                        push.redis.url.clone_from(&redis_url);
+                        push
+                    });
                     tokio::spawn(async move {
                         let settings = natter_workers::Settings {
                             kind: natter_workers::Kind::All,
@@ -158,6 +195,7 @@ fn start(options: Options) -> System {
                                 timeout: Duration::from_secs(5),
                             }),
                             history: Some(history),
+                            push,
                         };
                         if let Err(err) =
                             natter_workers::run(settings, std::future::pending()).await
@@ -175,6 +213,7 @@ fn start(options: Options) -> System {
                 tx.send(System {
                     gateways,
                     nats_urls: urls,
+                    redis_url,
                     metrics,
                 })
                 .unwrap();
@@ -322,6 +361,8 @@ impl ExtraGateway {
             metrics_listen: None,
             ..Config::default()
         };
+        // Like the shared gateways: tests send faster than a person.
+        config.limits.send_per_sec = 0.0;
         configure(&mut config);
         config.listen = addr;
         config.jwt.secret = Some(SECRET.to_owned());

@@ -39,6 +39,7 @@ fn worker_process() {
             metrics_listen: None,
             canary: None,
             history: None,
+            push: None,
         };
         natter_workers::run(settings, std::future::pending())
             .await

@@ -44,6 +44,7 @@ fn history_worker_process() {
                 backend: natter_workers::history::Backend::Embedded(PathBuf::from(dir)),
                 retention_days: 0,
             }),
+            push: None,
         };
         natter_workers::run(settings, std::future::pending())
             .await

@@ -315,6 +315,15 @@ impl Groups {
             .is_some_and(|(_, group)| group.is_member(uid)))
     }
 
+    /// Whether `a` and `b` are both members of a group this process has cached. A gateway
+    /// watches the whole bucket, so there this covers every group.
+    pub fn share_a_group(&self, a: &str, b: &str) -> bool {
+        let cache = self.cache.read().expect("cache lock");
+        cache
+            .values()
+            .any(|(_, group)| group.is_member(a) && group.is_member(b))
+    }
+
     /// Stores a new group (its id is fresh, so it cannot exist yet).
     pub async fn create(&self, group: &Group) -> Result<(), GroupsError> {
         let value = serde_json::to_vec(group).expect("groups serialize");

@@ -7,6 +7,7 @@
 //! - [`publish`]: publishing that survives a stream leader election.
 //! - [`groups`]: group membership in the `groups` KV bucket, with its rules.
 //! - [`receipt_book`]: per-member delivered/read state of group messages.
+//! - [`devices`]: where each device's push notifications go.
 //! - [`media`]: uploaded files (object store `media`) and who may fetch them.
 //! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
 //! - [`connect`]: one NATS connection with the options every process needs.
@@ -14,6 +15,7 @@
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod connect;
+pub mod devices;
 pub mod groups;
 pub mod inbox;
 pub mod media;

@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use natter_fabric::connect::{NatsArgs, NatsSettings};
+use natter_redis::RedisSettings;
 use serde::Deserialize;
 
 pub use natter_auth::DEV_JWT_SECRET;
@@ -20,6 +21,49 @@ pub struct Config {
     pub limits: Limits,
     pub media: MediaConfig,
     pub web: WebConfig,
+    /// Presence, rate limits: see natter-redis.
+    pub redis: RedisSettings,
+    pub presence: PresenceConfig,
+    pub push: PushConfig,
+}
+
+/// Push registrations (`POST /v1/devices`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Provider kinds the push workers of this deployment deliver to; others are refused.
+    pub kinds: Vec<String>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            kinds: vec!["webhook".to_owned()],
+        }
+    }
+}
+
+/// Online state and last seen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A socket counts as online this long after the last heartbeat (sent every third of
+    /// it), so a gateway that dies leaves its users offline after at most this.
+    pub ttl_ms: u64,
+    /// How often this gateway looks for users whose sockets all expired.
+    pub sweep_every_ms: u64,
+    /// Most users one `presence_subscribe` names.
+    pub max_follow: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            ttl_ms: 30_000,
+            sweep_every_ms: 1_000,
+            max_follow: 256,
+        }
+    }
 }
 
 /// The browser client.
@@ -116,6 +160,11 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most members of one group (WhatsApp's limit by default).
     pub max_group_members: usize,
+    /// Sends a user may make per second, over all their sockets and gateways (a token
+    /// bucket in Redis); 0 for no limit.
+    pub send_per_sec: f64,
+    /// Sends a user may make at once before `send_per_sec` applies.
+    pub send_burst: f64,
 }
 
 impl Default for Config {
@@ -131,6 +180,9 @@ impl Default for Config {
             limits: Limits::default(),
             media: MediaConfig::default(),
             web: WebConfig::default(),
+            redis: RedisSettings::default(),
+            presence: PresenceConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -158,7 +210,18 @@ impl Default for Limits {
             ping_every_ms: 30_000,
             max_frame_bytes: 64 * 1024,
             max_group_members: natter_fabric::groups::DEFAULT_MAX_MEMBERS,
+            send_per_sec: 20.0,
+            send_burst: 100.0,
         }
+    }
+}
+
+impl PresenceConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+    pub fn sweep_every(&self) -> Duration {
+        Duration::from_millis(self.sweep_every_ms)
     }
 }
 
@@ -201,6 +264,15 @@ pub struct Cli {
     pub dev: bool,
     #[arg(long, env = "NATTER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Redis for presence and rate limits, e.g. redis://127.0.0.1:6379.
+    #[arg(long, env = "NATTER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Sends per second per user (0: unlimited).
+    #[arg(long, env = "NATTER_SEND_PER_SEC")]
+    pub send_per_sec: Option<f64>,
+    /// Sends a user may make at once.
+    #[arg(long, env = "NATTER_SEND_BURST")]
+    pub send_burst: Option<f64>,
     /// Serve the web client from this folder (e.g. web/).
     #[arg(long, env = "NATTER_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -259,6 +331,15 @@ impl Cli {
         if self.jwt_audience.is_some() {
             config.jwt.audience.clone_from(&self.jwt_audience);
         }
+        if let Some(url) = &self.redis_url {
+            config.redis.url.clone_from(url);
+        }
+        if let Some(rate) = self.send_per_sec {
+            config.limits.send_per_sec = rate;
+        }
+        if let Some(burst) = self.send_burst {
+            config.limits.send_burst = burst;
+        }
         if self.web_dir.is_some() {
             config.web.dir.clone_from(&self.web_dir);
         }
@@ -295,6 +376,10 @@ mod tests {
             config.limits.max_group_members,
             defaults.limits.max_group_members
         );
+        assert_eq!(config.limits.send_per_sec, defaults.limits.send_per_sec);
+        assert_eq!(config.limits.send_burst, defaults.limits.send_burst);
+        assert_eq!(config.redis.url, defaults.redis.url);
+        assert_eq!(config.presence.ttl_ms, defaults.presence.ttl_ms);
         assert_eq!(config.media.max_bytes, defaults.media.max_bytes);
         assert_eq!(config.media.allowed_types, defaults.media.allowed_types);
         assert_eq!(config.media.max_age_days, defaults.media.max_age_days);

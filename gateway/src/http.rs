@@ -30,6 +30,7 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/ws", get(websocket))
         .route("/v1/inbox", get(inbox))
         .route("/v1/messages/{id}/receipts", get(message_info))
+        .route("/v1/devices", post(register_device))
         .route("/v1/media", post(upload))
         .route("/v1/media/{id}", get(download))
         .route("/v1/dev/sign-in", post(web::dev_sign_in))
@@ -196,6 +197,78 @@ async fn message_info(
         "read_all": state.read.len() == state.recipients.len(),
     });
     Ok(Json(body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceRegistration {
+    device: String,
+    push: PushRegistration,
+}
+
+#[derive(Debug, Deserialize)]
+struct PushRegistration {
+    kind: String,
+    token: String,
+}
+
+/// Longest push token accepted (APNs tokens are 64 hex characters, FCM's about 160).
+const MAX_PUSH_TOKEN: usize = 4096;
+
+/// `POST /v1/devices` `{device, push: {kind, token}}`: 204; notifications for this device
+/// go there from now on. A device named in the token must be the one registered.
+async fn register_device(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Json<DeviceRegistration>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Refusal> {
+    let identity = authenticate(&app, &headers, None)?;
+    let Json(registration) =
+        body.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    check_id(&registration.device, "device id")
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
+    if identity
+        .device
+        .as_ref()
+        .is_some_and(|own| *own != registration.device)
+    {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the token names another device".into(),
+        ));
+    }
+    let push = registration.push;
+    if !app.config.push.kinds.contains(&push.kind) {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "unsupported",
+            format!(
+                "push kind {:?} is not delivered here (accepted: {})",
+                push.kind,
+                app.config.push.kinds.join(", ")
+            ),
+        ));
+    }
+    if push.token.is_empty()
+        || push.token.len() > MAX_PUSH_TOKEN
+        || push.token.chars().any(char::is_control)
+    {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the push token must be 1..={MAX_PUSH_TOKEN} printable characters"),
+        ));
+    }
+    let target = natter_fabric::devices::PushTarget {
+        kind: push.kind,
+        token: push.token,
+        updated: natter_fabric::now_millis(),
+    };
+    app.devices
+        .register(&identity.user, &registration.device, target)
+        .await
+        .map_err(unavailable)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn unavailable(err: impl std::fmt::Display) -> Refusal {

@@ -5,6 +5,7 @@
 //! - `http`: the axum router: `/v1/ws` upgrade, `/v1/inbox`, `/healthz`.
 //! - `session`: one task per socket: client frames in; `sent`, errors and inbox items out.
 //! - `delivery`: the per-socket inbox cursor: catch-up, live items, gap repair.
+//! - `presence`: online state in Redis, heartbeats, changes relayed to watchers.
 //! - `web`: the browser client's files and the development sign-in.
 //! - `resync`: tells every socket to re-check its inbox when republishes may have been lost
 //!   (stream leader elected, NATS reconnect, slow consumer).
@@ -16,6 +17,7 @@ pub use natter_auth as auth;
 pub mod config;
 mod delivery;
 mod http;
+mod presence;
 mod resync;
 mod session;
 mod web;
@@ -62,8 +64,12 @@ pub enum GatewayError {
     Groups(#[from] natter_fabric::groups::GroupsError),
     #[error("cannot open the media buckets: {0}")]
     Media(#[from] natter_fabric::media::MediaError),
+    #[error("cannot open the devices bucket: {0}")]
+    Devices(#[from] natter_fabric::devices::DevicesError),
     #[error("cannot open the receipt book: {0}")]
     Book(#[from] natter_fabric::receipt_book::BookError),
+    #[error("Redis settings: {0}")]
+    Redis(#[from] natter_redis::RedisError),
     #[error("cannot subscribe to advisories: {0}")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("cannot start the metrics exporter: {0}")]
@@ -82,9 +88,15 @@ pub(crate) struct Shared {
     pub groups: Groups,
     /// Per-member state of group messages, for "message info".
     pub book: ReceiptBook,
+    /// Where each device's push notifications go.
+    pub devices: natter_fabric::devices::Devices,
     /// Uploaded files and who may fetch them.
     pub media: MediaStore,
     pub verifier: Verifier,
+    /// Online state of this gateway's sockets.
+    pub presence: presence::PresenceHub,
+    /// Per-user limit on sends; `None` when unlimited.
+    pub send_limit: Option<natter_redis::rate_limit::RateLimiter>,
     /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
     pub dev_secret: Option<String>,
     pub config: Config,
@@ -130,11 +142,34 @@ pub async fn run(
         ReceiptBook::open(&js, replicas)
     })
     .await?;
+    let devices = streams::with_patience("devices bucket", patience, || {
+        natter_fabric::devices::Devices::open(&js, replicas)
+    })
+    .await?;
     let media_age = config.media.max_age();
     let media = streams::with_patience("media buckets", patience, || {
         MediaStore::open(&js, replicas, media_age)
     })
     .await?;
+
+    // Redis connects in the background: the gateway serves chat without it.
+    let redis = natter_redis::connect(&config.redis)?;
+    let prefix = config.redis.prefix.as_str();
+    let presence = presence::PresenceHub::new(
+        natter_redis::presence::Presence::new(redis.clone(), prefix, config.presence.ttl()),
+        nats.clone(),
+        config.presence.sweep_every(),
+    );
+    let limits = &config.limits;
+    let send_limit = (limits.send_per_sec > 0.0).then(|| {
+        natter_redis::rate_limit::RateLimiter::new(
+            redis,
+            prefix,
+            "send",
+            limits.send_per_sec,
+            limits.send_burst.max(1.0),
+        )
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (resync_tx, _) = broadcast::channel(4);
@@ -145,8 +180,11 @@ pub async fn run(
         inbox,
         groups: groups.clone(),
         book,
+        devices,
         media,
         verifier,
+        presence: presence.clone(),
+        send_limit,
         dev_secret,
         config,
         resync: resync_tx.clone(),
@@ -154,6 +192,7 @@ pub async fn run(
     });
     resync::spawn(&nats, events_rx, resync_tx, stop_rx.clone()).await?;
     tokio::spawn(groups.watch(stop_rx.clone()));
+    tokio::spawn(presence.run(stop_rx.clone()));
 
     tokio::spawn(async move {
         shutdown.await;

@@ -33,6 +33,7 @@ use tracing::Instrument;
 use crate::{
     App,
     delivery::{Cursor, DeliveryError},
+    presence::Registration,
 };
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -42,6 +43,10 @@ const DEFAULT_HISTORY_PAGE: u32 = 50;
 const MAX_HISTORY_PAGE: u32 = 100;
 /// How long a `history` request waits for a history worker.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a `presence_subscribe` may take (privacy checks and Redis) before it is
+/// answered `unavailable`.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How soon a failed inbox read is retried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -72,7 +77,9 @@ pub(crate) async fn serve(app: App, user: String, device: String, after: u64, so
 
 async fn serve_in_span(app: App, user: String, device: String, after: u64, socket: WebSocket) {
     let (sink, stream) = socket.split();
+    let registration = app.presence.connected(&user);
     let mut session = Session {
+        presence: Some(registration),
         cursor: Cursor::new(&user, after, app.config.limits.max_gap_repair),
         acked: after,
         retry_soon: false,
@@ -86,6 +93,9 @@ async fn serve_in_span(app: App, user: String, device: String, after: u64, socke
     sockets.increment(1.0);
     let end = session.run(stream).await;
     sockets.decrement(1.0);
+    if let Some(registration) = session.presence.take() {
+        session.app.presence.disconnected(registration);
+    }
     metrics::counter!("natter_gateway_disconnects_total", "reason" => end.label()).increment(1);
     let (code, reason) = match &end {
         End::Peer => {
@@ -122,6 +132,8 @@ impl End {
 
 struct Session {
     app: App,
+    /// This socket in presence (taken when the socket ends).
+    presence: Option<Registration>,
     user: String,
     device: String,
     sink: Sink,
@@ -347,6 +359,9 @@ impl Session {
         };
         let reference = frame.reference().map(str::to_owned);
         metrics::counter!("natter_gateway_frames_total", "type" => frame.kind()).increment(1);
+        if let ClientFrame::PresenceSubscribe(subscribe) = frame {
+            return self.on_presence_subscribe(subscribe).await;
+        }
         match self.on_frame(frame) {
             Ok(Some(pending)) => {
                 inflight.push(pending);
@@ -374,10 +389,7 @@ impl Session {
             ClientFrame::GroupLeave(leave) => self.on_group_leave(leave).map(Some),
             ClientFrame::History(request) => self.on_history(request).map(Some),
             ClientFrame::Typing(typing) => self.on_typing(typing).map(Some),
-            other => Err(Refused(
-                ErrorCode::Unsupported,
-                format!("`{}` is not served by this gateway yet", other.kind()),
-            )),
+            ClientFrame::PresenceSubscribe(_) => unreachable!("answered before on_frame"),
         }
     }
 
@@ -406,6 +418,9 @@ impl Session {
         let reference = send.r#ref;
         let started = std::time::Instant::now();
         Ok(Box::pin(async move {
+            if let Some(refusal) = over_send_limit(&app, &record.from, &reference).await {
+                return Some(refusal);
+            }
             if let Target::Group(gid) = &target
                 && let Err(refusal) = require_member(&app, gid, &record.from).await
             {
@@ -535,6 +550,94 @@ impl Session {
             metrics::counter!("natter_gateway_typing_relayed_total").increment(others.len() as u64);
             None
         }))
+    }
+
+    /// `presence_subscribe`: a `presence` frame for each user now, and on every change
+    /// later (relayed on `ephemeral.<me>`). Only users one shares a conversation with may
+    /// be followed; the others are refused in one `forbidden` error. Answered in place
+    /// (subscriptions are rare), within `PRESENCE_TIMEOUT`.
+    async fn on_presence_subscribe(
+        &mut self,
+        subscribe: natter_schemas::PresenceSubscribe,
+    ) -> Result<(), End> {
+        let reference = subscribe.r#ref.clone();
+        let frames = match timeout(PRESENCE_TIMEOUT, self.follow(subscribe.users, &reference)).await
+        {
+            Ok(Ok(frames)) => frames,
+            Ok(Err(Refused(code, message))) => vec![refuse(code, &message, reference)],
+            Ok(Err(Answer(frame))) => vec![frame],
+            Err(_) => vec![refuse(
+                ErrorCode::Unavailable,
+                "presence did not answer in time; try again",
+                reference,
+            )],
+        };
+        for frame in frames {
+            self.write(frame.to_json()).await?;
+        }
+        Ok(())
+    }
+
+    async fn follow(
+        &mut self,
+        users: Vec<String>,
+        reference: &Option<String>,
+    ) -> Result<Vec<ServerFrame>, Reply> {
+        let max = self.app.config.presence.max_follow;
+        if users.len() > max {
+            return Err(Refused(
+                ErrorCode::BadRequest,
+                format!("at most {max} users per presence_subscribe"),
+            ));
+        }
+        let mut wanted: Vec<String> = Vec::with_capacity(users.len());
+        for user in users {
+            check_id(&user, "user id").map_err(bad_id)?;
+            if !wanted.contains(&user) {
+                wanted.push(user);
+            }
+        }
+        let mut allowed = Vec::with_capacity(wanted.len());
+        let mut denied = Vec::new();
+        for other in wanted {
+            match may_follow(&self.app, &self.user, &other).await {
+                Ok(true) => allowed.push(other),
+                Ok(false) => denied.push(other),
+                Err(why) => return Err(Refused(ErrorCode::Unavailable, why)),
+            }
+        }
+        let mut frames = Vec::new();
+        if !denied.is_empty() {
+            frames.push(refuse(
+                ErrorCode::Forbidden,
+                &format!(
+                    "you share no conversation with {}: their presence is private",
+                    denied.join(", ")
+                ),
+                reference.clone(),
+            ));
+        }
+        let registration = self.presence.as_ref().expect("registered while serving");
+        let states = self
+            .app
+            .presence
+            .follow(registration, allowed)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "presence unavailable");
+                Refused(
+                    ErrorCode::Unavailable,
+                    "presence is unavailable; try again".into(),
+                )
+            })?;
+        frames.extend(states.into_iter().map(|state| {
+            ServerFrame::Presence(natter_schemas::Presence {
+                user: state.user,
+                online: state.online,
+                last_seen: state.last_seen,
+            })
+        }));
+        Ok(frames)
     }
 
     /// Refuses a one-on-one conversation the user is not part of; for a group, the id
@@ -852,6 +955,62 @@ fn refuse(code: ErrorCode, message: &str, reference: Option<String>) -> ServerFr
         code,
         message: message.to_owned(),
         r#ref: reference,
+        retry_after_ms: None,
+    })
+}
+
+/// Whether `me` may see `other`'s presence: themselves, someone in a group with them, or
+/// someone they have a one-on-one conversation with (at least one message in history).
+async fn may_follow(app: &App, me: &str, other: &str) -> Result<bool, String> {
+    if me == other || app.groups.share_a_group(me, other) {
+        return Ok(true);
+    }
+    let query = HistoryQuery {
+        conv: Conversation::direct(me, other).to_string(),
+        reader: me.to_owned(),
+        before: None,
+        limit: 1,
+    };
+    let payload = Bytes::from(serde_json::to_vec(&query).expect("queries serialize"));
+    let answer = timeout(
+        HISTORY_TIMEOUT,
+        app.nats.request(subjects::HISTORY_PAGE, payload),
+    )
+    .await
+    .map_err(|_| "history did not answer in time; try again".to_owned())?
+    .map_err(|e| format!("history unavailable: {e}"))?;
+    match serde_json::from_slice::<HistoryAnswer>(&answer.payload) {
+        Ok(HistoryAnswer::Page { messages, .. }) => Ok(!messages.is_empty()),
+        Ok(HistoryAnswer::Failed { error }) => Err(format!("history unavailable: {error}")),
+        Err(err) => Err(format!("history answered nonsense: {err}")),
+    }
+}
+
+/// A refusal when `user` is over their send rate. Fails open: when Redis does not answer,
+/// the send goes through (counted in `natter_gateway_rate_limit_unchecked_total`).
+async fn over_send_limit(app: &App, user: &str, reference: &Option<String>) -> Option<ServerFrame> {
+    use natter_redis::rate_limit::Decision;
+    match app.send_limit.as_ref()?.check(user).await {
+        Ok(Decision::Allowed) => None,
+        Ok(Decision::Limited { retry_after_ms }) => {
+            Some(rate_limited(retry_after_ms, reference.clone()))
+        }
+        Err(err) => {
+            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
+            tracing::debug!(error = %err, "rate limit not checked; allowing");
+            None
+        }
+    }
+}
+
+/// `rate_limited`, with when to try again.
+fn rate_limited(retry_after_ms: u64, reference: Option<String>) -> ServerFrame {
+    metrics::counter!("natter_gateway_errors_total", "code" => "rate_limited").increment(1);
+    ServerFrame::Error(ErrorFrame {
+        code: ErrorCode::RateLimited,
+        message: format!("too many messages; retry in {retry_after_ms} ms"),
+        r#ref: reference,
+        retry_after_ms: Some(retry_after_ms),
     })
 }
 

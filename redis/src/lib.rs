@@ -22,10 +22,10 @@ pub mod rate_limit;
 
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, ReconnectPolicy};
+use fred::prelude::ReconnectPolicy;
 use serde::Deserialize;
 
-pub use fred::prelude::Client;
+pub use fred::prelude::{Client, ClientLike};
 
 /// Where Redis is and how long to wait for it.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +55,8 @@ pub enum RedisError {
     Url(fred::error::Error),
     #[error("redis: {0}")]
     Command(#[from] fred::error::Error),
+    #[error("redis is not connected")]
+    Down,
     #[error("unexpected reply from a Redis script: {0}")]
     Reply(String),
 }
@@ -104,6 +106,11 @@ impl Script {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, RedisError> {
+        // While Redis is away, fail at once rather than queue behind the reconnect: callers
+        // carry on without Redis, and must not wait for it on every message.
+        if !client.is_connected() {
+            return Err(RedisError::Down);
+        }
         Ok(self.0.evalsha_with_reload(client, keys, args).await?)
     }
 }

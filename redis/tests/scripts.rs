@@ -50,18 +50,21 @@ fn redis() -> Redis {
     }
 }
 
-fn client(redis: &Redis) -> natter_redis::Client {
-    natter_redis::connect(&RedisSettings {
+async fn client(redis: &Redis) -> natter_redis::Client {
+    use natter_redis::ClientLike;
+    let client = natter_redis::connect(&RedisSettings {
         url: redis.url.clone(),
         ..RedisSettings::default()
     })
-    .unwrap()
+    .unwrap();
+    client.wait_for_connect().await.unwrap();
+    client
 }
 
 #[tokio::test]
 async fn a_user_is_online_while_any_socket_is_and_last_seen_when_the_last_one_goes() {
     let redis = redis();
-    let presence = Presence::new(client(&redis), "t:", Duration::from_secs(30));
+    let presence = Presence::new(client(&redis).await, "t:", Duration::from_secs(30));
     let bob = ["bob".to_owned()];
     assert_eq!(presence.status(&bob).await.unwrap()[0].last_seen, None);
 
@@ -99,7 +102,7 @@ async fn a_user_is_online_while_any_socket_is_and_last_seen_when_the_last_one_go
 #[tokio::test]
 async fn sockets_not_renewed_expire_and_one_sweep_settles_them() {
     let redis = redis();
-    let presence = Presence::new(client(&redis), "t:", Duration::from_millis(300));
+    let presence = Presence::new(client(&redis).await, "t:", Duration::from_millis(300));
     presence.online("carol", "s1").await.unwrap();
     presence.online("dave", "s1").await.unwrap();
     // dave's gateway keeps heartbeating; carol's died.
@@ -128,7 +131,7 @@ async fn sockets_not_renewed_expire_and_one_sweep_settles_them() {
 #[tokio::test]
 async fn watchers_are_remembered_for_the_ttl() {
     let redis = redis();
-    let presence = Presence::new(client(&redis), "t:", Duration::from_millis(400));
+    let presence = Presence::new(client(&redis).await, "t:", Duration::from_millis(400));
     presence
         .watch("alice", &["bob".into(), "carol".into()])
         .await
@@ -143,7 +146,7 @@ async fn watchers_are_remembered_for_the_ttl() {
 #[tokio::test]
 async fn a_token_bucket_allows_the_burst_then_the_rate() {
     let redis = redis();
-    let limiter = RateLimiter::new(client(&redis), "t:", "send", 10.0, 5.0);
+    let limiter = RateLimiter::new(client(&redis).await, "t:", "send", 10.0, 5.0);
     for i in 0..5 {
         assert_eq!(
             limiter.check("spam").await.unwrap(),
@@ -167,7 +170,7 @@ async fn a_token_bucket_allows_the_burst_then_the_rate() {
 #[tokio::test]
 async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     let redis = redis();
-    let redis_client = client(&redis);
+    let redis_client = client(&redis).await;
     let coalescing = Coalescing {
         window: Duration::from_millis(300),
         min_interval: Duration::from_secs(60),

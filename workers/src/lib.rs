@@ -5,6 +5,8 @@
 //! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes; for
 //!   group messages, per-member state in the receipt book and "all" once everyone has it.
 //! - [`history`]: `MSGS` → the history store (embedded redb or TiKV); pages on request.
+//! - [`push`]: `INBOX` → notifications, coalesced per user, for users with no device
+//!   online (presence in Redis), through a provider (a signed webhook).
 //! - [`jetstream_stats`]: stream sizes and consumer backlogs as Prometheus gauges.
 //! - [`canary`]: a probe message through the whole path, timed end to end.
 //!
@@ -17,6 +19,7 @@ pub mod canary;
 pub mod fanout;
 pub mod history;
 pub mod jetstream_stats;
+pub mod push;
 pub mod receipts;
 
 use std::{future::Future, pin::Pin, time::Duration};
@@ -31,7 +34,9 @@ pub enum Kind {
     Fanout,
     Receipts,
     History,
-    /// Every worker kind in one process (the local default; history when configured).
+    Push,
+    /// Every worker kind in one process (the local default; history and push when
+    /// configured).
     All,
 }
 
@@ -45,6 +50,8 @@ pub struct Settings {
     pub canary: Option<canary::CanarySettings>,
     /// Needed by `History`; `All` runs history when it is set.
     pub history: Option<history::HistorySettings>,
+    /// Needed by `Push`; `All` runs push when it is set.
+    pub push: Option<push::PushSettings>,
 }
 
 /// One long-running worker task.
@@ -76,6 +83,12 @@ pub enum WorkerError {
     History(#[from] natter_history::StoreError),
     #[error("history workers need a store: --history-dir or --tikv-pd")]
     NoHistoryStore,
+    #[error("push workers need Redis settings")]
+    NoPushSettings,
+    #[error("Redis: {0}")]
+    Redis(#[from] natter_redis::RedisError),
+    #[error("cannot open the devices bucket: {0}")]
+    Devices(#[from] natter_fabric::devices::DevicesError),
     #[error("cannot subscribe: {0}")]
     Subscribe(String),
     #[error("a worker task failed: {0}")]
@@ -100,9 +113,13 @@ pub async fn run(
         metrics_listen,
         canary,
         history,
+        push,
     } = settings;
     if kind == Kind::History && history.is_none() {
         return Err(WorkerError::NoHistoryStore);
+    }
+    if kind == Kind::Push && push.is_none() {
+        return Err(WorkerError::NoPushSettings);
     }
     if let Some(listen) = metrics_listen {
         natter_fabric::telemetry::install(listen)?;
@@ -160,6 +177,11 @@ pub async fn run(
     }
     if let Some(settings) = history.filter(|_| matches!(kind, Kind::History | Kind::All)) {
         for task in history::start(&js, &client, &groups, &settings, stop_rx.clone()).await? {
+            tasks.spawn(task);
+        }
+    }
+    if let Some(settings) = push.filter(|_| matches!(kind, Kind::Push | Kind::All)) {
+        for task in push::start(&js, nats.replicas, &settings, stop_rx.clone()).await? {
             tasks.spawn(task);
         }
     }

@@ -1,4 +1,4 @@
-//! `natter-workers <kind>`: runs fanout, receipts, history, or all of them, until
+//! `natter-workers <kind>`: runs fanout, receipts, history, push, or all of them, until
 //! Ctrl-C/SIGTERM.
 
 use std::path::PathBuf;
@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use natter_fabric::connect::{NatsArgs, NatsSettings};
+use natter_redis::push_queue::Coalescing;
 use natter_workers::{
     Kind, Settings,
     canary::CanarySettings,
     history::{Backend, HistorySettings},
+    push::{PushSettings, WebhookSettings},
 };
 
 #[derive(Debug, Parser)]
@@ -58,6 +60,31 @@ struct Cli {
     /// Run without history (e.g. fanout-only processes under `all`).
     #[arg(long)]
     no_history: bool,
+    /// Redis for push coalescing and presence, e.g. redis://127.0.0.1:6379.
+    #[arg(
+        long,
+        env = "NATTER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Push notifications go to this URL as signed JSON POSTs (http://…).
+    #[arg(long, env = "NATTER_PUSH_WEBHOOK_URL")]
+    push_webhook_url: Option<String>,
+    /// Key of the webhook's X-Natter-Signature (HMAC-SHA256).
+    #[arg(long, env = "NATTER_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
+    push_webhook_secret: Option<String>,
+    /// A user's first message opens a window this long; one notification closes it.
+    #[arg(long, env = "NATTER_PUSH_WINDOW_MS", default_value_t = 3_000)]
+    push_window_ms: u64,
+    /// Least time between two notifications to one user.
+    #[arg(long, env = "NATTER_PUSH_MIN_INTERVAL_MS", default_value_t = 30_000)]
+    push_min_interval_ms: u64,
+    /// Put message text (up to 200 characters) in notifications.
+    #[arg(long, env = "NATTER_PUSH_INCLUDE_TEXT")]
+    push_include_text: bool,
+    /// Run without push (e.g. processes under `all` that should not notify).
+    #[arg(long)]
+    no_push: bool,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -110,12 +137,30 @@ async fn main() -> anyhow::Result<()> {
         backend,
         retention_days: cli.history_retention_days,
     });
+    let webhook = match (cli.push_webhook_url, cli.push_webhook_secret) {
+        (Some(url), Some(secret)) => Some(WebhookSettings { url, secret }),
+        (Some(_), None) => anyhow::bail!("the push webhook needs NATTER_PUSH_WEBHOOK_SECRET"),
+        (None, _) => None,
+    };
+    let push = (!cli.no_push).then(|| PushSettings {
+        redis: natter_redis::RedisSettings {
+            url: cli.redis_url,
+            ..Default::default()
+        },
+        coalescing: Coalescing {
+            window: std::time::Duration::from_millis(cli.push_window_ms),
+            min_interval: std::time::Duration::from_millis(cli.push_min_interval_ms),
+        },
+        include_text: cli.push_include_text,
+        webhook,
+    });
     let settings = Settings {
         kind: cli.kind,
         nats,
         metrics_listen: Some(cli.metrics_listen),
         canary,
         history,
+        push,
     };
     natter_workers::run(settings, natter_fabric::process::shutdown_signal())
         .await
