@@ -22,7 +22,7 @@ pub mod rate_limit;
 
 use std::time::Duration;
 
-use fred::prelude::ReconnectPolicy;
+use fred::prelude::{EventInterface, ReconnectPolicy};
 use serde::Deserialize;
 
 pub use fred::prelude::{Client, ClientLike};
@@ -80,6 +80,14 @@ pub fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
         .map_err(RedisError::Url)?;
     // Runs the connection (and its reconnects) in the background.
     let _connection = client.connect();
+    let _ = client.on_error(|(err, server)| async move {
+        tracing::warn!(error = %err, ?server, "redis connection failed; retrying");
+        Ok(())
+    });
+    let _ = client.on_reconnect(|server| async move {
+        tracing::info!(%server, "redis connected");
+        Ok(())
+    });
     Ok(client)
 }
 

@@ -1,0 +1,83 @@
+//! Per-user send limits: a user flooding sends gets `rate_limited` errors with a
+//! `retry_after_ms` once their burst is spent, keeps their connection, and can send again
+//! after waiting; nobody else is slowed, and nothing refused is delivered.
+//!
+//! The gateways of this test binary allow 5 sends a second with bursts of 10.
+
+use std::time::Duration;
+
+use natter_e2e::{
+    Client,
+    system::{Options, configure},
+    unique,
+};
+use serde_json::json;
+
+fn setup() {
+    configure(Options {
+        send_per_sec: 5.0,
+        send_burst: 10.0,
+        ..Options::default()
+    });
+}
+
+#[tokio::test]
+async fn a_flood_is_refused_after_the_burst_and_recovers_without_slowing_others() {
+    setup();
+    let (spammer, bob, carol) = (unique("spammer"), unique("bob"), unique("carol"));
+    let mut s = Client::connect(0, &spammer, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut c = Client::connect(0, &carol, "phone", 0).await;
+
+    for i in 0..40 {
+        s.send_json(json!({
+            "type": "send", "id": format!("flood-{i}"), "to": format!("user:{bob}"),
+            "body": {"kind": "text", "text": format!("flood {i}")}, "ref": format!("f{i}"),
+        }))
+        .await;
+    }
+    // Meanwhile carol, another user, sends normally.
+    c.send_text(&bob, "from carol").await;
+
+    let mut sent = Vec::new();
+    let mut limited = Vec::new();
+    for i in 0..40 {
+        let reference = format!("f{i}");
+        let answer = s
+            .wait_for("flood answer", |f| f["ref"] == reference.as_str())
+            .await;
+        match answer["type"].as_str() {
+            Some("sent") => sent.push(i),
+            _ => {
+                assert_eq!(answer["code"], "rate_limited", "{answer}");
+                let wait = answer["retry_after_ms"].as_u64().expect("retry_after_ms");
+                assert!((1..=1_000).contains(&wait), "{answer}");
+                limited.push(i);
+            }
+        }
+    }
+    assert!(
+        (10..=16).contains(&sent.len()),
+        "the burst of 10 (and what refilled meanwhile) got through: {sent:?}"
+    );
+    assert_eq!(sent.len() + limited.len(), 40);
+
+    // Bob gets carol's message and exactly the flood messages that were accepted.
+    b.wait_for_text("from carol").await;
+    let mut texts: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        for m in b.messages_within(Duration::from_millis(250)).await {
+            texts.push(m["body"]["text"].as_str().unwrap().to_owned());
+        }
+        if texts.len() >= sent.len() {
+            break;
+        }
+    }
+    let expected: Vec<String> = sent.iter().map(|i| format!("flood {i}")).collect();
+    assert_eq!(texts, expected, "only accepted sends are delivered");
+
+    // The socket stays open, and after the wait a send goes through again.
+    assert_eq!(s.request(json!({"type": "ping"})).await["type"], "pong");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.send_text(&bob, "patient again").await;
+}
