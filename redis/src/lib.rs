@@ -80,14 +80,15 @@ pub fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
         .map_err(RedisError::Url)?;
     // Runs the connection (and its reconnects) in the background.
     let _connection = client.connect();
-    let _ = client.on_error(|(err, server)| async move {
+    // The listeners run as tasks of their own; their handles are not needed.
+    drop(client.on_error(|(err, server)| async move {
         tracing::warn!(error = %err, ?server, "redis connection failed; retrying");
         Ok(())
-    });
-    let _ = client.on_reconnect(|server| async move {
+    }));
+    drop(client.on_reconnect(|server| async move {
         tracing::info!(%server, "redis connected");
         Ok(())
-    });
+    }));
     Ok(client)
 }
 
