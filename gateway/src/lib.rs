@@ -152,8 +152,8 @@ pub async fn run(
     })
     .await?;
 
-    // Redis connects in the background: the gateway serves chat without it.
-    let redis = natter_redis::connect(&config.redis)?;
+    // Redis may be down: the gateway serves chat without it (presence degraded).
+    let redis = natter_redis::connect(&config.redis).await?;
     let prefix = config.redis.prefix.as_str();
     let presence = presence::PresenceHub::new(
         natter_redis::presence::Presence::new(redis.clone(), prefix, config.presence.ttl()),

@@ -61,9 +61,13 @@ pub enum RedisError {
     Reply(String),
 }
 
+/// How long [`connect`] waits for the first connection before going on without it.
+const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(2);
+
 /// A client that connects in the background and keeps reconnecting: it never fails
-/// because Redis is down, and commands sent meanwhile fail after the command timeout.
-pub fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
+/// because Redis is down, and commands sent while it is fail at once. Waits a moment for
+/// the first connection, so a process that starts with Redis up starts connected.
+pub async fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
     let mut config = fred::prelude::Config::from_url(&settings.url).map_err(RedisError::Url)?;
     config.fail_fast = false;
     let timeout = Duration::from_millis(settings.command_timeout_ms);
@@ -89,6 +93,12 @@ pub fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
         tracing::info!(%server, "redis connected");
         Ok(())
     }));
+    if tokio::time::timeout(FIRST_CONNECT_PATIENCE, client.wait_for_connect())
+        .await
+        .is_err()
+    {
+        tracing::warn!(url = %settings.url, "redis not reachable yet; going on without it");
+    }
     Ok(client)
 }
 

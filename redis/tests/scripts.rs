@@ -51,13 +51,13 @@ fn redis() -> Redis {
 }
 
 async fn client(redis: &Redis) -> natter_redis::Client {
-    use natter_redis::ClientLike;
     let client = natter_redis::connect(&RedisSettings {
         url: redis.url.clone(),
         ..RedisSettings::default()
     })
+    .await
     .unwrap();
-    client.wait_for_connect().await.unwrap();
+    assert!(natter_redis::ClientLike::is_connected(&client));
     client
 }
 

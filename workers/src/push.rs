@@ -74,7 +74,7 @@ pub async fn start(
     settings: &PushSettings,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<crate::Task>, WorkerError> {
-    let redis = natter_redis::connect(&settings.redis)?;
+    let redis = natter_redis::connect(&settings.redis).await?;
     let queue = PushQueue::new(redis, &settings.redis.prefix, settings.coalescing);
     let devices = streams::with_patience("devices bucket", SETUP_PATIENCE, || {
         Devices::open(js, replicas)
