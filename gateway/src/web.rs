@@ -55,9 +55,13 @@ pub(crate) async fn file(State(app): State<App>, request: Request) -> Response {
     }
 }
 
+/// What the page loads; the rest of the folder (tests, `node_modules`, package files) is
+/// not served.
+const SERVED: &[&str] = &["index.html", "style.css", "src"];
+
 /// The file under `dir` that `uri_path` names (`/` is `index.html`), if the name is one
-/// the client could have: segments of letters, digits, `-`, `_` and `.`, none starting
-/// with a dot.
+/// the client could have: under [`SERVED`], segments of letters, digits, `-`, `_` and `.`,
+/// none starting with a dot.
 fn resolve(dir: &FsPath, uri_path: &str) -> Option<PathBuf> {
     let relative = uri_path.trim_start_matches('/');
     let relative = if relative.is_empty() || relative.ends_with('/') {
@@ -65,6 +69,9 @@ fn resolve(dir: &FsPath, uri_path: &str) -> Option<PathBuf> {
     } else {
         relative.to_owned()
     };
+    if !SERVED.contains(&relative.split('/').next().unwrap_or_default()) {
+        return None;
+    }
     let mut path = dir.to_path_buf();
     for segment in relative.split('/') {
         let plain = segment
@@ -140,23 +147,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_names_under_the_folder_resolve() {
+    fn only_the_pages_files_under_the_folder_resolve() {
         let dir = FsPath::new("/srv/web");
         assert_eq!(resolve(dir, "/"), Some(dir.join("index.html")));
-        assert_eq!(resolve(dir, "/app.js"), Some(dir.join("app.js")));
-        assert_eq!(
-            resolve(dir, "/src/proto.js"),
-            Some(dir.join("src/proto.js"))
-        );
+        assert_eq!(resolve(dir, "/style.css"), Some(dir.join("style.css")));
+        let module = resolve(dir, "/src/proto.js");
+        assert_eq!(module, Some(dir.join("src/proto.js")));
         assert_eq!(resolve(dir, "/src/"), Some(dir.join("src/index.html")));
-        for bad in [
+        let bad = [
             "/../etc/passwd",
             "/src/../../x",
             "/.git/config",
-            "/a//b",
-            "/a b",
+            "/src//b",
+            "/src/a b",
             "/%2e%2e/x",
-        ] {
+            "/package.json",
+            "/node_modules/playwright-core/index.js",
+            "/test/unit/store.test.js",
+        ];
+        for bad in bad {
             assert_eq!(resolve(dir, bad), None, "{bad}");
         }
     }

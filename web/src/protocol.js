@@ -1,0 +1,336 @@
+// The client side of Natter's WebSocket protocol (shared/PROTOCOL.md), without any UI.
+//
+// A `Connection` keeps one socket open for one user's device and hides the parts every
+// client must get right:
+// - resume: it connects with `after=<cursor>`, the last inbox sequence this device stored,
+//   kept in `storage` per user and device, so a reload or a reconnect gets each item once;
+// - ack: an inbox item is handed to the listeners (which store it) before the cursor
+//   moves past it and the server is told with `ack`;
+// - sends: each carries a client id and stays in an outbox (also in `storage`) until its
+//   `sent` comes; after a reconnect or a reload the outbox is sent again with the same
+//   ids, and the server's deduplication makes that safe (so is a send the server did not
+//   store, `unavailable`, or took too fast, `rate_limited`);
+// - liveness: an application `ping` every `pingEveryMs`; no answer within `pongWithinMs`
+//   means the socket is dead (e.g. the network dropped silently) and is replaced;
+// - reconnect: with exponential backoff and jitter, reset once a socket opens.
+//
+// Everything it learns is an event on the `Connection` (an EventTarget); `event.detail` is
+// the frame or a small object:
+// - `item`: an inbox item (`msg`, `receipt`, `group_event`), once each, in `seq` order;
+// - `sent` {clientId, id, conv, ts}: a send became durable;
+// - `send-failed` {clientId, error}: the server refused a send for good;
+// - `frame`: every other server frame (`typing`, `presence`, `group`, `history`, …);
+// - `server-error`: an `error` frame that answers no request or send (those reject the
+//   request or become `send-failed`); presence errors are dropped, since presence is
+//   optional (`unsupported`) or private until a conversation is shared (`forbidden`);
+// - `status` {state: "connecting" | "online" | "offline", retryInMs?}.
+//
+// The socket class, the timers and the storage are parameters so the unit tests can run
+// it against a fake socket.
+
+/** Backoff after the n-th failed attempt in a row: 0.5 s, 1 s, 2 s, … up to 30 s. */
+export function backoffMs(attempt, random = Math.random) {
+  const ceiling = Math.min(30_000, 500 * 2 ** attempt);
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
+/** The WebSocket URL for `base` (the page's origin, http or https). */
+export function socketUrl(base, { token, device, after }) {
+  const url = new URL('/v1/ws', base);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  url.searchParams.set('token', token);
+  url.searchParams.set('device', device);
+  url.searchParams.set('after', String(after));
+  return url.toString();
+}
+
+/** A fresh client id for a send (a UUID fits the id rules). */
+export function newClientId() {
+  return crypto.randomUUID();
+}
+
+const OPEN = 1;
+/** Presence subscriptions carry `presence:<user>`; presence is optional, errors are not shown. */
+const PRESENCE_REF = 'presence:';
+
+function presenceSubscription(user) {
+  return { type: 'presence_subscribe', users: [user], ref: `${PRESENCE_REF}${user}` };
+}
+
+export class Connection extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.base the gateway's origin, e.g. location.origin
+   * @param {string} options.user
+   * @param {string} options.device
+   * @param {string} options.token
+   * @param {Storage} options.storage where the cursor and the outbox live (localStorage)
+   * @param {typeof WebSocket} [options.WebSocket]
+   * @param {{setTimeout: Function, clearTimeout: Function, setInterval: Function,
+   *   clearInterval: Function}} [options.timers]
+   * @param {number} [options.pingEveryMs]
+   * @param {number} [options.pongWithinMs]
+   * @param {number} [options.requestTimeoutMs] how long `request` waits for its answer
+   */
+  constructor(options) {
+    super();
+    this.base = options.base;
+    this.user = options.user;
+    this.device = options.device;
+    this.token = options.token;
+    this.storage = options.storage;
+    this.Socket = options.WebSocket ?? globalThis.WebSocket;
+    this.timers = options.timers ?? globalThis;
+    this.pingEveryMs = options.pingEveryMs ?? 15_000;
+    this.pongWithinMs = options.pongWithinMs ?? 10_000;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 15_000;
+    this.key = `natter:${this.user}:${this.device}`;
+    this.cursor = Number(this.storage.getItem(`${this.key}:cursor`) ?? 0);
+    /** Sends without their `sent` yet, in the order they were made: clientId → frame. */
+    this.outbox = new Map(
+      JSON.parse(this.storage.getItem(`${this.key}:outbox`) ?? '[]').map((f) => [f.id, f]),
+    );
+    /** Requests waiting for the answer with their `ref`: ref → {resolve, reject, timer}. */
+    this.waiting = new Map();
+    this.presenceUsers = new Set();
+    this.socket = null;
+    /** Whether `socket` has opened (sends wait for it). */
+    this.opened = false;
+    this.attempt = 0;
+    this.nextRef = 0;
+    this.stopped = true;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.pongTimer = null;
+  }
+
+  /** Opens the socket, and keeps one open until `close()`. */
+  start() {
+    this.stopped = false;
+    this.open();
+  }
+
+  /** Closes the socket for good (sign-out). */
+  close() {
+    this.stopped = true;
+    this.timers.clearTimeout(this.retryTimer);
+    this.dropSocket();
+    this.status('offline');
+  }
+
+  /** Reconnects at once instead of waiting for the backoff (the browser came online). */
+  reconnectNow() {
+    if (this.stopped || this.socket) return;
+    this.timers.clearTimeout(this.retryTimer);
+    this.open();
+  }
+
+  /** Replaces the current socket (it may look open but be dead), resuming after the cursor. */
+  restart() {
+    if (this.stopped) return;
+    this.dropSocket();
+    this.scheduleReconnect();
+  }
+
+  get online() {
+    return this.socket?.readyState === OPEN && this.opened;
+  }
+
+  /**
+   * Queues a message for `to` ("user:<id>" or "group:<id>") and sends it when connected.
+   * Returns the client id the `sent` or `send-failed` event will name.
+   */
+  send(to, body, { clientId = newClientId(), replyTo } = {}) {
+    const frame = { type: 'send', id: clientId, ref: clientId, to, body };
+    if (replyTo) frame.reply_to = replyTo;
+    this.outbox.set(clientId, frame);
+    this.saveOutbox();
+    this.transmit(frame);
+    return clientId;
+  }
+
+  /** The sends still waiting for `sent`, oldest first. */
+  unsent() {
+    return [...this.outbox.values()];
+  }
+
+  /** Tells the others that every message of `conv` up to `upTo` (a message id) was read. */
+  read(conv, upTo) {
+    this.transmit({ type: 'read', conv, up_to: upTo });
+  }
+
+  typing(conv, state) {
+    this.transmit({ type: 'typing', conv, state });
+  }
+
+  /**
+   * Asks for `presence` frames about `users`, now and after every reconnect: one frame
+   * per user, so a refusal (their presence is private until a conversation is shared)
+   * names whom it is about, and a later call asks again.
+   */
+  subscribePresence(users) {
+    for (const user of users) {
+      if (this.presenceUsers.has(user)) continue;
+      this.presenceUsers.add(user);
+      this.transmit(presenceSubscription(user));
+    }
+  }
+
+  /**
+   * Sends `frame` with a fresh `ref` and resolves with the answer carrying it (rejects on
+   * an `error` answer, when not connected, or after `requestTimeoutMs`).
+   */
+  request(frame) {
+    if (!this.online) return Promise.reject(new Error('not connected'));
+    this.nextRef += 1;
+    const ref = `r${this.nextRef}`;
+    return new Promise((resolve, reject) => {
+      const timer = this.timers.setTimeout(() => {
+        this.waiting.delete(ref);
+        reject(new Error(`no answer to ${frame.type} in time`));
+      }, this.requestTimeoutMs);
+      this.waiting.set(ref, { resolve, reject, timer });
+      this.transmit({ ...frame, ref });
+    });
+  }
+
+  history(conv, { before, limit = 50 } = {}) {
+    const frame = { type: 'history', conv, limit };
+    if (before) frame.before = before;
+    return this.request(frame);
+  }
+
+  open() {
+    this.status('connecting');
+    const url = socketUrl(this.base, { token: this.token, device: this.device, after: this.cursor });
+    const socket = new this.Socket(url);
+    this.socket = socket;
+    this.opened = false;
+    socket.onopen = () => this.socket === socket && this.onOpen();
+    socket.onmessage = (event) => this.socket === socket && this.onFrame(event.data);
+    socket.onclose = () => {
+      if (this.socket !== socket) return;
+      this.dropSocket();
+      this.scheduleReconnect();
+    };
+    socket.onerror = () => {};
+  }
+
+  onOpen() {
+    this.opened = true;
+    this.attempt = 0;
+    this.status('online');
+    for (const frame of this.outbox.values()) this.transmit(frame);
+    for (const user of this.presenceUsers) this.transmit(presenceSubscription(user));
+    this.pingTimer = this.timers.setInterval(() => this.ping(), this.pingEveryMs);
+  }
+
+  ping() {
+    if (this.pongTimer) return;
+    this.transmit({ type: 'ping' });
+    this.pongTimer = this.timers.setTimeout(() => this.restart(), this.pongWithinMs);
+  }
+
+  onFrame(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (typeof frame.seq === 'number') {
+      this.onItem(frame);
+    } else if (frame.type === 'pong') {
+      this.timers.clearTimeout(this.pongTimer);
+      this.pongTimer = null;
+    } else if (frame.type === 'sent' && this.outbox.has(frame.ref)) {
+      this.outbox.delete(frame.ref);
+      this.saveOutbox();
+      this.emit('sent', { clientId: frame.ref, id: frame.id, conv: frame.conv, ts: frame.ts });
+    } else if (frame.type === 'error') {
+      this.onError(frame);
+    } else if (frame.ref && this.waiting.has(frame.ref)) {
+      this.settle(frame.ref, (w) => w.resolve(frame));
+    } else {
+      this.emit('frame', frame);
+    }
+  }
+
+  onItem(item) {
+    if (item.seq <= this.cursor) return;
+    this.emit('item', item);
+    this.cursor = item.seq;
+    this.storage.setItem(`${this.key}:cursor`, String(this.cursor));
+    this.transmit({ type: 'ack', seq: item.seq });
+  }
+
+  /** An `error` goes to whoever waits for it: a request, a send, or else the listeners. */
+  onError(error) {
+    const ref = error.ref;
+    if (ref && this.waiting.has(ref)) {
+      this.settle(ref, (w) => w.reject(Object.assign(new Error(error.message), { code: error.code })));
+    } else if (ref && this.outbox.has(ref) && error.code === 'unavailable') {
+      // Not stored: the same id goes again on the next socket.
+      this.restart();
+    } else if (ref && this.outbox.has(ref) && error.code === 'rate_limited') {
+      // Too fast: the same send goes again once the server would take it.
+      const again = () => this.outbox.has(ref) && this.transmit(this.outbox.get(ref));
+      this.timers.setTimeout(again, error.retry_after_ms ?? 1_000);
+    } else if (ref && this.outbox.has(ref)) {
+      this.outbox.delete(ref);
+      this.saveOutbox();
+      this.emit('send-failed', { clientId: ref, error });
+    } else if (ref?.startsWith(PRESENCE_REF)) {
+      // `unsupported`: this server has no presence, asking again is pointless.
+      if (error.code !== 'unsupported') this.presenceUsers.delete(ref.slice(PRESENCE_REF.length));
+    } else {
+      this.emit('server-error', error);
+    }
+  }
+
+  settle(ref, how) {
+    const waiter = this.waiting.get(ref);
+    this.waiting.delete(ref);
+    this.timers.clearTimeout(waiter.timer);
+    how(waiter);
+  }
+
+  transmit(frame) {
+    if (this.online) this.socket.send(JSON.stringify(frame));
+  }
+
+  dropSocket() {
+    this.timers.clearInterval(this.pingTimer);
+    this.timers.clearTimeout(this.pongTimer);
+    this.pingTimer = null;
+    this.pongTimer = null;
+    for (const ref of [...this.waiting.keys()]) {
+      this.settle(ref, (w) => w.reject(new Error('connection lost')));
+    }
+    const socket = this.socket;
+    this.socket = null;
+    this.opened = false;
+    if (socket && socket.readyState <= OPEN) socket.close();
+  }
+
+  scheduleReconnect() {
+    if (this.stopped) return;
+    const delay = backoffMs(this.attempt);
+    this.attempt += 1;
+    this.status('offline', { retryInMs: delay });
+    this.timers.clearTimeout(this.retryTimer);
+    this.retryTimer = this.timers.setTimeout(() => this.open(), delay);
+  }
+
+  saveOutbox() {
+    this.storage.setItem(`${this.key}:outbox`, JSON.stringify([...this.outbox.values()]));
+  }
+
+  status(state, extra = {}) {
+    this.emit('status', { state, ...extra });
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
