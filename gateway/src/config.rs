@@ -25,6 +25,18 @@ pub struct Config {
     pub redis: RedisSettings,
     pub presence: PresenceConfig,
     pub push: PushConfig,
+    pub tls: TlsConfig,
+}
+
+/// `wss://` and `https://`: both files set, or neither (plain, e.g. behind a proxy that
+/// terminates TLS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Push registrations (`POST /v1/devices`).
@@ -74,6 +86,10 @@ pub struct WebConfig {
     pub dir: Option<PathBuf>,
     /// `POST /v1/dev/sign-in` mints a token for any user: local development only.
     pub dev_sign_in: bool,
+    /// When set, requests carrying an `Origin` header (browsers) must come from one of
+    /// these (e.g. `https://chat.example.com`); others get 403. Requests without `Origin`
+    /// (native apps, servers) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Uploads (`POST /v1/media`).
@@ -165,6 +181,12 @@ pub struct Limits {
     pub send_per_sec: f64,
     /// Sends a user may make at once before `send_per_sec` applies.
     pub send_burst: f64,
+    /// Sockets one user may hold at once, over all gateways (counted in Redis, and per
+    /// gateway when Redis is down); beyond it the upgrade is refused with 429.
+    pub max_sockets_per_user: usize,
+    /// A connection must finish its TLS handshake, and then send its request head, within
+    /// this; otherwise it is closed.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -183,6 +205,7 @@ impl Default for Config {
             redis: RedisSettings::default(),
             presence: PresenceConfig::default(),
             push: PushConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -212,6 +235,8 @@ impl Default for Limits {
             max_group_members: natter_fabric::groups::DEFAULT_MAX_MEMBERS,
             send_per_sec: 20.0,
             send_burst: 100.0,
+            max_sockets_per_user: 32,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -226,6 +251,9 @@ impl PresenceConfig {
 }
 
 impl Limits {
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
     }
@@ -273,6 +301,12 @@ pub struct Cli {
     /// Sends a user may make at once.
     #[arg(long, env = "NATTER_SEND_BURST")]
     pub send_burst: Option<f64>,
+    /// PEM certificate chain: serve wss:// and https:// (with --tls-key).
+    #[arg(long, env = "NATTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "NATTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Serve the web client from this folder (e.g. web/).
     #[arg(long, env = "NATTER_WEB_DIR")]
     pub web_dir: Option<PathBuf>,
@@ -339,6 +373,12 @@ impl Cli {
         }
         if let Some(burst) = self.send_burst {
             config.limits.send_burst = burst;
+        }
+        if self.tls_cert.is_some() {
+            config.tls.cert_file.clone_from(&self.tls_cert);
+        }
+        if self.tls_key.is_some() {
+            config.tls.key_file.clone_from(&self.tls_key);
         }
         if self.web_dir.is_some() {
             config.web.dir.clone_from(&self.web_dir);

@@ -83,6 +83,7 @@ async fn websocket(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
+    check_origin(&app, &headers)?;
     let Query(query) =
         query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let identity = authenticate(&app, &headers, query.token.as_deref())?;
@@ -102,13 +103,48 @@ async fn websocket(
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
     let after = query.after.unwrap_or(0);
     let limits = &app.config.limits;
+    let registration = app
+        .presence
+        .admit(&identity.user, limits.max_sockets_per_user)
+        .await
+        .map_err(|_| {
+            Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                format!(
+                    "at most {} connections per user; close one first",
+                    limits.max_sockets_per_user
+                ),
+            )
+        })?;
     Ok(upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(128 * 1024)
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| session::serve(app, identity.user, device, after, socket)))
+        // A failed upgrade drops the closure, and with it the registration.
+        .on_upgrade(move |socket| {
+            session::serve(app, identity.user, device, after, registration, socket)
+        }))
+}
+
+/// With an allow-list configured, a browser's socket (it sends `Origin`) must come from a
+/// listed page, so another site cannot open sockets with a user's token. Clients that send
+/// no `Origin` (native apps) are not browsers and pass.
+fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
+    let allowed = &app.config.web.allowed_origins;
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.is_empty() || allowed.iter().any(|a| origin.as_bytes() == a.as_bytes()) {
+        return Ok(());
+    }
+    Err(Refusal(
+        StatusCode::FORBIDDEN,
+        "forbidden_origin",
+        "this page's origin may not open sockets here".into(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

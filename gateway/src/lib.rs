@@ -7,6 +7,7 @@
 //! - `delivery`: the per-socket inbox cursor: catch-up, live items, gap repair.
 //! - `presence`: online state in Redis, heartbeats, changes relayed to watchers.
 //! - `web`: the browser client's files and the development sign-in.
+//! - `serve`: the accept loop (plain or TLS) with handshake deadlines.
 //! - `resync`: tells every socket to re-check its inbox when republishes may have been lost
 //!   (stream leader elected, NATS reconnect, slow consumer).
 //!
@@ -19,6 +20,7 @@ mod delivery;
 mod http;
 mod presence;
 mod resync;
+mod serve;
 mod session;
 mod web;
 
@@ -45,6 +47,8 @@ pub enum GatewayError {
     NoSecret,
     #[error("the JWT secret is shorter than {min} bytes", min = config::MIN_SECRET_BYTES)]
     ShortSecret,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("development sign-in needs HS256 tokens (jwt.algorithm is {0})")]
     DevSignIn(String),
     #[error("cannot read the JWT public key {path}: {source}")]
@@ -116,6 +120,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let verifier = verifier(&config)?;
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key).map_err(GatewayError::Tls)?),
+        (None, None) => None,
+        _ => {
+            return Err(GatewayError::Tls(
+                "tls needs both cert_file and key_file".into(),
+            ));
+        }
+    };
     let dev_secret = dev_secret(&config)?;
     if let Some(listen) = config.metrics_listen {
         natter_fabric::telemetry::install(listen)?;
@@ -198,19 +211,10 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut stopped = stop_rx;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    // Frames are small and latency matters: no Nagle delay on client sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        })
-        .await?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr()?, scheme, "gateway listening");
+    let handshake_timeout = app.config.limits.handshake_timeout();
+    serve::serve(listener, tls, http::router(app), handshake_timeout, stop_rx).await;
     Ok(())
 }
 

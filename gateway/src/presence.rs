@@ -19,9 +19,9 @@ use std::{
 
 use bytes::Bytes;
 use natter_fabric::subjects;
-use natter_redis::presence::{Presence, State};
+use natter_redis::presence::{Admission, Presence, State};
 use natter_schemas::ServerFrame;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 
 /// This gateway's sockets, as presence knows them.
 #[derive(Clone)]
@@ -32,13 +32,25 @@ pub(crate) struct PresenceHub {
 struct Inner {
     presence: Presence,
     nats: async_nats::Client,
-    /// Socket id → its user and whom it follows.
-    sockets: Mutex<HashMap<String, Socket>>,
+    /// This gateway's sockets.
+    local: Mutex<Local>,
     next_socket: AtomicU64,
     /// Unique per gateway run, so socket ids never collide across gateways.
     instance: String,
     sweep_every: Duration,
 }
+
+#[derive(Default)]
+struct Local {
+    /// Socket id → its user and whom it follows.
+    sockets: HashMap<String, Socket>,
+    /// Sockets per user.
+    per_user: HashMap<String, usize>,
+}
+
+/// A user already holds as many sockets as allowed.
+#[derive(Debug)]
+pub(crate) struct TooMany;
 
 /// A watcher and the users it follows.
 type Follows = (String, Vec<String>);
@@ -48,12 +60,18 @@ struct Socket {
     following: Vec<String>,
 }
 
-/// One socket's presence; [`PresenceHub::disconnected`] ends it.
+/// One socket's place in presence; dropping it (the socket ended, or its upgrade failed)
+/// takes the socket out, and the user offline if it was their last.
 pub(crate) struct Registration {
+    hub: PresenceHub,
     socket: String,
     user: String,
-    /// The "online" write, which the "offline" write must follow.
-    online: JoinHandle<()>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.disconnected(&self.socket, &self.user);
+    }
 }
 
 impl PresenceHub {
@@ -62,7 +80,7 @@ impl PresenceHub {
             inner: Arc::new(Inner {
                 presence,
                 nats,
-                sockets: Mutex::default(),
+                local: Mutex::default(),
                 next_socket: AtomicU64::new(0),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
                 sweep_every,
@@ -70,54 +88,73 @@ impl PresenceHub {
         }
     }
 
-    /// A socket of `user` opened: online now (written in the background, so a slow or
-    /// absent Redis never delays the socket).
-    pub fn connected(&self, user: &str) -> Registration {
+    /// A socket of `user` wants to open: admitted unless the user already holds
+    /// `max_sockets`, counted over all gateways in Redis and, as a backstop that holds
+    /// while Redis is down, on this gateway alone. Admitting marks the user online.
+    pub async fn admit(&self, user: &str, max_sockets: usize) -> Result<Registration, TooMany> {
         let n = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
         let socket = format!("{}-{n}", self.inner.instance);
-        self.inner.sockets.lock().expect("sockets lock").insert(
-            socket.clone(),
-            Socket {
-                user: user.to_owned(),
-                following: Vec::new(),
-            },
-        );
-        let (hub, user_owned, id) = (self.clone(), user.to_owned(), socket.clone());
-        let online = tokio::spawn(async move {
-            match hub.inner.presence.online(&user_owned, &id).await {
-                Ok(true) => hub.announce(&user_owned, true, None).await,
-                Ok(false) => {}
-                Err(err) => redis_failed("online", &err),
+        {
+            let mut local = self.inner.local.lock().expect("sockets lock");
+            let count = local.per_user.entry(user.to_owned()).or_default();
+            if *count >= max_sockets {
+                return Err(TooMany);
             }
-        });
-        Registration {
+            *count += 1;
+            local.sockets.insert(
+                socket.clone(),
+                Socket {
+                    user: user.to_owned(),
+                    following: Vec::new(),
+                },
+            );
+        }
+        match self.inner.presence.online(user, &socket, max_sockets).await {
+            Ok(Admission::CameOnline) => {
+                let (hub, user) = (self.clone(), user.to_owned());
+                tokio::spawn(async move { hub.announce(&user, true, None).await });
+            }
+            Ok(Admission::AlreadyOnline) => {}
+            Ok(Admission::TooMany) => {
+                // Never added in Redis: only this gateway's count goes back.
+                self.forget(&socket, user);
+                return Err(TooMany);
+            }
+            // Admitted without Redis; the next heartbeat marks the socket online.
+            Err(err) => redis_failed("online", &err),
+        }
+        Ok(Registration {
+            hub: self.clone(),
             socket,
             user: user.to_owned(),
-            online,
-        }
+        })
     }
 
     /// The socket closed: offline if it was the user's last one anywhere.
-    pub fn disconnected(&self, registration: Registration) {
-        let Registration {
-            socket,
-            user,
-            online,
-        } = registration;
-        self.inner
-            .sockets
-            .lock()
-            .expect("sockets lock")
-            .remove(&socket);
-        let hub = self.clone();
-        tokio::spawn(async move {
-            let _ = online.await;
+    fn disconnected(&self, socket: &str, user: &str) {
+        self.forget(socket, user);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // shutting down: the TTL takes it out
+        };
+        let (hub, socket, user) = (self.clone(), socket.to_owned(), user.to_owned());
+        runtime.spawn(async move {
             match hub.inner.presence.offline(&user, &socket).await {
                 Ok(Some(last_seen)) => hub.announce(&user, false, Some(last_seen)).await,
                 Ok(None) => {}
                 Err(err) => redis_failed("offline", &err),
             }
         });
+    }
+
+    fn forget(&self, socket: &str, user: &str) {
+        let mut local = self.inner.local.lock().expect("sockets lock");
+        local.sockets.remove(socket);
+        if let Some(count) = local.per_user.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                local.per_user.remove(user);
+            }
+        }
     }
 
     /// `socket` follows `users` (already checked as allowed): their state now.
@@ -128,9 +165,10 @@ impl PresenceHub {
     ) -> Result<Vec<State>, natter_redis::RedisError> {
         if let Some(socket) = self
             .inner
-            .sockets
+            .local
             .lock()
             .expect("sockets lock")
+            .sockets
             .get_mut(&registration.socket)
         {
             for user in &users {
@@ -191,7 +229,8 @@ impl PresenceHub {
 
     async fn heartbeat(&self) {
         let (sockets, following): (Vec<(String, String)>, Vec<Follows>) = {
-            let sockets = self.inner.sockets.lock().expect("sockets lock");
+            let local = self.inner.local.lock().expect("sockets lock");
+            let sockets = &local.sockets;
             let live = sockets
                 .iter()
                 .map(|(id, s)| (s.user.clone(), id.clone()))

@@ -67,17 +67,31 @@ enum End {
     Internal(String),
 }
 
-/// Serves one authenticated socket until it ends.
-pub(crate) async fn serve(app: App, user: String, device: String, after: u64, socket: WebSocket) {
+/// Serves one authenticated socket until it ends; `registration` is its place in presence
+/// (admitted before the upgrade).
+pub(crate) async fn serve(
+    app: App,
+    user: String,
+    device: String,
+    after: u64,
+    registration: Registration,
+    socket: WebSocket,
+) {
     let span = tracing::info_span!("socket", %user, %device);
-    serve_in_span(app, user, device, after, socket)
+    serve_in_span(app, user, device, after, registration, socket)
         .instrument(span)
         .await;
 }
 
-async fn serve_in_span(app: App, user: String, device: String, after: u64, socket: WebSocket) {
+async fn serve_in_span(
+    app: App,
+    user: String,
+    device: String,
+    after: u64,
+    registration: Registration,
+    socket: WebSocket,
+) {
     let (sink, stream) = socket.split();
-    let registration = app.presence.connected(&user);
     let mut session = Session {
         presence: Some(registration),
         cursor: Cursor::new(&user, after, app.config.limits.max_gap_repair),
@@ -93,9 +107,8 @@ async fn serve_in_span(app: App, user: String, device: String, after: u64, socke
     sockets.increment(1.0);
     let end = session.run(stream).await;
     sockets.decrement(1.0);
-    if let Some(registration) = session.presence.take() {
-        session.app.presence.disconnected(registration);
-    }
+    // Out of presence now (offline if it was the user's last socket), before the close.
+    drop(session.presence.take());
     metrics::counter!("natter_gateway_disconnects_total", "reason" => end.label()).increment(1);
     let (code, reason) = match &end {
         End::Peer => {

@@ -26,6 +26,16 @@ pub struct State {
     pub last_seen: Option<u64>,
 }
 
+/// What [`Presence::online`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The user's first live socket: tell their watchers.
+    CameOnline,
+    AlreadyOnline,
+    /// Refused: the user has as many sockets as allowed.
+    TooMany,
+}
+
 /// Presence in Redis, for sockets that live `ttl` without a heartbeat.
 #[derive(Clone)]
 pub struct Presence {
@@ -70,17 +80,31 @@ impl Presence {
         self.ttl.as_millis().to_string()
     }
 
-    /// Marks `socket` of `user` online. `true` when the user was offline before: the
-    /// moment to tell their watchers.
-    pub async fn online(&self, user: &str, socket: &str) -> Result<bool, RedisError> {
+    /// Marks `socket` of `user` online unless the user already has `max_sockets` live
+    /// sockets (over all gateways).
+    pub async fn online(
+        &self,
+        user: &str,
+        socket: &str,
+        max_sockets: usize,
+    ) -> Result<Admission, RedisError> {
         let keys = vec![
             self.key("p", user),
             self.key("ls", user),
             format!("{}deadlines", self.prefix),
         ];
-        let args = vec![socket.to_owned(), self.ttl_ms(), user.to_owned()];
+        let args = vec![
+            socket.to_owned(),
+            self.ttl_ms(),
+            user.to_owned(),
+            max_sockets.to_string(),
+        ];
         let before: i64 = self.online.run(&self.client, keys, args).await?;
-        Ok(before == 0)
+        Ok(match before {
+            0 => Admission::CameOnline,
+            n if n < 0 => Admission::TooMany,
+            _ => Admission::AlreadyOnline,
+        })
     }
 
     /// Re-asserts live sockets; returns the users that were offline in Redis (e.g. after
@@ -167,11 +191,13 @@ impl Presence {
     }
 }
 
-/// KEYS: p, ls, deadlines. ARGV: socket, ttl ms, user. Returns the live sockets before.
+/// KEYS: p, ls, deadlines. ARGV: socket, ttl ms, user, most sockets. Returns the live
+/// sockets before, or -1 when that many are already live (nothing added).
 const ONLINE: &str = "
 local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local before = redis.call('ZCARD', KEYS[1])
+if before >= tonumber(ARGV[4]) then return -1 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('SET', KEYS[2], now)

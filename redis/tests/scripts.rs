@@ -9,7 +9,7 @@ use std::{
 
 use natter_redis::{
     RedisSettings,
-    presence::Presence,
+    presence::{Admission, Presence},
     push_queue::{Coalescing, PushQueue},
     rate_limit::{Decision, RateLimiter},
 };
@@ -68,13 +68,13 @@ async fn a_user_is_online_while_any_socket_is_and_last_seen_when_the_last_one_go
     let bob = ["bob".to_owned()];
     assert_eq!(presence.status(&bob).await.unwrap()[0].last_seen, None);
 
-    assert!(
-        presence.online("bob", "s1").await.unwrap(),
-        "first socket: came online"
-    );
-    assert!(
-        !presence.online("bob", "s2").await.unwrap(),
-        "second socket: already online"
+    let online = |socket: &'static str| presence.online("bob", socket, 2);
+    assert_eq!(online("s1").await.unwrap(), Admission::CameOnline);
+    assert_eq!(online("s2").await.unwrap(), Admission::AlreadyOnline);
+    assert_eq!(
+        online("s3").await.unwrap(),
+        Admission::TooMany,
+        "at most 2 sockets"
     );
     assert!(presence.status(&bob).await.unwrap()[0].online);
     assert_eq!(
@@ -103,8 +103,8 @@ async fn a_user_is_online_while_any_socket_is_and_last_seen_when_the_last_one_go
 async fn sockets_not_renewed_expire_and_one_sweep_settles_them() {
     let redis = redis();
     let presence = Presence::new(client(&redis).await, "t:", Duration::from_millis(300));
-    presence.online("carol", "s1").await.unwrap();
-    presence.online("dave", "s1").await.unwrap();
+    presence.online("carol", "s1", 8).await.unwrap();
+    presence.online("dave", "s1", 8).await.unwrap();
     // dave's gateway keeps heartbeating; carol's died.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut settled = Vec::new();
@@ -177,7 +177,7 @@ async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     };
     let queue = PushQueue::new(redis_client.clone(), "t:", coalescing);
     let presence = Presence::new(redis_client, "t:", Duration::from_secs(30));
-    presence.online("online-user", "s1").await.unwrap();
+    presence.online("online-user", "s1", 8).await.unwrap();
     assert!(!queue.note("online-user", "dm:a:b", "a", "").await.unwrap());
     for i in 0..20 {
         assert!(
