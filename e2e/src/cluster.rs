@@ -36,8 +36,16 @@ pub fn free_port() -> u16 {
     const FIRST: u16 = 20_000;
     const SPAN: u16 = 12_000;
     static NEXT: OnceLock<AtomicU16> = OnceLock::new();
-    // Start at a per-process offset so test binaries that overlap rarely probe the same ports.
-    let next = NEXT.get_or_init(|| AtomicU16::new((std::process::id() % u32::from(SPAN)) as u16));
+    // Start at a per-process offset so test binaries that overlap rarely probe the same
+    // ports: spread by the clock as well as the PID, since processes started one after
+    // another have neighbouring PIDs and would walk the same ports a few apart.
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let seed = u64::from(std::process::id()).wrapping_mul(7_919) ^ u64::from(nanos);
+        AtomicU16::new((seed % u64::from(SPAN)) as u16)
+    });
     for _ in 0..SPAN {
         let port = FIRST + next.fetch_add(1, Ordering::Relaxed) % SPAN;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -141,7 +149,7 @@ impl NatsCluster {
         self.nodes[i].child = Some(spawn_bound(&mut command));
     }
 
-    fn wait_listening(&self, i: usize) {
+    fn wait_listening(&mut self, i: usize) {
         let port = self.nodes[i].client_port;
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -151,6 +159,18 @@ impl NatsCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Something listens; make sure it is this node (another test process may have
+        // taken one of its ports, and the node then exited).
+        std::thread::sleep(Duration::from_millis(50));
+        let exited = self.nodes[i]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "nats node {i} exited ({exited:?}); its log ends:\n{}",
+            self.log_tail(i, 20)
+        );
     }
 
     /// Waits until node `i`'s monitoring `/healthz` answers 200: JetStream is enabled and

@@ -58,6 +58,18 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Something listens; make sure it is ours (another test process may have taken
+        // the port between the probe and this server's bind, and ours then exited).
+        std::thread::sleep(Duration::from_millis(50));
+        let exited = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        assert!(
+            exited.is_none(),
+            "redis-server on {} exited ({exited:?}): port taken by another process?",
+            self.port
+        );
     }
 }
 

@@ -109,6 +109,7 @@ pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
         replicas: 3,
         subscription_capacity: 1024,
         discover_servers: true,
+        tls_ca_file: None,
     }
 }
 

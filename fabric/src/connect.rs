@@ -24,6 +24,9 @@ pub struct NatsSettings {
     /// Also use the cluster addresses the servers advertise. Turn off when the servers are
     /// reached through a proxy or NAT and the addresses they advertise are not reachable.
     pub discover_servers: bool,
+    /// PEM certificate(s) to trust for the servers (their CA, or a self-signed
+    /// certificate); setting it requires TLS on every connection (as do `tls://` URLs).
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NatsSettings {
@@ -36,6 +39,7 @@ impl Default for NatsSettings {
             replicas: 3,
             subscription_capacity: 1024,
             discover_servers: true,
+            tls_ca_file: None,
         }
     }
 }
@@ -57,6 +61,9 @@ pub struct NatsArgs {
     /// Stream replicas (3 for the local cluster, 1 for a single server).
     #[arg(long = "replicas", env = "NATTER_REPLICAS")]
     pub replicas: Option<usize>,
+    /// PEM CA (or self-signed certificate) of the NATS servers: connect over TLS only.
+    #[arg(long = "nats-ca", env = "NATTER_NATS_CA")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl NatsArgs {
@@ -72,6 +79,9 @@ impl NatsArgs {
         }
         if let Some(replicas) = self.replicas {
             settings.replicas = replicas;
+        }
+        if self.tls_ca_file.is_some() {
+            settings.tls_ca_file.clone_from(&self.tls_ca_file);
         }
     }
 }
@@ -99,6 +109,9 @@ pub async fn connect(
             });
         if !settings.discover_servers {
             options = options.ignore_discovered_servers();
+        }
+        if let Some(ca) = &settings.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
         if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             options = options.user_and_password(user.clone(), password.clone());

@@ -31,8 +31,11 @@ pub use fred::prelude::{Client, ClientLike};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS.
     pub url: String,
+    /// With `rediss://`: the PEM certificate(s) to trust for the server (its CA, or a
+    /// self-signed certificate); without it, the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// A command not answered within this fails (Redis down): callers carry on without it.
     pub command_timeout_ms: u64,
     /// Prefix of every key, so several deployments can share one Redis.
@@ -43,6 +46,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            tls_ca_file: None,
             command_timeout_ms: 500,
             prefix: "natter:".into(),
         }
@@ -55,6 +59,8 @@ pub enum RedisError {
     Url(fred::error::Error),
     #[error("redis: {0}")]
     Command(#[from] fred::error::Error),
+    #[error("Redis TLS: {0}")]
+    Tls(String),
     #[error("redis is not connected")]
     Down,
     #[error("unexpected reply from a Redis script: {0}")]
@@ -70,6 +76,9 @@ const FIRST_CONNECT_PATIENCE: Duration = Duration::from_secs(2);
 pub async fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
     let mut config = fred::prelude::Config::from_url(&settings.url).map_err(RedisError::Url)?;
     config.fail_fast = false;
+    if let Some(ca) = &settings.tls_ca_file {
+        config.tls = Some(tls_trusting(ca)?.into());
+    }
     let timeout = Duration::from_millis(settings.command_timeout_ms);
     let client = fred::prelude::Builder::from_config(config)
         .with_performance_config(|perf| perf.default_command_timeout = timeout)
@@ -100,6 +109,23 @@ pub async fn connect(settings: &RedisSettings) -> Result<Client, RedisError> {
         tracing::warn!(url = %settings.url, "redis not reachable yet; going on without it");
     }
     Ok(client)
+}
+
+/// A TLS client (on the ring provider, the process's only one) trusting the
+/// certificates in `ca_file`.
+fn tls_trusting(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, RedisError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let tls = |e: &dyn std::fmt::Display| RedisError::Tls(format!("{}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| tls(&e))? {
+        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Redis's clock, as milliseconds since the epoch (Lua prelude of every script).
