@@ -65,6 +65,9 @@ enum End {
     Silent,
     /// NATS or the inbox failed under us (1011).
     Internal(String),
+    /// The client broke the WebSocket protocol: a frame over the size limit (1009),
+    /// text that is not UTF-8 (1007), or another protocol error (1002).
+    Broken(u16, String),
 }
 
 /// Serves one authenticated socket until it ends; `registration` is its place in presence
@@ -122,6 +125,7 @@ async fn serve_in_span(
             tracing::warn!(error = %why, "socket ended by an internal error");
             (close_code::ERROR, "internal error, reconnect".to_owned())
         }
+        End::Broken(code, why) => (*code, why.clone()),
     };
     tracing::info!(?end, "closing socket");
     let close = Message::Close(Some(CloseFrame {
@@ -132,6 +136,26 @@ async fn serve_in_span(
 }
 
 impl End {
+    /// Why a read from the client failed: its fault (closed with the matching code) or the
+    /// connection's (nothing left to close).
+    fn from_read_error(err: axum::Error) -> Self {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let err = err.into_inner();
+        let Some(ws) = err.downcast_ref::<WsError>() else {
+            tracing::debug!(error = %err, "socket read failed");
+            return End::Peer;
+        };
+        match ws {
+            WsError::Capacity(why) => End::Broken(close_code::SIZE, why.to_string()),
+            WsError::Utf8(_) => End::Broken(close_code::INVALID, "text is not UTF-8".into()),
+            WsError::Protocol(why) => End::Broken(close_code::PROTOCOL, why.to_string()),
+            other => {
+                tracing::debug!(error = %other, "socket read failed");
+                End::Peer
+            }
+        }
+    }
+
     fn label(&self) -> &'static str {
         match self {
             Self::Peer => "peer",
@@ -139,6 +163,7 @@ impl End {
             Self::Behind(_) => "behind",
             Self::Silent => "silent",
             Self::Internal(_) => "internal",
+            Self::Broken(..) => "broken",
         }
     }
 }
@@ -205,10 +230,7 @@ impl Session {
                     last_heard = Instant::now();
                     match frame {
                         Some(Ok(message)) => self.on_client_message(message, &mut inflight).await,
-                        Some(Err(err)) => {
-                            tracing::debug!(error = %err, "socket read failed");
-                            Err(End::Peer)
-                        }
+                        Some(Err(err)) => Err(End::from_read_error(err)),
                         None => Err(End::Peer),
                     }
                 }
@@ -362,7 +384,7 @@ impl Session {
             Message::Close(_) => return Err(End::Peer),
             Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
-        let frame: ClientFrame = match serde_json::from_str(text.as_str()) {
+        let frame = match ClientFrame::parse(text.as_str()) {
             Ok(frame) => frame,
             Err(err) => {
                 let reference = reference_of(text.as_str());

@@ -44,11 +44,31 @@ impl InboxItem {
 }
 
 /// Turns a stored item (a JSON object) into the frame a device receives by putting
-/// `"seq":N` in front of its fields, without parsing it. Returns `None` when the stored
-/// bytes are not a JSON object (nothing Natter writes).
+/// `"seq":N` in front of its fields. Returns `None` when the stored bytes are not a JSON
+/// object, or carry a `seq` of their own (nothing Natter writes): the check is one pass
+/// that allocates nothing, so a corrupt item is skipped rather than sent as broken JSON.
 pub fn with_seq(seq: u64, stored: &[u8]) -> Option<String> {
+    /// Validates the whole object while looking only at a top-level `seq`.
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        seq: Present,
+    }
+    /// Whether a field was there at all (whatever its value, `null` included).
+    #[derive(Default)]
+    struct Present(bool);
+    impl<'de> Deserialize<'de> for Present {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            serde::de::IgnoredAny::deserialize(d)?;
+            Ok(Present(true))
+        }
+    }
     let text = std::str::from_utf8(stored).ok()?.trim_start();
     let rest = text.strip_prefix('{')?.trim_start();
+    let probe: Probe = serde_json::from_str(text).ok()?;
+    if probe.seq.0 {
+        return None;
+    }
     let sep = if rest.starts_with('}') { "" } else { "," };
     Some(format!("{{\"seq\":{seq}{sep}{rest}"))
 }

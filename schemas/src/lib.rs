@@ -46,6 +46,31 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch, as used in every `ts` field.
 pub type Millis = u64;
 
+impl ClientFrame {
+    /// Parses one client frame. A frame is a JSON object: serde would also read a tagged
+    /// enum from an array (`["ping"]`), which the protocol does not allow.
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        if !text.trim_start().starts_with('{') {
+            return Err(serde::de::Error::custom("a frame is a JSON object"));
+        }
+        serde_json::from_str(text)
+    }
+}
+
+/// Deserializes `T` only from a JSON object (not from an array, which serde accepts for
+/// structs and tagged enums).
+pub(crate) fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    if !value.is_object() {
+        return Err(serde::de::Error::custom("expected a JSON object"));
+    }
+    T::deserialize(value).map_err(serde::de::Error::custom)
+}
+
 /// A frame a client sends to the gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]

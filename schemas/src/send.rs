@@ -15,6 +15,7 @@ pub struct Send {
     pub id: String,
     /// `user:<id>` or `group:<id>`.
     pub to: String,
+    #[serde(deserialize_with = "crate::object")]
     pub body: Body,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
