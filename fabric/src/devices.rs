@@ -11,7 +11,7 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::groups::open_bucket;
+use crate::groups::{lost_race, open_bucket};
 
 pub const BUCKET: &str = "devices";
 /// Most devices remembered per user; registering one more forgets the least recently
@@ -91,20 +91,16 @@ impl Devices {
             let value = serde_json::to_vec(&map).expect("targets serialize");
             let written = if revision == 0 {
                 self.kv.create(user, value.into()).await.map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
+                    let lost = lost_race(e.kind() == kv::CreateErrorKind::AlreadyExists, &e);
+                    (lost, e.to_string())
                 })
             } else {
                 self.kv
                     .update(user, value.into(), revision)
                     .await
                     .map_err(|e| {
-                        (
-                            e.kind() == UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
+                        let lost = lost_race(e.kind() == UpdateErrorKind::WrongLastRevision, &e);
+                        (lost, e.to_string())
                     })
             };
             match written {

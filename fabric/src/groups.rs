@@ -356,7 +356,11 @@ impl Groups {
                     self.remember(revision, Arc::new(group.clone()));
                     return Ok((group, outcome));
                 }
-                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err)
+                    if lost_race(err.kind() == kv::UpdateErrorKind::WrongLastRevision, &err) =>
+                {
+                    continue;
+                }
                 Err(err) => return Err(GroupsError::Store(err.to_string())),
             }
         }
@@ -432,6 +436,13 @@ impl Groups {
         self.remember(entry.revision, group.clone());
         Ok(Some((entry.revision, group)))
     }
+}
+
+/// Whether a KV compare-and-set lost to another writer. nats-server 2.14 reports that as
+/// "wrong last sequence" with error code 10164, which async-nats 0.51 does not map to
+/// `WrongLastRevision` / `AlreadyExists` (it knows 10071 only), so the text decides too.
+pub(crate) fn lost_race(recognized: bool, err: &impl std::fmt::Display) -> bool {
+    recognized || err.to_string().contains("wrong last sequence")
 }
 
 /// Opens a KV bucket, creating it when it does not exist yet.

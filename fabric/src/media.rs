@@ -321,7 +321,14 @@ impl MediaStore {
             let value = serde_json::to_vec(&access).expect("access serializes");
             match self.access.update(id, value.into(), revision).await {
                 Ok(_) => return Ok(()),
-                Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                Err(err)
+                    if crate::groups::lost_race(
+                        err.kind() == UpdateErrorKind::WrongLastRevision,
+                        &err,
+                    ) =>
+                {
+                    continue;
+                }
                 Err(err) => return Err(MediaError::Store(err.to_string())),
             }
         }

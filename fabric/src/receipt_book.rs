@@ -23,7 +23,10 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{groups::open_bucket, streams::INBOX_MAX_AGE};
+use crate::{
+    groups::{lost_race, open_bucket},
+    streams::INBOX_MAX_AGE,
+};
 
 pub const BUCKET: &str = "receipts";
 /// Unread messages remembered per member and group; beyond it the oldest are forgotten
@@ -169,7 +172,7 @@ impl ReceiptBook {
         let value = serde_json::to_vec(state).expect("receipt state serializes");
         match self.kv.create(message_key(id), value.into()).await {
             Ok(_) => Ok(()),
-            Err(err) if err.kind() == CreateErrorKind::AlreadyExists => Ok(()),
+            Err(err) if lost_race(err.kind() == CreateErrorKind::AlreadyExists, &err) => Ok(()),
             Err(err) => Err(BookError::Store(err.to_string())),
         }
     }
@@ -285,12 +288,18 @@ impl ReceiptBook {
             let stored = match revision {
                 Some(revision) => match self.kv.update(key, bytes.into(), revision).await {
                     Ok(_) => true,
-                    Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => false,
+                    Err(err)
+                        if lost_race(err.kind() == UpdateErrorKind::WrongLastRevision, &err) =>
+                    {
+                        false
+                    }
                     Err(err) => return Err(BookError::Store(err.to_string())),
                 },
                 None => match self.kv.create(key, bytes.into()).await {
                     Ok(_) => true,
-                    Err(err) if err.kind() == CreateErrorKind::AlreadyExists => false,
+                    Err(err) if lost_race(err.kind() == CreateErrorKind::AlreadyExists, &err) => {
+                        false
+                    }
                     Err(err) => return Err(BookError::Store(err.to_string())),
                 },
             };

@@ -125,6 +125,23 @@ async fn handle(
     };
     metrics::counter!("natter_receipts_events_total", "kind" => kind).increment(1);
     let mut receipts: Vec<(String, ReceiptItem)> = Vec::new();
+    // Marks in the receipt book happen one by one; a mark stored is never "new" again, so
+    // the receipts of the marks made so far go out even when a later one fails (the event
+    // is then redelivered for the rest).
+    let marked = mark_all(inbox, book, event, ts, &mut receipts).await;
+    publish_all(js, receipts).await?;
+    marked
+}
+
+/// Records `event` in the receipt book (group messages) and collects the receipts it
+/// produces into `receipts` as it goes.
+async fn mark_all(
+    inbox: &Inbox,
+    book: &ReceiptBook,
+    event: RcptEvent,
+    ts: u64,
+    receipts: &mut Vec<(String, ReceiptItem)>,
+) -> Result<(), ReceiptError> {
     match event {
         RcptEvent::Delivered {
             by, after, upto, ..
@@ -159,7 +176,7 @@ async fn handle(
         }
         RcptEvent::Read { by, conv, up_to } => match Conversation::parse(&conv) {
             Ok(Conversation::Group(gid)) => {
-                receipts = group_read(book, &gid, &by, &up_to, ts).await?;
+                group_read(book, &gid, &by, &up_to, ts, receipts).await?;
             }
             Ok(c) => {
                 if let Some(peer) = c.peer_of(&by).filter(|peer| *peer != by) {
@@ -179,6 +196,13 @@ async fn handle(
             Err(_) => {}
         },
     }
+    Ok(())
+}
+
+async fn publish_all(
+    js: &jetstream::Context,
+    receipts: Vec<(String, ReceiptItem)>,
+) -> Result<(), ReceiptError> {
     let publishes = receipts.into_iter().map(|(to, receipt)| async move {
         let status = match receipt.status {
             ReceiptStatus::Delivered => "delivered",
@@ -203,8 +227,8 @@ async fn group_read(
     by: &str,
     up_to: &str,
     ts: u64,
-) -> Result<Vec<(String, ReceiptItem)>, ReceiptError> {
-    let mut receipts = Vec::new();
+    receipts: &mut Vec<(String, ReceiptItem)>,
+) -> Result<(), ReceiptError> {
     let mut done = BTreeSet::new();
     let mut todo = book.member(gid, by).await?.covered_by(up_to);
     todo.push(up_to.to_owned());
@@ -220,7 +244,7 @@ async fn group_read(
             break;
         }
     }
-    Ok(receipts)
+    Ok(())
 }
 
 /// The receipts one mark produces, for the message's sender.
