@@ -44,11 +44,15 @@ impl TestProcess {
         command.stdout(Stdio::piped());
         let mut child = spawn_bound(&mut command);
         let stdout = child.stdout.take().expect("piped stdout");
-        let announced = BufReader::new(stdout)
-            .lines()
+        let mut lines = BufReader::new(stdout).lines();
+        let announced = lines
+            .by_ref()
             .map_while(Result::ok)
             .find_map(|line| line.strip_prefix(prefix).map(str::to_owned))
             .unwrap_or_else(|| panic!("{entry} never printed {prefix:?}"));
+        // Keep draining its output: a child writing to a closed pipe (libtest's "running
+        // for over 60 seconds") would die of it.
+        std::thread::spawn(move || lines.for_each(drop));
         (Self { child }, announced)
     }
 

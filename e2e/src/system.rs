@@ -211,6 +211,9 @@ fn start(options: Options) -> System {
                 if options.workers > 0 {
                     wait_for_history_workers(&urls).await;
                 }
+                if options.workers > 0 && options.push.is_some() {
+                    wait_for_push_consumer(&urls).await;
+                }
                 tx.send(System {
                     gateways,
                     nats_urls: urls,
@@ -271,6 +274,26 @@ async fn wait_for_history_workers(urls: &str) {
             Instant::now() < deadline,
             "no history worker answered in 90 s"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the push workers' consumer exists: it only takes inbox items stored after
+/// it was created, so a test sending earlier would wait for a push that never comes.
+async fn wait_for_push_consumer(urls: &str) {
+    let client = nats_client(urls, "workers", "e2e-readiness").await;
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(stream) = js.get_stream(natter_fabric::streams::INBOX).await
+            && stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("push")
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no push consumer in 90 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
