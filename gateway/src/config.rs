@@ -187,6 +187,10 @@ pub struct Limits {
     /// A connection must finish its TLS handshake, and then send its request head, within
     /// this; otherwise it is closed.
     pub handshake_timeout_ms: u64,
+    /// HTTP connections open at once (plain requests, and sockets until their upgrade:
+    /// a flood of half-open connections); beyond it accepting waits until one finishes.
+    /// Upgraded sockets are bounded by the open-files limit and `max_sockets_per_user`.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -237,7 +241,26 @@ impl Default for Limits {
             send_burst: 100.0,
             max_sockets_per_user: 32,
             handshake_timeout_ms: 10_000,
+            max_connections: 4_096,
         }
+    }
+}
+
+impl Config {
+    /// Refuses values the gateway cannot run with.
+    pub fn check(&self) -> Result<(), String> {
+        let presence = &self.presence;
+        if presence.ttl_ms < 300 || presence.sweep_every_ms == 0 {
+            return Err("presence.ttl_ms must be at least 300 and sweep_every_ms above 0".into());
+        }
+        let limits = &self.limits;
+        if limits.max_connections == 0 || limits.handshake_timeout_ms == 0 {
+            return Err("limits.max_connections and handshake_timeout_ms must be above 0".into());
+        }
+        if limits.ping_every_ms == 0 || limits.reconcile_every_ms == 0 {
+            return Err("limits.ping_every_ms and reconcile_every_ms must be above 0".into());
+        }
+        Ok(())
     }
 }
 

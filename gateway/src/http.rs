@@ -125,7 +125,15 @@ async fn websocket(
         .max_frame_size(limits.max_frame_bytes)
         // A failed upgrade drops the closure, and with it the registration.
         .on_upgrade(move |socket| {
-            session::serve(app, identity.user, device, after, registration, socket)
+            let sessions = app.sessions.clone();
+            sessions.track_future(session::serve(
+                app,
+                identity.user,
+                device,
+                after,
+                registration,
+                socket,
+            ))
         }))
 }
 

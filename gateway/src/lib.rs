@@ -47,6 +47,8 @@ pub enum GatewayError {
     NoSecret,
     #[error("the JWT secret is shorter than {min} bytes", min = config::MIN_SECRET_BYTES)]
     ShortSecret,
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("development sign-in needs HS256 tokens (jwt.algorithm is {0})")]
@@ -108,6 +110,8 @@ pub(crate) struct Shared {
     pub resync: broadcast::Sender<()>,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Every socket's task, so shutdown can wait for them to close with 1001.
+    pub sessions: tokio_util::task::TaskTracker,
 }
 
 pub(crate) type App = Arc<Shared>;
@@ -119,6 +123,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    config.check().map_err(GatewayError::Config)?;
     let verifier = verifier(&config)?;
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => Some(serve::tls_acceptor(cert, key).map_err(GatewayError::Tls)?),
@@ -135,6 +140,17 @@ pub async fn run(
     }
     // Present at zero, so dashboards show 0 rather than no data.
     metrics::counter!("natter_gateway_nats_disconnects_total").increment(0);
+    metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(0);
+    for op in [
+        "online",
+        "offline",
+        "heartbeat",
+        "watch",
+        "watchers",
+        "sweep",
+    ] {
+        metrics::counter!("natter_gateway_redis_errors_total", "op" => op).increment(0);
+    }
     let (events_tx, events_rx) = broadcast::channel(64);
     let nats =
         natter_fabric::connect(&config.nats, events_tx, std::time::Duration::from_secs(30)).await?;
@@ -186,6 +202,7 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (resync_tx, _) = broadcast::channel(4);
+    let sessions = tokio_util::task::TaskTracker::new();
     let app: App = Arc::new(Shared {
         nats: nats.clone(),
         js,
@@ -202,6 +219,7 @@ pub async fn run(
         config,
         resync: resync_tx.clone(),
         shutdown: stop_rx.clone(),
+        sessions: sessions.clone(),
     });
     resync::spawn(&nats, events_rx, resync_tx, stop_rx.clone()).await?;
     tokio::spawn(groups.watch(stop_rx.clone()));
@@ -214,7 +232,15 @@ pub async fn run(
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %listener.local_addr()?, scheme, "gateway listening");
     let handshake_timeout = app.config.limits.handshake_timeout();
-    serve::serve(listener, tls, http::router(app), handshake_timeout, stop_rx).await;
+    let max_connections = app.config.limits.max_connections;
+    let limits = serve::Limits {
+        handshake_timeout,
+        max_connections,
+    };
+    serve::serve(listener, tls, http::router(app), limits, stop_rx).await;
+    // Sockets close themselves with 1001 on shutdown, and leave presence as they go.
+    sessions.close();
+    let _ = tokio::time::timeout(serve::DRAIN, sessions.wait()).await;
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! subscription, so presence rebuilds within one heartbeat interval.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -48,16 +48,25 @@ struct Local {
     per_user: HashMap<String, usize>,
 }
 
+/// Why a `presence_subscribe` could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FollowError {
+    #[error("a socket follows at most {0} users")]
+    TooMany(usize),
+    #[error(transparent)]
+    Redis(#[from] natter_redis::RedisError),
+}
+
 /// A user already holds as many sockets as allowed.
 #[derive(Debug)]
 pub(crate) struct TooMany;
 
 /// A watcher and the users it follows.
-type Follows = (String, Vec<String>);
+type Follows = (String, HashSet<String>);
 
 struct Socket {
     user: String,
-    following: Vec<String>,
+    following: HashSet<String>,
 }
 
 /// One socket's place in presence; dropping it (the socket ended, or its upgrade failed)
@@ -101,33 +110,44 @@ impl PresenceHub {
                 return Err(TooMany);
             }
             *count += 1;
-            local.sockets.insert(
-                socket.clone(),
-                Socket {
-                    user: user.to_owned(),
-                    following: Vec::new(),
-                },
-            );
         }
-        match self.inner.presence.online(user, &socket, max_sockets).await {
+        // From here on the guard gives the slot back however this ends, including when
+        // the upgrade request is dropped while Redis answers.
+        let registration = Registration {
+            hub: self.clone(),
+            socket,
+            user: user.to_owned(),
+        };
+        match self
+            .inner
+            .presence
+            .online(user, &registration.socket, max_sockets)
+            .await
+        {
             Ok(Admission::CameOnline) => {
                 let (hub, user) = (self.clone(), user.to_owned());
                 tokio::spawn(async move { hub.announce(&user, true, None).await });
             }
             Ok(Admission::AlreadyOnline) => {}
-            Ok(Admission::TooMany) => {
-                // Never added in Redis: only this gateway's count goes back.
-                self.forget(&socket, user);
-                return Err(TooMany);
-            }
+            Ok(Admission::TooMany) => return Err(TooMany),
             // Admitted without Redis; the next heartbeat marks the socket online.
             Err(err) => redis_failed("online", &err),
         }
-        Ok(Registration {
-            hub: self.clone(),
-            socket,
-            user: user.to_owned(),
-        })
+        // Only now is the socket heartbeated: a heartbeat cannot add it to Redis ahead of
+        // the capped admission above.
+        self.inner
+            .local
+            .lock()
+            .expect("sockets lock")
+            .sockets
+            .insert(
+                registration.socket.clone(),
+                Socket {
+                    user: user.to_owned(),
+                    following: HashSet::new(),
+                },
+            );
+        Ok(registration)
     }
 
     /// The socket closed: offline if it was the user's last one anywhere.
@@ -157,12 +177,14 @@ impl PresenceHub {
         }
     }
 
-    /// `socket` follows `users` (already checked as allowed): their state now.
+    /// `socket` follows `users` (already checked as allowed), up to `max_follow` users in
+    /// all: their state now.
     pub async fn follow(
         &self,
         registration: &Registration,
         users: Vec<String>,
-    ) -> Result<Vec<State>, natter_redis::RedisError> {
+        max_follow: usize,
+    ) -> Result<Vec<State>, FollowError> {
         if let Some(socket) = self
             .inner
             .local
@@ -171,17 +193,18 @@ impl PresenceHub {
             .sockets
             .get_mut(&registration.socket)
         {
-            for user in &users {
-                if !socket.following.contains(user) {
-                    socket.following.push(user.clone());
-                }
+            let new = users
+                .iter()
+                .filter(|u| !socket.following.contains(*u))
+                .count();
+            if socket.following.len() + new > max_follow {
+                return Err(FollowError::TooMany(max_follow));
             }
+            socket.following.extend(users.iter().cloned());
         }
-        self.inner
-            .presence
-            .watch(&registration.user, &users)
-            .await?;
-        self.inner.presence.status(&users).await
+        let watching = [(registration.user.clone(), users.clone())];
+        self.inner.presence.watch(&watching).await?;
+        Ok(self.inner.presence.status(&users).await?)
     }
 
     /// Tells everyone following `user` about a change.
@@ -243,11 +266,10 @@ impl PresenceHub {
             (live, following)
         };
         // Subscriptions first: after a Redis restart, the users revived below are
-        // announced to watchers already known again.
-        for (watcher, users) in following {
-            if let Err(err) = self.inner.presence.watch(&watcher, &users).await {
-                return redis_failed("watch", &err);
-            }
+        // announced to watchers already known again. A failure here does not stop the
+        // heartbeat itself.
+        if let Err(err) = self.inner.presence.watch(&following).await {
+            redis_failed("watch", &err);
         }
         match self.inner.presence.heartbeat(&sockets).await {
             Ok(revived) => {

@@ -22,20 +22,34 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-/// How long shutdown waits for open connections to finish.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections (and sockets) to finish.
+pub(crate) const DRAIN: Duration = Duration::from_secs(10);
+
+/// Bounds on what connections may hold.
+pub(crate) struct Limits {
+    pub handshake_timeout: Duration,
+    /// HTTP connections open at once (a socket leaves the count at its upgrade); beyond it
+    /// accepting waits (the kernel's backlog queues).
+    pub max_connections: usize,
+}
 
 /// Serves `router` on `listener` until `stop` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
-    handshake_timeout: Duration,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let handshake_timeout = limits.handshake_timeout;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     // Every connection task holds a sender; when all are gone, `open` yields None.
     let (alive, mut open) = mpsc::channel::<()>(1);
     loop {
+        let slot = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let (tcp, _) = tokio::select! {
             _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
@@ -56,6 +70,7 @@ pub(crate) async fn serve(
         let (router, tls, stop, alive) = (router.clone(), tls.clone(), stop.clone(), alive.clone());
         tokio::spawn(async move {
             let _alive = alive;
+            let _slot = slot;
             match tls {
                 None => connection(tcp, router, handshake_timeout, stop).await,
                 Some(acceptor) => {

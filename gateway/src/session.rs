@@ -33,7 +33,7 @@ use tracing::Instrument;
 use crate::{
     App,
     delivery::{Cursor, DeliveryError},
-    presence::Registration,
+    presence::{FollowError, Registration},
 };
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -656,14 +656,17 @@ impl Session {
         let states = self
             .app
             .presence
-            .follow(registration, allowed)
+            .follow(registration, allowed, max)
             .await
-            .map_err(|err| {
-                tracing::warn!(error = %err, "presence unavailable");
-                Refused(
-                    ErrorCode::Unavailable,
-                    "presence is unavailable; try again".into(),
-                )
+            .map_err(|err| match err {
+                FollowError::TooMany(_) => Refused(ErrorCode::BadRequest, err.to_string()),
+                FollowError::Redis(err) => {
+                    tracing::debug!(error = %err, "presence unavailable");
+                    Refused(
+                        ErrorCode::Unavailable,
+                        "presence is unavailable; try again".into(),
+                    )
+                }
             })?;
         frames.extend(states.into_iter().map(|state| {
             ServerFrame::Presence(natter_schemas::Presence {

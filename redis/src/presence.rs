@@ -98,6 +98,7 @@ impl Presence {
             self.ttl_ms(),
             user.to_owned(),
             max_sockets.to_string(),
+            self.prefix.clone(),
         ];
         let before: i64 = self.online.run(&self.client, keys, args).await?;
         Ok(match before {
@@ -155,15 +156,24 @@ impl Presence {
         Ok(states)
     }
 
-    /// Records that `watcher` follows each of `users` for the next TTL (renewed by the
-    /// watcher's heartbeat).
-    pub async fn watch(&self, watcher: &str, users: &[String]) -> Result<(), RedisError> {
-        if users.is_empty() {
-            return Ok(());
+    /// Records that each watcher follows its users for the next TTL (renewed by the
+    /// watcher's heartbeat), in script calls of at most 500 pairs.
+    pub async fn watch<U>(&self, watching: &[(String, U)]) -> Result<(), RedisError>
+    where
+        for<'a> &'a U: IntoIterator<Item = &'a String>,
+    {
+        let pairs: Vec<(&String, &String)> = watching
+            .iter()
+            .flat_map(|(watcher, users)| users.into_iter().map(move |user| (watcher, user)))
+            .collect();
+        for batch in pairs.chunks(HEARTBEAT_BATCH) {
+            let mut args = vec![self.prefix.clone(), self.ttl_ms()];
+            for (watcher, user) in batch {
+                args.push((*watcher).clone());
+                args.push((*user).clone());
+            }
+            let _: i64 = self.watch.run(&self.client, vec![], args).await?;
         }
-        let mut args = vec![self.prefix.clone(), self.ttl_ms(), watcher.to_owned()];
-        args.extend(users.iter().cloned());
-        let _: i64 = self.watch.run(&self.client, vec![], args).await?;
         Ok(())
     }
 
@@ -191,13 +201,18 @@ impl Presence {
     }
 }
 
-/// KEYS: p, ls, deadlines. ARGV: socket, ttl ms, user, most sockets. Returns the live
-/// sockets before, or -1 when that many are already live (nothing added).
+/// KEYS: p, ls, deadlines. ARGV: socket, ttl ms, user, most sockets, prefix. Returns the
+/// live sockets before, or -1 when that many are already live (nothing added). A user
+/// coming online is not notified of what is pending (see `push_queue`).
 const ONLINE: &str = "
 local ttl = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local before = redis.call('ZCARD', KEYS[1])
 if before >= tonumber(ARGV[4]) then return -1 end
+if before == 0 then
+  redis.call('DEL', ARGV[5] .. 'pq:' .. ARGV[3])
+  redis.call('ZREM', ARGV[5] .. 'pdue', ARGV[3])
+end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('SET', KEYS[2], now)
@@ -239,12 +254,12 @@ const STATUS: &str = "
 return { redis.call('ZCOUNT', KEYS[1], now, '+inf'), redis.call('GET', KEYS[2]) }
 ";
 
-/// ARGV: prefix, ttl ms, watcher, then the users watched.
+/// ARGV: prefix, ttl ms, then watcher and watched user pairs.
 const WATCH: &str = "
-local prefix, ttl, watcher = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-for i = 4, #ARGV do
-  local w = prefix .. 'w:' .. ARGV[i]
-  redis.call('ZADD', w, now + ttl, watcher)
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local w = prefix .. 'w:' .. ARGV[i + 1]
+  redis.call('ZADD', w, now + ttl, ARGV[i])
   redis.call('PEXPIRE', w, ttl)
 end
 return 0

@@ -132,11 +132,14 @@ async fn sockets_not_renewed_expire_and_one_sweep_settles_them() {
 async fn watchers_are_remembered_for_the_ttl() {
     let redis = redis();
     let presence = Presence::new(client(&redis).await, "t:", Duration::from_millis(400));
-    presence
-        .watch("alice", &["bob".into(), "carol".into()])
-        .await
-        .unwrap();
-    presence.watch("erin", &["bob".into()]).await.unwrap();
+    let watching = [
+        (
+            "alice".to_owned(),
+            vec!["bob".to_owned(), "carol".to_owned()],
+        ),
+        ("erin".to_owned(), vec!["bob".to_owned()]),
+    ];
+    presence.watch(&watching).await.unwrap();
     assert_eq!(presence.watchers("bob").await.unwrap(), ["alice", "erin"]);
     assert_eq!(presence.watchers("carol").await.unwrap(), ["alice"]);
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -87,7 +87,8 @@ pub async fn start(
         deliver_policy: DeliverPolicy::New,
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
-        max_deliver: 20,
+        // Redelivered until noted (Redis may be down for a while), with growing waits.
+        max_deliver: -1,
         max_ack_pending: 4_096,
         ..Default::default()
     };
@@ -130,7 +131,8 @@ async fn note_loop(
                 Err(err) => {
                     metrics::counter!("natter_push_note_failures_total").increment(1);
                     tracing::debug!(error = %err, "push not noted; retrying");
-                    AckKind::Nak(Some(Duration::from_secs(1)))
+                    let attempt = message.info().map_or(1, |info| info.delivered).max(1);
+                    AckKind::Nak(Some(renote_after(attempt)))
                 }
             };
             if let Err(err) = message.ack_with(ack).await {
@@ -142,6 +144,13 @@ async fn note_loop(
         _ = stopped(stop) => Ok(()),
         _ = work => Err(WorkerError::ConsumerEnded("push".into())),
     }
+}
+
+/// How long before an item that could not be noted comes back: 1 s, doubling up to a
+/// minute.
+fn renote_after(attempt: i64) -> Duration {
+    let exponent = u32::try_from(attempt.clamp(1, 7) - 1).unwrap_or(0);
+    Duration::from_secs(2u64.pow(exponent)).min(Duration::from_secs(60))
 }
 
 async fn noted(
