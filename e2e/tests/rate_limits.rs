@@ -56,8 +56,10 @@ async fn a_flood_is_refused_after_the_burst_and_recovers_without_slowing_others(
             }
         }
     }
+    // The burst of 10 and what refilled meanwhile, less up to 3 tokens the socket may
+    // have leased and not spent yet (the gateway takes 4 at a time).
     assert!(
-        (10..=16).contains(&sent.len()),
+        (7..=16).contains(&sent.len()),
         "the burst of 10 (and what refilled meanwhile) got through: {sent:?}"
     );
     assert_eq!(sent.len() + limited.len(), 40);

@@ -7,7 +7,7 @@
 //! does not finish within `write_timeout` closes the socket with 1013 so the client
 //! resumes later with `after`.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use bytes::Bytes;
@@ -100,6 +100,7 @@ async fn serve_in_span(
         cursor: Cursor::new(&user, after, app.config.limits.max_gap_repair),
         acked: after,
         retry_soon: false,
+        send_lease: Arc::default(),
         app,
         user,
         device,
@@ -180,6 +181,9 @@ struct Session {
     acked: u64,
     /// An inbox read failed (e.g. during a leader election): reconcile again soon.
     retry_soon: bool,
+    /// Send tokens this socket took from the user's bucket and has not spent yet. Sends
+    /// in flight take turns on it, so only one of them asks Redis at a time.
+    send_lease: Arc<tokio::sync::Mutex<u32>>,
 }
 
 impl Session {
@@ -452,8 +456,9 @@ impl Session {
         let app = self.app.clone();
         let reference = send.r#ref;
         let started = std::time::Instant::now();
+        let lease = self.send_lease.clone();
         Ok(Box::pin(async move {
-            if let Some(refusal) = over_send_limit(&app, &record.from, &reference).await {
+            if let Some(refusal) = over_send_limit(&app, &record.from, &lease, &reference).await {
                 return Some(refusal);
             }
             if let Target::Group(gid) = &target
@@ -1024,13 +1029,32 @@ async fn may_follow(app: &App, me: &str, other: &str) -> Result<bool, String> {
     }
 }
 
-/// A refusal when `user` is over their send rate. Fails open: when Redis does not answer,
+/// Send tokens a socket takes from its user's bucket at once: one Redis round trip per
+/// this many sends, at the price of up to this many minus one tokens held by a socket.
+const SEND_LEASE: u32 = 4;
+
+/// A refusal when `user` is over their send rate. A token this socket leased earlier costs
+/// nothing; otherwise a few are leased from Redis. Fails open: when Redis does not answer,
 /// the send goes through (counted in `natter_gateway_rate_limit_unchecked_total`).
-async fn over_send_limit(app: &App, user: &str, reference: &Option<String>) -> Option<ServerFrame> {
-    use natter_redis::rate_limit::Decision;
-    match app.send_limit.as_ref()?.check(user).await {
-        Ok(Decision::Allowed) => None,
-        Ok(Decision::Limited { retry_after_ms }) => {
+async fn over_send_limit(
+    app: &App,
+    user: &str,
+    lease: &tokio::sync::Mutex<u32>,
+    reference: &Option<String>,
+) -> Option<ServerFrame> {
+    use natter_redis::rate_limit::Lease;
+    let limiter = app.send_limit.as_ref()?;
+    let mut leased = lease.lock().await;
+    if *leased > 0 {
+        *leased -= 1;
+        return None;
+    }
+    match limiter.take(user, SEND_LEASE).await {
+        Ok(Lease::Granted(n)) => {
+            *leased = n - 1;
+            None
+        }
+        Ok(Lease::Limited { retry_after_ms }) => {
             Some(rate_limited(retry_after_ms, reference.clone()))
         }
         Err(err) => {

@@ -2,6 +2,10 @@
 //! tokens a second up to `burst`, taken atomically by one script. All gateways share the
 //! bucket, so a user cannot multiply their allowance by opening sockets on several.
 //!
+//! Callers may take several tokens at once and spend them locally ([`RateLimiter::take`]):
+//! the gateway leases a few per socket, so a steady sender does not pay a Redis round trip
+//! on every message.
+//!
 //! **Fails open**: when Redis does not answer, the action is allowed (and counted by the
 //! caller). A limiter outage must not stop everyone chatting; the gateway's per-socket
 //! bounds (in-flight sends, frame size) still hold meanwhile.
@@ -43,31 +47,62 @@ impl RateLimiter {
 
     /// Takes one token from `user`'s bucket.
     pub async fn check(&self, user: &str) -> Result<Decision, RedisError> {
+        Ok(match self.take(user, 1).await? {
+            Lease::Granted(_) => Decision::Allowed,
+            Lease::Limited { retry_after_ms } => Decision::Limited { retry_after_ms },
+        })
+    }
+
+    /// Takes up to `want` tokens from `user`'s bucket at once (at least one, or none): a
+    /// caller spends them locally, so a steady sender costs one Redis round trip per
+    /// `want` actions instead of one per action.
+    pub async fn take(&self, user: &str, want: u32) -> Result<Lease, RedisError> {
         let key = format!("{}rl:{}:{user}", self.prefix, self.action);
-        let args = vec![self.rate_per_sec.to_string(), self.burst.to_string()];
-        let wait: i64 = self.take.run(&self.client, vec![key], args).await?;
-        Ok(match u64::try_from(wait) {
-            Ok(0) | Err(_) => Decision::Allowed,
-            Ok(retry_after_ms) => Decision::Limited { retry_after_ms },
+        let args = vec![
+            self.rate_per_sec.to_string(),
+            self.burst.to_string(),
+            want.max(1).to_string(),
+        ];
+        let reply: Vec<i64> = self.take.run(&self.client, vec![key], args).await?;
+        let (granted, wait) = (reply.first().copied(), reply.get(1).copied());
+        Ok(match (granted, wait) {
+            (Some(granted), _) if granted >= 1 => {
+                Lease::Granted(u32::try_from(granted).unwrap_or(1))
+            }
+            (_, Some(wait)) => Lease::Limited {
+                retry_after_ms: u64::try_from(wait).unwrap_or(1).max(1),
+            },
+            _ => return Err(RedisError::Reply(format!("take: {reply:?}"))),
         })
     }
 }
 
-/// KEYS: bucket. ARGV: rate per second, burst. Returns 0 when a token was taken, else the
-/// milliseconds until one is there.
+/// What [`RateLimiter::take`] gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// This many tokens (at least one).
+    Granted(u32),
+    /// None; one will be there in this many milliseconds.
+    Limited { retry_after_ms: u64 },
+}
+
+/// KEYS: bucket. ARGV: rate per second, burst, tokens wanted. Returns {tokens taken (up
+/// to the wanted number, whole tokens only), milliseconds until one is there when none}.
 const TAKE: &str = "
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local granted = math.min(want, math.floor(tokens))
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
+if granted >= 1 then
+  tokens = tokens - granted
 else
+  granted = 0
   wait = math.ceil((1 - tokens) * 1000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return wait
+return { granted, wait }
 ";

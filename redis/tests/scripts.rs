@@ -11,7 +11,7 @@ use natter_redis::{
     RedisSettings,
     presence::{Admission, Presence},
     push_queue::{Coalescing, PushQueue},
-    rate_limit::{Decision, RateLimiter},
+    rate_limit::{Decision, Lease, RateLimiter},
 };
 
 /// A redis-server of this test's own, killed on drop.
@@ -168,6 +168,15 @@ async fn a_token_bucket_allows_the_burst_then_the_rate() {
     );
     tokio::time::sleep(Duration::from_millis(retry_after_ms + 20)).await;
     assert_eq!(limiter.check("spam").await.unwrap(), Decision::Allowed);
+
+    // A lease takes what is there, up to what was asked (the burst is 5 here).
+    let leases = RateLimiter::new(client(&redis).await, "t:", "lease", 10.0, 5.0);
+    assert_eq!(leases.take("u", 3).await.unwrap(), Lease::Granted(3));
+    assert_eq!(leases.take("u", 3).await.unwrap(), Lease::Granted(2));
+    assert!(matches!(
+        leases.take("u", 3).await.unwrap(),
+        Lease::Limited { .. }
+    ));
 }
 
 #[tokio::test]
