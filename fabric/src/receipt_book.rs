@@ -52,6 +52,23 @@ pub struct Marked {
     pub read: Option<bool>,
 }
 
+impl Marked {
+    /// These marks, plus the statuses `by` had already reached in `state` (for an event
+    /// handled again after a worker died between marking and publishing): whether every
+    /// recipient has each, as it stands now.
+    pub fn or_reached(self, state: &MessageState, by: &str) -> Marked {
+        let all = |set: &BTreeSet<String>| set.len() == state.recipients.len();
+        Marked {
+            delivered: self
+                .delivered
+                .or_else(|| state.delivered.contains(by).then(|| all(&state.delivered))),
+            read: self
+                .read
+                .or_else(|| state.read.contains(by).then(|| all(&state.read))),
+        }
+    }
+}
+
 impl MessageState {
     /// Marks `by` delivered (and read, when `read`). Reading implies delivery.
     pub fn mark(&mut self, by: &str, read: bool) -> Marked {

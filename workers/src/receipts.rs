@@ -75,7 +75,7 @@ pub async fn start(
                     }
                 };
                 let ack = match serde_json::from_slice::<RcptEvent>(&message.payload) {
-                    Ok(event) => match handle(js, inbox, book, event).await {
+                    Ok(event) => match handle(js, inbox, book, event, redelivered(&message)).await {
                         Ok(()) => AckKind::Ack,
                         Err(err) => {
                             tracing::warn!(error = %err, "receipt event failed; will be redelivered");
@@ -112,11 +112,21 @@ pub enum ReceiptError {
 /// Most rounds of a group read catching deliveries that raced it.
 const READ_ROUNDS: usize = 8;
 
+/// Whether JetStream delivered this event before (a worker died or failed on it).
+fn redelivered(message: &jetstream::Message) -> bool {
+    message.info().is_ok_and(|info| info.delivered > 1)
+}
+
+/// `again`: the event was delivered before, so a worker may have stored its marks and died
+/// before publishing their receipts. Marks already in the book then still yield their
+/// receipts; the publishes carry the same `Nats-Msg-Id` as the first ones, so a receipt
+/// that did go out is not stored twice.
 async fn handle(
     js: &jetstream::Context,
     inbox: &Inbox,
     book: &ReceiptBook,
     event: RcptEvent,
+    again: bool,
 ) -> Result<(), ReceiptError> {
     let ts = now_millis();
     let kind = match &event {
@@ -128,7 +138,7 @@ async fn handle(
     // Marks in the receipt book happen one by one; a mark stored is never "new" again, so
     // the receipts of the marks made so far go out even when a later one fails (the event
     // is then redelivered for the rest).
-    let marked = mark_all(inbox, book, event, ts, &mut receipts).await;
+    let marked = mark_all(inbox, book, event, ts, again, &mut receipts).await;
     publish_all(js, receipts).await?;
     marked
 }
@@ -140,6 +150,7 @@ async fn mark_all(
     book: &ReceiptBook,
     event: RcptEvent,
     ts: u64,
+    again: bool,
     receipts: &mut Vec<(String, ReceiptItem)>,
 ) -> Result<(), ReceiptError> {
     match event {
@@ -157,6 +168,11 @@ async fn mark_all(
                     Ok(Conversation::Group(gid)) => {
                         let covered = book.delivered_to(&gid, &by, &m.id).await?;
                         if let Some((state, marked)) = book.mark(&m.id, &by, covered).await? {
+                            let marked = if again {
+                                marked.or_reached(&state, &by)
+                            } else {
+                                marked
+                            };
                             receipts.extend(group_receipts(&m.id, &by, &state, marked, ts));
                         }
                     }
@@ -176,7 +192,7 @@ async fn mark_all(
         }
         RcptEvent::Read { by, conv, up_to } => match Conversation::parse(&conv) {
             Ok(Conversation::Group(gid)) => {
-                group_read(book, &gid, &by, &up_to, ts, receipts).await?;
+                group_read(book, &gid, &by, &up_to, ts, again, receipts).await?;
             }
             Ok(c) => {
                 if let Some(peer) = c.peer_of(&by).filter(|peer| *peer != by) {
@@ -227,6 +243,7 @@ async fn group_read(
     by: &str,
     up_to: &str,
     ts: u64,
+    again: bool,
     receipts: &mut Vec<(String, ReceiptItem)>,
 ) -> Result<(), ReceiptError> {
     let mut done = BTreeSet::new();
@@ -235,6 +252,11 @@ async fn group_read(
     for _ in 0..READ_ROUNDS {
         for id in todo {
             if let Some((state, marked)) = book.mark(&id, by, true).await? {
+                let marked = if again {
+                    marked.or_reached(&state, by)
+                } else {
+                    marked
+                };
                 receipts.extend(group_receipts(&id, by, &state, marked, ts));
             }
             done.insert(id);
