@@ -14,7 +14,11 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Socket, connect, histogram};
+use crate::{
+    dm::token,
+    net::{self, Socket},
+    report::histogram,
+};
 
 const IN_FLIGHT: usize = 64;
 const PAGE: usize = 50;
@@ -37,15 +41,38 @@ async fn ask(socket: &mut Socket, mut frame: Value, reference: &str) -> anyhow::
     }
 }
 
-pub async fn run(
-    gateway: &str,
-    secret: &str,
-    messages: usize,
-    pages: usize,
-) -> anyhow::Result<Value> {
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway: String,
+    /// Messages in the conversation (at least 100).
+    #[arg(long, default_value_t = 5_000)]
+    pub messages: usize,
+    /// Page requests timed.
+    #[arg(long, default_value_t = 500)]
+    pub pages: usize,
+    /// HS256 secret of the gateway (default: the development secret).
+    #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+pub async fn run(options: &Options) -> anyhow::Result<Value> {
+    let (gateway, messages, pages) = (&options.gateway, options.messages.max(100), options.pages);
+    let secret = &options
+        .secret
+        .clone()
+        .unwrap_or_else(|| natter_gateway::config::DEV_JWT_SECRET.to_owned());
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let (a, b) = (format!("hist-{run}-a"), format!("hist-{run}-b"));
-    let mut socket = connect(gateway, secret, &a).await?;
+    let mut socket = net::connect(
+        net::addr(gateway)?,
+        std::net::Ipv4Addr::LOCALHOST,
+        &token(secret, &a)?,
+        "bench",
+        None,
+    )
+    .await?;
 
     // Seed: keep IN_FLIGHT sends outstanding; collect ids in send order.
     let started = Instant::now();
