@@ -48,9 +48,16 @@ impl Cursor {
     /// A cursor beyond the inbox's newest item (a stale device after the inbox was
     /// recreated, or a bogus `after`) would silently drop every new item: it is moved back
     /// to the newest item. Replicas may lag, so only the leader's answer moves it.
-    pub async fn clamp_to_inbox(&mut self, inbox: &Inbox) -> Result<(), InboxError> {
-        if self.last == 0 || inbox.last_seq(&self.user).await? >= self.last {
-            return Ok(());
+    ///
+    /// Returns the inbox's newest sequence: catch-up reads up to it and no further, since
+    /// anything stored later reaches the (already subscribed) socket live, and a replica
+    /// that had not seen an item yet is covered by the first reconcile. Knowing where to
+    /// stop saves the final "nothing after this" read, which halves the reads of a device
+    /// that reconnects with a short backlog (the reconnect storm).
+    pub async fn clamp_to_inbox(&mut self, inbox: &Inbox) -> Result<u64, InboxError> {
+        let newest = inbox.last_seq(&self.user).await?;
+        if self.last == 0 || newest >= self.last {
+            return Ok(newest);
         }
         let newest = inbox.last_seq_from_leader(&self.user).await?;
         if newest < self.last {
@@ -61,13 +68,21 @@ impl Cursor {
             );
             self.last = newest;
         }
-        Ok(())
+        Ok(newest)
     }
 
-    /// The next page of catch-up; empty when the device is up to date.
-    pub async fn catch_up_page(&mut self, inbox: &Inbox) -> Result<Vec<StoredItem>, InboxError> {
+    /// The next page of catch-up up to `newest` (from [`Self::clamp_to_inbox`]); empty
+    /// when the device has everything up to it.
+    pub async fn catch_up_page(
+        &mut self,
+        inbox: &Inbox,
+        newest: u64,
+    ) -> Result<Vec<StoredItem>, InboxError> {
+        if self.last >= newest {
+            return Ok(Vec::new());
+        }
         let items = inbox
-            .read_after(&self.user, self.last, u64::MAX, CATCH_UP_PAGE)
+            .read_after(&self.user, self.last, newest, CATCH_UP_PAGE)
             .await?;
         self.advance(&items);
         Ok(items)

@@ -279,7 +279,8 @@ impl Session {
     }
 
     async fn catch_up(&mut self) -> Result<(), End> {
-        self.cursor
+        let newest = self
+            .cursor
             .clamp_to_inbox(&self.app.inbox)
             .await
             .map_err(|err| End::Internal(err.to_string()))?;
@@ -287,7 +288,7 @@ impl Session {
         loop {
             let items = self
                 .cursor
-                .catch_up_page(&self.app.inbox)
+                .catch_up_page(&self.app.inbox, newest)
                 .await
                 .map_err(|err| End::Internal(err.to_string()))?;
             if items.is_empty() {
