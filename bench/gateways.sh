@@ -36,7 +36,7 @@ for i in $(seq "$COUNT"); do
   NATTER_NATS_URL=nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224 \
     NATTER_NATS_USER=gateway NATTER_NATS_PASSWORD=gateway-dev NATTER_DEV=true \
     NATTER_LISTEN=$listen NATTER_METRICS_LISTEN=127.0.0.1:$((9500 + i)) \
-    "$BIN" --config "$RUN/bench-gateway.toml" >"$RUN/logs/bench-gateway-$i.log" 2>&1 &
+    "$BIN" --config "$RUN/bench-gateway.toml" >>"$RUN/logs/bench-gateway-$i.log" 2>&1 &
   PIDS+=($!)
   ADDRS+=("$listen")
 done

@@ -2,7 +2,7 @@
 # History write throughput through the worker: a fresh history worker (its own consumer and
 # store) catches up on everything in MSGS; messages/s = MSGS messages / catch-up time.
 # Needs a running system (CARGO_PROFILE=release scripts/up) with messages in MSGS, e.g.
-# after `natter-bench --scenario history --messages 20000`. Stops the worker it starts.
+# after `natter-bench history --messages 20000`. Stops the worker it starts.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/natter-workers

@@ -13,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     dm::token,
@@ -62,56 +63,123 @@ pub struct ShardOptions {
 
 /// Handshakes in flight per load process.
 const CONNECTING: usize = 256;
+/// Connection attempts per user, as a phone retries with backoff; and how long the load
+/// process waits for every user to be connected before it reports what it has.
+const ATTEMPTS: u32 = 8;
+const CONNECT_LIMIT: Duration = Duration::from_secs(240);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Connected {
     pub connected: u64,
     pub failed: u64,
     pub seconds: f64,
+    /// Sockets the gateway closed after the upgrade, and failed attempts; each was retried.
+    pub closed_by_gateway: u64,
+    pub connect_errors: u64,
     pub first_error: Option<String>,
 }
 
-/// Child: connect, report, hold every socket until told to stop.
+#[derive(Default)]
+struct Tally {
+    live: AtomicU64,
+    closed: AtomicU64,
+    errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn note(&self, error: String) {
+        self.first_error
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert(error);
+    }
+}
+
+/// One idle user: connect (retrying with backoff, like a phone), then only read, which
+/// answers the gateway's pings; reconnect if the gateway closes the socket.
+async fn hold(
+    gateway: std::net::SocketAddr,
+    source: std::net::Ipv4Addr,
+    token: String,
+    tally: Arc<Tally>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            let backoff = Duration::from_millis(500 << attempt.min(4));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let connected = {
+            let _slot = handshakes.acquire().await.expect("never closed");
+            net::connect(gateway, source, &token, "d0", None).await
+        };
+        let mut socket = match connected {
+            Ok(socket) => socket,
+            Err(e) => {
+                tally.errors.fetch_add(1, Ordering::Relaxed);
+                tally.note(format!("{e:#}"));
+                continue;
+            }
+        };
+        tally.live.fetch_add(1, Ordering::Relaxed);
+        let end = loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    tally.live.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                message = socket.next() => match message {
+                    Some(Ok(Message::Close(frame))) => break format!("closed: {frame:?}"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break format!("read: {e}"),
+                    None => break "ended".to_owned(),
+                },
+            }
+        };
+        tally.live.fetch_sub(1, Ordering::Relaxed);
+        tally.closed.fetch_add(1, Ordering::Relaxed);
+        tally.note(format!("gateway ended the socket: {end}"));
+    }
+}
+
+/// Child: connect everyone, report, hold every socket until told to stop.
 pub async fn shard(options: &ShardOptions) -> anyhow::Result<()> {
     net::raise_fd_limit();
     let gateway = net::addr(&options.gateway)?;
     let sources = Sources::new(options.first_source, options.users);
     let started = Instant::now();
-    let failed = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None));
+    let tally = Arc::new(Tally::default());
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut holders = Vec::with_capacity(options.users);
-    let mut attempts = stream::iter(0..options.users)
-        .map(|i| {
-            let user = format!("{}-{i}", options.prefix);
-            let source = sources.pick();
-            let secret = options.secret.clone();
-            async move {
-                let token = token(&secret, &user)?;
-                net::connect(gateway, source, &token, "d0", None).await
-            }
-        })
-        .buffer_unordered(CONNECTING);
-    while let Some(attempt) = attempts.next().await {
-        match attempt {
-            // Reading answers the gateway's pings; nothing else arrives for idle users.
-            Ok(mut socket) => holders.push(tokio::spawn(async move {
-                while let Some(Ok(_)) = socket.next().await {}
-            })),
-            Err(e) => {
-                failed.fetch_add(1, Ordering::Relaxed);
-                first_error
-                    .lock()
-                    .expect("not poisoned")
-                    .get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
+    for i in 0..options.users {
+        let token = token(&options.secret, &format!("{}-{i}", options.prefix))?;
+        holders.push(tokio::spawn(hold(
+            gateway,
+            sources.pick(),
+            token,
+            tally.clone(),
+            handshakes.clone(),
+            stop_rx.clone(),
+        )));
     }
-    let open = holders.iter().filter(|h| !h.is_finished()).count() as u64;
+    let users = options.users as u64;
+    while tally.live.load(Ordering::Relaxed) < users && started.elapsed() < CONNECT_LIMIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live = tally.live.load(Ordering::Relaxed);
     shard::say(&Connected {
-        connected: open,
-        failed: failed.load(Ordering::Relaxed) + (holders.len() as u64 - open),
+        connected: live,
+        failed: users - live,
         seconds: started.elapsed().as_secs_f64(),
-        first_error: first_error.lock().expect("not poisoned").take(),
+        closed_by_gateway: tally.closed.load(Ordering::Relaxed),
+        connect_errors: tally.errors.load(Ordering::Relaxed),
+        first_error: tally.first_error.lock().expect("not poisoned").take(),
     })?;
     let mut orders = Orders::new();
     while let Some(order) = orders.next().await {
@@ -119,8 +187,12 @@ pub async fn shard(options: &ShardOptions) -> anyhow::Result<()> {
             break;
         }
     }
-    let still_open = holders.iter().filter(|h| !h.is_finished()).count() as u64;
+    let still_open = tally.live.load(Ordering::Relaxed);
     shard::say(&serde_json::json!({ "still_open": still_open }))?;
+    let _ = stop_tx.send(true);
+    for holder in holders {
+        let _ = holder.await;
+    }
     Ok(())
 }
 
@@ -130,6 +202,8 @@ pub struct GatewayFigures {
     pub pid: u32,
     pub connected: u64,
     pub failed: u64,
+    /// Attempts that failed or sockets the gateway closed while connecting (retried).
+    pub retried: u64,
     pub connect_seconds: f64,
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
@@ -210,11 +284,13 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
     for shard in &mut shards {
         let c: Connected = shard.next().await?;
         eprintln!(
-            "load process {:?}: {} connected, {} failed in {:.1} s{}",
+            "load process {:?}: {} connected, {} failed in {:.1} s ({} closed by the gateway, {} failed attempts, all retried){}",
             shard.pid(),
             c.connected,
             c.failed,
             c.seconds,
+            c.closed_by_gateway,
+            c.connect_errors,
             c.first_error
                 .as_deref()
                 .map(|e| format!(" (first error: {e})"))
@@ -259,6 +335,7 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
                 pid,
                 connected: c.connected,
                 failed: c.failed,
+                retried: c.closed_by_gateway + c.connect_errors,
                 connect_seconds: c.seconds,
                 rss_before_bytes: before[i],
                 rss_after_bytes: after,

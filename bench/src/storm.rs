@@ -41,10 +41,11 @@ pub struct Options {
     pub senders: usize,
     #[arg(long, default_value_t = 16)]
     pub window: usize,
-    /// Pause between the last `sent` and the reconnect order, so the fanout worker has
-    /// written every inbox item and the storm times catch-up, not fanout.
-    #[arg(long, default_value_t = 5)]
-    pub settle_seconds: u64,
+    /// NATS monitoring endpoint: before the reconnect order the tool waits until the
+    /// consumers of `MSGS` (fanout, history) have nothing pending, so every inbox item
+    /// exists and the storm times catch-up, not the fanout backlog.
+    #[arg(long, default_value = "127.0.0.1:8222")]
+    pub monitor: String,
     /// HS256 secret of the gateways (default: the development secret).
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -200,6 +201,9 @@ pub async fn shard(options: &ShardOptions) -> anyhow::Result<()> {
         .context("expected reconnect <n>")?
         .parse()?;
     let storm = Instant::now();
+    // Every device comes back at once; only the handshakes in flight are bounded (not the
+    // devices' whole stay, which ends with a linger that checks for doubles).
+    let handshakes = tokio::sync::Semaphore::new(CONNECTING);
     let outcomes: Vec<Outcome> = stream::iter(devices)
         .map(|device| {
             catch_up(
@@ -209,9 +213,10 @@ pub async fn shard(options: &ShardOptions) -> anyhow::Result<()> {
                 device,
                 expected,
                 storm,
+                &handshakes,
             )
         })
-        .buffer_unordered(CONNECTING)
+        .buffer_unordered(usize::MAX)
         .collect()
         .await;
     let mut latency = histogram();
@@ -262,6 +267,7 @@ async fn catch_up(
     mut device: Device,
     expected: usize,
     storm: Instant,
+    handshakes: &tokio::sync::Semaphore,
 ) -> Outcome {
     let mut outcome = Outcome {
         new: 0,
@@ -270,9 +276,12 @@ async fn catch_up(
         connect_failed: false,
         done: None,
     };
-    let socket = match token(secret, &device.user) {
-        Ok(token) => net::connect(gateway, source, &token, "d0", Some(device.cursor)).await,
-        Err(e) => Err(e),
+    let socket = {
+        let _slot = handshakes.acquire().await.expect("never closed");
+        match token(secret, &device.user) {
+            Ok(token) => net::connect(gateway, source, &token, "d0", Some(device.cursor)).await,
+            Err(e) => Err(e),
+        }
     };
     let Ok(mut socket) = socket else {
         outcome.connect_failed = true;
@@ -329,7 +338,8 @@ pub struct StormReport {
     /// Messages sent while everyone was away, and how fast the senders stored them.
     pub sent_while_away: u64,
     pub send_per_s: f64,
-    pub settle_seconds: u64,
+    /// From the last `sent` until every consumer had nothing pending.
+    pub settle_seconds: f64,
     /// From the reconnect order until the last device had all its messages.
     pub all_caught_up_s: f64,
     pub complete: u64,
@@ -409,7 +419,8 @@ pub async fn run(options: &Options) -> anyhow::Result<StormReport> {
         "while away: {} messages stored at {:.0}/s",
         away.stored, away.per_s
     );
-    tokio::time::sleep(std::time::Duration::from_secs(options.settle_seconds)).await;
+    let settle_seconds = settle(&options.monitor).await?;
+    eprintln!("workers idle {settle_seconds:.1} s after the last send");
     for shard in &mut shards {
         shard
             .tell(&format!("reconnect {}", options.messages))
@@ -423,7 +434,7 @@ pub async fn run(options: &Options) -> anyhow::Result<StormReport> {
         warm,
         sent_while_away: away.stored,
         send_per_s: away.per_s,
-        settle_seconds: options.settle_seconds,
+        settle_seconds,
         all_caught_up_s: 0.0,
         complete: 0,
         lost: 0,
@@ -463,4 +474,52 @@ async fn sum(shards: &mut [Shard], phase: &str) -> anyhow::Result<u64> {
         ok += p.ok;
     }
     Ok(ok)
+}
+
+/// Waits until no consumer of `MSGS` (the fanout workers, which write the inbox items, and
+/// history) has messages pending or unacknowledged, three polls in a row (NATS
+/// monitoring `/jsz`); returns how long that took.
+async fn settle(monitor: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut quiet = 0;
+    while quiet < 3 {
+        anyhow::ensure!(
+            started.elapsed() < PHASE_LIMIT,
+            "workers still busy after {PHASE_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let jsz = http_get_json(monitor, "/jsz?consumers=true").await?;
+        let busy: u64 = jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .filter(|s| s["name"] == "MSGS")
+            .flat_map(|s| s["consumer_detail"].as_array().into_iter().flatten())
+            .map(|c| {
+                c["num_pending"].as_u64().unwrap_or(0) + c["num_ack_pending"].as_u64().unwrap_or(0)
+            })
+            .sum();
+        quiet = if busy == 0 { quiet + 1 } else { 0 };
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// A plain HTTP/1.0 GET on loopback, answered with JSON.
+async fn http_get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("NATS monitoring at {addr}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .context("no HTTP body")?;
+    Ok(serde_json::from_str(body)?)
 }
