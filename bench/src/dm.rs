@@ -10,23 +10,18 @@
 
 use std::{
     collections::HashSet,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
     net::{self, Socket, Sources},
-    report::{DmReport, Latency, histogram},
+    report::{DmReport, DmStats, RunShape},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -63,25 +58,6 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(45);
 /// A receiver acks the newest sequence at most this often.
 const ACK_EVERY: Duration = Duration::from_millis(20);
 
-#[derive(Default)]
-struct Stats {
-    sent: Mutex<Option<Histogram<u64>>>,
-    delivered: Mutex<Option<Histogram<u64>>>,
-    sends: AtomicU64,
-    acks: AtomicU64,
-    deliveries: AtomicU64,
-    doubled: AtomicU64,
-    errors: AtomicU64,
-    /// Microseconds since the start at which the last message was delivered.
-    last_delivery_us: AtomicU64,
-}
-
-async fn record(slot: &Mutex<Option<Histogram<u64>>>, micros: u64) {
-    let mut slot = slot.lock().await;
-    slot.get_or_insert_with(histogram)
-        .saturating_record(micros.max(1));
-}
-
 /// Mints a one-hour development token for `user`.
 pub fn token(secret: &str, user: &str) -> anyhow::Result<String> {
     Ok(natter_gateway::auth::mint_hs256(
@@ -102,7 +78,7 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let sources = Sources::new(0, options.pairs * 2);
     let origin = Instant::now();
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(DmStats::default());
     let interval = Duration::from_secs_f64(options.pairs as f64 / options.rate.max(1) as f64);
     let deadline = origin + Duration::from_secs(options.seconds);
 
@@ -135,7 +111,7 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
     // Wait until every acknowledged send was delivered, or give up after DRAIN_LIMIT:
     // what is still missing then is reported as lost.
     let drain_start = Instant::now();
-    while stats.deliveries.load(Ordering::Relaxed) < stats.acks.load(Ordering::Relaxed)
+    while stats.deliveries.load(Ordering::Relaxed) < stats.confirmed.load(Ordering::Relaxed)
         && drain_start.elapsed() < DRAIN_LIMIT
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,34 +120,16 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
     for r in receivers {
         r.await??;
     }
-    let last_us = stats.last_delivery_us.load(Ordering::Relaxed);
-    let busy = Duration::from_micros(last_us.saturating_sub(started_us));
-    let acks = stats.acks.load(Ordering::Relaxed);
-    let deliveries = stats.deliveries.load(Ordering::Relaxed);
-    let sent = stats.sent.lock().await.take().unwrap_or_else(histogram);
-    let delivered = stats
-        .delivered
-        .lock()
-        .await
-        .take()
-        .unwrap_or_else(histogram);
-    Ok(DmReport {
-        system: options.system.clone(),
-        pairs: options.pairs,
-        offered_per_s: options.rate as f64,
-        seconds: options.seconds as f64,
-        sends: stats.sends.load(Ordering::Relaxed),
-        confirmed: acks,
-        delivered: deliveries,
-        lost: acks.saturating_sub(deliveries),
-        doubled: stats.doubled.load(Ordering::Relaxed),
-        errors: stats.errors.load(Ordering::Relaxed),
-        delivered_per_s: deliveries as f64 / busy.as_secs_f64().max(1e-9),
-        drain_s: last_us.saturating_sub(deadline.duration_since(origin).as_micros() as u64) as f64
-            / 1e6,
-        send_to_confirmed_ms: Latency::of(&sent),
-        send_to_deliver_ms: Latency::of(&delivered),
-    })
+    Ok(stats
+        .report(RunShape {
+            system: options.system.clone(),
+            pairs: options.pairs,
+            offered_per_s: options.rate as f64,
+            seconds: options.seconds as f64,
+            started_us,
+            deadline_us: deadline.duration_since(origin).as_micros() as u64,
+        })
+        .await)
 }
 
 async fn send(
@@ -180,7 +138,7 @@ async fn send(
     origin: Instant,
     interval: Duration,
     deadline: Instant,
-    stats: Arc<Stats>,
+    stats: Arc<DmStats>,
 ) -> anyhow::Result<()> {
     let (mut sink, mut stream) = socket.split();
     let reader_stats = stats.clone();
@@ -196,8 +154,11 @@ async fn send(
                         .and_then(|r| r.parse().ok())
                         .unwrap_or(0);
                     let now = origin.elapsed().as_micros() as u64;
-                    reader_stats.acks.fetch_add(1, Ordering::Relaxed);
-                    record(&reader_stats.sent, now.saturating_sub(at)).await;
+                    reader_stats.confirmed.fetch_add(1, Ordering::Relaxed);
+                    reader_stats
+                        .confirm_latency
+                        .record(now.saturating_sub(at))
+                        .await;
                 }
                 Some("error") => {
                     reader_stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +188,7 @@ async fn send(
 async fn receive(
     socket: Socket,
     origin: Instant,
-    stats: Arc<Stats>,
+    stats: Arc<DmStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (mut sink, mut stream) = socket.split();
@@ -259,7 +220,7 @@ async fn receive(
                 let now = origin.elapsed().as_micros() as u64;
                 stats.deliveries.fetch_add(1, Ordering::Relaxed);
                 stats.last_delivery_us.fetch_max(now, Ordering::Relaxed);
-                record(&stats.delivered, now.saturating_sub(at)).await;
+                stats.deliver_latency.record(now.saturating_sub(at)).await;
             }
         }
     }

@@ -116,10 +116,11 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
     )
     .await?;
 
-    let created = ask(
+    let created = net::ask(
         &mut sender,
         json!({"type": "group_create", "name": "fanout bench", "members": users[1..]}),
         "create",
+        ROUND_LIMIT,
     )
     .await?;
     let group = created["id"]
@@ -139,11 +140,12 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
     let (mut complete, mut doubled) = (0, 0u64);
     for round in 0..options.rounds {
         let at = origin.elapsed().as_micros() as u64;
-        let answer = ask(
+        let answer = net::ask(
             &mut sender,
             json!({"type": "send", "id": uuid::Uuid::new_v4().to_string(), "to": format!("group:{group}"),
                    "body": {"kind": "text", "text": format!("{round} {at}")}}),
             &format!("r{round}"),
+            ROUND_LIMIT,
         )
         .await?;
         if answer["type"] != "sent" {
@@ -186,24 +188,6 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
         send_to_last_member_ms: Latency::of(&last),
         send_to_each_member_ms: Latency::of(&each),
     })
-}
-
-/// Sends `frame` with `reference` and returns the answer carrying it.
-async fn ask(socket: &mut Socket, mut frame: Value, reference: &str) -> anyhow::Result<Value> {
-    frame["ref"] = Value::from(reference);
-    socket.send(Message::text(frame.to_string())).await?;
-    loop {
-        let message = tokio::time::timeout(ROUND_LIMIT, socket.next())
-            .await
-            .context("no answer in 30 s")?
-            .context("socket closed")??;
-        if let Message::Text(text) = message {
-            let answer: Value = serde_json::from_str(text.as_str())?;
-            if answer["ref"] == reference {
-                return Ok(answer);
-            }
-        }
-    }
 }
 
 /// A member's socket: reports the group event and every message, acks every 200 ms.

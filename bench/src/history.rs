@@ -14,32 +14,10 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{
-    dm::token,
-    net::{self, Socket},
-    report::histogram,
-};
+use crate::{dm::token, net, report::histogram};
 
 const IN_FLIGHT: usize = 64;
 const PAGE: usize = 50;
-
-/// Sends `frame` and returns the first answer with its `ref`.
-async fn ask(socket: &mut Socket, mut frame: Value, reference: &str) -> anyhow::Result<Value> {
-    frame["ref"] = Value::from(reference);
-    socket.send(Message::text(frame.to_string())).await?;
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .context("no answer in 10 s")?
-            .context("socket closed")??;
-        if let Message::Text(text) = message {
-            let answer: Value = serde_json::from_str(text.as_str())?;
-            if answer["ref"] == reference {
-                return Ok(answer);
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
@@ -123,10 +101,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Value> {
     let mut asked = 0u64;
     loop {
         asked += 1;
-        let page = ask(
+        let page = net::ask(
             &mut socket,
             json!({"type": "history", "conv": conv, "limit": 1}),
             &format!("w{asked}"),
+            Duration::from_secs(10),
         )
         .await?;
         if page["messages"][0]["id"] == newest.as_str() {
@@ -148,10 +127,11 @@ pub async fn run(options: &Options) -> anyhow::Result<Value> {
         state ^= state << 17;
         let before = &ids[PAGE + (state as usize) % (ids.len() - PAGE)];
         let asked_at = Instant::now();
-        let page = ask(
+        let page = net::ask(
             &mut socket,
             json!({"type": "history", "conv": conv, "before": before, "limit": PAGE}),
             &format!("p{p}"),
+            Duration::from_secs(10),
         )
         .await?;
         latency.saturating_record(asked_at.elapsed().as_micros() as u64);

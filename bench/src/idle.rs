@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{
     dm::token,
     net::{self, Sources},
-    shard::{self, Orders, Shard},
+    shard::{self, Orders, Shard, ShardOptions},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -43,22 +43,6 @@ pub struct Options {
     /// HS256 secret of the gateways (default: the development secret).
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-}
-
-/// Flags of one load process (hidden subcommand `idle-shard`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ShardOptions {
-    #[arg(long)]
-    pub gateway: String,
-    #[arg(long)]
-    pub users: usize,
-    #[arg(long)]
-    pub prefix: String,
-    /// First source address index (see net::Sources).
-    #[arg(long)]
-    pub first_source: usize,
-    #[arg(long)]
-    pub secret: String,
 }
 
 /// Handshakes in flight per load process.

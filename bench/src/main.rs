@@ -30,9 +30,9 @@ enum Scenario {
     /// Drop every socket, send to them, reconnect all at once: time to catch up.
     Storm(storm::Options),
     #[command(hide = true)]
-    IdleShard(idle::ShardOptions),
+    IdleShard(natter_bench::shard::ShardOptions),
     #[command(hide = true)]
-    StormShard(storm::ShardOptions),
+    StormShard(natter_bench::shard::ShardOptions),
     /// Draw p50/p99 send → deliver latency versus offered load, per system, as a PNG.
     Plot(plot::Options),
 }

@@ -17,8 +17,13 @@ use std::{
 };
 
 use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
 
 /// A client WebSocket over plain TCP.
 pub type Socket = WebSocketStream<TcpStream>;
@@ -106,4 +111,27 @@ pub fn addr(gateway: &str) -> anyhow::Result<SocketAddr> {
     gateway
         .parse()
         .with_context(|| format!("gateway address {gateway:?} is not ip:port"))
+}
+
+/// Sends `frame` with `ref` = `reference` and returns the first answer carrying it.
+pub async fn ask(
+    socket: &mut Socket,
+    mut frame: Value,
+    reference: &str,
+    patience: std::time::Duration,
+) -> anyhow::Result<Value> {
+    frame["ref"] = Value::from(reference);
+    socket.send(Message::text(frame.to_string())).await?;
+    loop {
+        let message = tokio::time::timeout(patience, socket.next())
+            .await
+            .with_context(|| format!("no answer in {patience:?}"))?
+            .context("socket closed")??;
+        if let Message::Text(text) = message {
+            let answer: Value = serde_json::from_str(text.as_str())?;
+            if answer["ref"] == reference {
+                return Ok(answer);
+            }
+        }
+    }
 }

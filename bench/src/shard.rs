@@ -14,6 +14,23 @@ use tokio::{
     process::{Child, ChildStdin, ChildStdout},
 };
 
+/// Flags of one load process (hidden subcommands `idle-shard`, `storm-shard`): its users
+/// are `<prefix>-0` … `<prefix>-<users − 1>`, all on one gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardOptions {
+    #[arg(long)]
+    pub gateway: String,
+    #[arg(long)]
+    pub users: usize,
+    #[arg(long)]
+    pub prefix: String,
+    /// First source address index (see net::Sources).
+    #[arg(long)]
+    pub first_source: usize,
+    #[arg(long)]
+    pub secret: String,
+}
+
 /// The parent's handle on one load process.
 #[derive(Debug)]
 pub struct Shard {

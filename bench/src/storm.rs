@@ -22,7 +22,7 @@ use crate::{
     dm::token,
     net::{self, Socket, Sources},
     report::{Latency, histogram},
-    shard::{self, Orders, Shard},
+    shard::{self, Orders, Shard, ShardOptions},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -49,21 +49,6 @@ pub struct Options {
     /// HS256 secret of the gateways (default: the development secret).
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-}
-
-/// Flags of one load process (hidden subcommand `storm-shard`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ShardOptions {
-    #[arg(long)]
-    pub gateway: String,
-    #[arg(long)]
-    pub users: usize,
-    #[arg(long)]
-    pub prefix: String,
-    #[arg(long)]
-    pub first_source: usize,
-    #[arg(long)]
-    pub secret: String,
 }
 
 /// Handshakes in flight per load process, during the first connect and the storm.

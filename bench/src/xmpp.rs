@@ -25,29 +25,25 @@
 use std::{
     collections::{HashSet, VecDeque},
     net::{Ipv4Addr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use base64::Engine;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use hdrhistogram::Histogram;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
         TcpSocket,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{Mutex, watch},
+    sync::watch,
 };
 
 use crate::{
     net::{self, Sources},
-    report::{DmReport, Latency, histogram},
+    report::{DmReport, DmStats, RunShape},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -90,34 +86,13 @@ const LOGINS_IN_FLIGHT: usize = 64;
 const STANZAS_BEFORE_MESSAGES: u64 = 1;
 const SM: &str = "urn:xmpp:sm:3";
 
-#[derive(Default)]
-struct Stats {
-    confirmed_lat: Mutex<Option<Histogram<u64>>>,
-    delivered_lat: Mutex<Option<Histogram<u64>>>,
-    sends: AtomicU64,
-    confirmed: AtomicU64,
-    deliveries: AtomicU64,
-    doubled: AtomicU64,
-    errors: AtomicU64,
-    /// Senders past the end of the sending window.
-    senders_done: AtomicU64,
-    /// Microseconds since the origin at which the last message was delivered.
-    last_delivery_us: AtomicU64,
-}
-
-async fn record(slot: &Mutex<Option<Histogram<u64>>>, micros: u64) {
-    let mut slot = slot.lock().await;
-    slot.get_or_insert_with(histogram)
-        .saturating_record(micros.max(1));
-}
-
 /// One `xmpp` run.
 pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
     net::raise_fd_limit();
     let server = net::addr(&options.server)?;
     let sources = Sources::new(0, options.pairs * 2);
     let origin = Instant::now();
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(DmStats::default());
     let interval = Duration::from_secs_f64(options.pairs as f64 / options.rate.max(1) as f64);
 
     // Log everyone in first: unlike a WebSocket upgrade, an XMPP login takes several
@@ -194,29 +169,16 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
     }
 
     let started_us = started.duration_since(origin).as_micros() as u64;
-    let deadline_us = deadline.duration_since(origin).as_micros() as u64;
-    let last_us = stats.last_delivery_us.load(Ordering::Relaxed);
-    let busy = Duration::from_micros(last_us.saturating_sub(started_us));
-    let confirmed = stats.confirmed.load(Ordering::Relaxed);
-    let deliveries = stats.deliveries.load(Ordering::Relaxed);
-    let confirmed_lat = stats.confirmed_lat.lock().await.take();
-    let delivered_lat = stats.delivered_lat.lock().await.take();
-    Ok(DmReport {
-        system: options.system.clone(),
-        pairs: options.pairs,
-        offered_per_s: options.rate as f64,
-        seconds: options.seconds as f64,
-        sends: stats.sends.load(Ordering::Relaxed),
-        confirmed,
-        delivered: deliveries,
-        lost: confirmed.saturating_sub(deliveries),
-        doubled: stats.doubled.load(Ordering::Relaxed),
-        errors: stats.errors.load(Ordering::Relaxed),
-        delivered_per_s: deliveries as f64 / busy.as_secs_f64().max(1e-9),
-        drain_s: last_us.saturating_sub(deadline_us) as f64 / 1e6,
-        send_to_confirmed_ms: Latency::of(&confirmed_lat.unwrap_or_else(histogram)),
-        send_to_deliver_ms: Latency::of(&delivered_lat.unwrap_or_else(histogram)),
-    })
+    Ok(stats
+        .report(RunShape {
+            system: options.system.clone(),
+            pairs: options.pairs,
+            offered_per_s: options.rate as f64,
+            seconds: options.seconds as f64,
+            started_us,
+            deadline_us: deadline.duration_since(origin).as_micros() as u64,
+        })
+        .await)
 }
 
 /// What one sender needs besides its connection.
@@ -234,7 +196,7 @@ struct Sender {
 async fn send(
     mut conn: Conn,
     sender: Sender,
-    stats: Arc<Stats>,
+    stats: Arc<DmStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     // Send times of the messages the server has not acked yet, oldest first.
@@ -274,7 +236,7 @@ async fn send(
                             let Some(at) = unacked.pop_front() else { break };
                             acked += 1;
                             stats.confirmed.fetch_add(1, Ordering::Relaxed);
-                            record(&stats.confirmed_lat, now.saturating_sub(at)).await;
+                            stats.confirm_latency.record(now.saturating_sub(at)).await;
                         }
                     }
                     "message" if attr(&element, "type") == Some("error") => {
@@ -292,7 +254,7 @@ async fn send(
 async fn receive(
     mut conn: Conn,
     origin: Instant,
-    stats: Arc<Stats>,
+    stats: Arc<DmStats>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut seen = HashSet::new();
@@ -324,7 +286,7 @@ async fn receive(
                         let now = origin.elapsed().as_micros() as u64;
                         stats.deliveries.fetch_add(1, Ordering::Relaxed);
                         stats.last_delivery_us.fetch_max(now, Ordering::Relaxed);
-                        record(&stats.delivered_lat, now.saturating_sub(at)).await;
+                        stats.deliver_latency.record(now.saturating_sub(at)).await;
                     }
                     _ => {}
                 }

@@ -152,6 +152,15 @@ async fn the_gateway_user_cannot_delete_purge_or_read_streams_through_the_jetstr
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut a = Client::connect(0, &alice, "phone", 0).await;
     let sent = a.send_text(&bob, "kept").await;
+    // Bob's ack makes a delivered receipt, so this test's own traffic is in every stream
+    // (RCPT included) before the "before" snapshot, whatever other tests did.
+    let mut b = Client::connect(0, &bob, "phone", 0).await;
+    let got = b.wait_for_text("kept").await;
+    b.ack(got["seq"].as_u64().unwrap()).await;
+    a.wait_for("the delivered tick", |f| {
+        f["type"] == "receipt" && f["status"] == "delivered"
+    })
+    .await;
     let admin = admin().await;
     let mut before = Vec::new();
     for name in [streams::MSGS, streams::INBOX, streams::RCPT] {
