@@ -78,6 +78,20 @@ pub fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(1024 * 1024)
 }
 
+/// A TCP connection to `target` from the source address `source`, without Nagle's delay.
+pub async fn tcp_from(source: Ipv4Addr, target: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .with_context(|| format!("bind {source}"))?;
+    let stream = socket
+        .connect(target)
+        .await
+        .with_context(|| format!("connect {target} from {source}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Connects to `gateway` from `source` and upgrades to a WebSocket for `user` on `device`,
 /// resuming after inbox sequence `after` when given.
 pub async fn connect(
@@ -87,15 +101,7 @@ pub async fn connect(
     device: &str,
     after: Option<u64>,
 ) -> anyhow::Result<Socket> {
-    let socket = TcpSocket::new_v4()?;
-    socket
-        .bind(SocketAddr::new(source.into(), 0))
-        .with_context(|| format!("bind {source}"))?;
-    let stream = socket
-        .connect(gateway)
-        .await
-        .with_context(|| format!("connect {gateway} from {source}"))?;
-    stream.set_nodelay(true)?;
+    let stream = tcp_from(source, gateway).await?;
     let mut url = format!("ws://{gateway}/v1/ws?token={token}&device={device}");
     if let Some(after) = after {
         url.push_str(&format!("&after={after}"));

@@ -34,10 +34,7 @@ use base64::Engine;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        TcpSocket,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
     sync::watch,
 };
 
@@ -342,15 +339,7 @@ async fn login(
     user: String,
     password: &str,
 ) -> anyhow::Result<Conn> {
-    let socket = TcpSocket::new_v4()?;
-    socket
-        .bind(SocketAddr::new(source.into(), 0))
-        .with_context(|| format!("bind {source}"))?;
-    let tcp = socket
-        .connect(server)
-        .await
-        .with_context(|| format!("connect {server} from {source}"))?;
-    tcp.set_nodelay(true)?;
+    let tcp = net::tcp_from(source, server).await?;
     let (read, tx) = tcp.into_split();
     let mut conn = Conn {
         rx: Reader {
