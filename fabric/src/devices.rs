@@ -11,7 +11,7 @@ use async_nats::jetstream::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::groups::{lost_race, open_bucket};
+use crate::buckets::{lost_race, open_bucket, read_latest};
 
 pub const BUCKET: &str = "devices";
 /// Most devices remembered per user; registering one more forgets the least recently
@@ -116,19 +116,14 @@ impl Devices {
         &self,
         user: &str,
     ) -> Result<Option<(u64, BTreeMap<String, PushTarget>)>, DevicesError> {
-        let Some(entry) = self
-            .kv
-            .entry(user)
+        let Some((revision, value)) = read_latest(&self.kv, user)
             .await
-            .map_err(|e| DevicesError::Store(e.to_string()))?
+            .map_err(DevicesError::Store)?
         else {
             return Ok(None);
         };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
-        let map = serde_json::from_slice(&entry.value)
+        let map = serde_json::from_slice(&value)
             .map_err(|e| DevicesError::Store(format!("unreadable targets of {user}: {e}")))?;
-        Ok(Some((entry.revision, map)))
+        Ok(Some((revision, map)))
     }
 }

@@ -26,7 +26,10 @@ use natter_schemas::{GroupEventItem, GroupEventKind, GroupInfo, ids::check_id};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::records::GroupEventRecord;
+use crate::{
+    buckets::{lost_race, open_bucket, read_latest},
+    records::GroupEventRecord,
+};
 
 pub const BUCKET: &str = "groups";
 /// WhatsApp's limit, and the default of `limits.max_group_members`.
@@ -419,40 +422,17 @@ impl Groups {
 
     async fn entry(&self, gid: &str) -> Result<Option<(u64, Arc<Group>)>, GroupsError> {
         check_id(gid, "group id").map_err(|_| Refusal::NotMember)?;
-        let Some(entry) = self
-            .kv
-            .entry(gid)
+        let Some((revision, value)) = read_latest(&self.kv, gid)
             .await
-            .map_err(|e| GroupsError::Store(e.to_string()))?
+            .map_err(GroupsError::Store)?
         else {
             return Ok(None);
         };
-        if entry.operation != Operation::Put {
-            return Ok(None);
-        }
         let group: Group =
-            serde_json::from_slice(&entry.value).map_err(|_| GroupsError::Corrupt(gid.into()))?;
+            serde_json::from_slice(&value).map_err(|_| GroupsError::Corrupt(gid.into()))?;
         let group = Arc::new(group);
-        self.remember(entry.revision, group.clone());
-        Ok(Some((entry.revision, group)))
-    }
-}
-
-/// Whether a KV compare-and-set lost to another writer. nats-server 2.14 reports that as
-/// "wrong last sequence" with error code 10164, which async-nats 0.51 does not map to
-/// `WrongLastRevision` / `AlreadyExists` (it knows 10071 only), so the text decides too.
-pub(crate) fn lost_race(recognized: bool, err: &impl std::fmt::Display) -> bool {
-    recognized || err.to_string().contains("wrong last sequence")
-}
-
-/// Opens a KV bucket, creating it when it does not exist yet.
-pub(crate) async fn open_bucket(
-    js: &jetstream::Context,
-    config: kv::Config,
-) -> Result<kv::Store, String> {
-    match js.get_key_value(&config.bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => js.create_key_value(config).await.map_err(|e| e.to_string()),
+        self.remember(revision, group.clone());
+        Ok(Some((revision, group)))
     }
 }
 

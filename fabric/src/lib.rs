@@ -14,6 +14,7 @@
 //! - [`telemetry`]: the Prometheus exporter every process runs.
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
+mod buckets;
 pub mod connect;
 pub mod devices;
 pub mod groups;

@@ -22,7 +22,7 @@ use async_nats::{
     jetstream::{
         self,
         context::PublishAckFuture,
-        kv::{self, Operation, UpdateErrorKind},
+        kv::{self, UpdateErrorKind},
         object_store::{self, ObjectInfo, ObjectOptions},
         stream::StorageType,
     },
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::groups::open_bucket;
+use crate::buckets::{lost_race, open_bucket, read_latest};
 
 pub const BUCKET: &str = "media";
 pub const ACCESS_BUCKET: &str = "media_access";
@@ -321,12 +321,7 @@ impl MediaStore {
             let value = serde_json::to_vec(&access).expect("access serializes");
             match self.access.update(id, value.into(), revision).await {
                 Ok(_) => return Ok(()),
-                Err(err)
-                    if crate::groups::lost_race(
-                        err.kind() == UpdateErrorKind::WrongLastRevision,
-                        &err,
-                    ) =>
-                {
+                Err(err) if lost_race(err.kind() == UpdateErrorKind::WrongLastRevision, &err) => {
                     continue;
                 }
                 Err(err) => return Err(MediaError::Store(err.to_string())),
@@ -373,14 +368,11 @@ impl MediaStore {
         if natter_schemas::ids::check_id(id, "media id").is_err() {
             return Ok(None);
         }
-        let entry = self
-            .access
-            .entry(id)
+        let entry = read_latest(&self.access, id)
             .await
-            .map_err(|e| MediaError::Store(e.to_string()))?;
+            .map_err(MediaError::Store)?;
         Ok(entry
-            .filter(|e| e.operation == Operation::Put)
-            .and_then(|e| Some((e.revision, serde_json::from_slice(&e.value).ok()?))))
+            .and_then(|(revision, value)| Some((revision, serde_json::from_slice(&value).ok()?))))
     }
 }
 

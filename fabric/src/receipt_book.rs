@@ -18,13 +18,13 @@ use std::collections::BTreeSet;
 
 use async_nats::jetstream::{
     self,
-    kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
+    kv::{self, CreateErrorKind, UpdateErrorKind},
     stream::StorageType,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    groups::{lost_race, open_bucket},
+    buckets::{lost_race, open_bucket, read_latest},
     streams::INBOX_MAX_AGE,
 };
 
@@ -263,20 +263,12 @@ impl ReceiptBook {
     }
 
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(u64, T)>, BookError> {
-        let Some(entry) = self
-            .kv
-            .entry(key)
-            .await
-            .map_err(|e| BookError::Store(e.to_string()))?
+        let Some((revision, value)) = read_latest(&self.kv, key).await.map_err(BookError::Store)?
         else {
             return Ok(None);
         };
-        if entry.operation != Operation::Put {
-            return Ok(None);
-        }
-        let value =
-            serde_json::from_slice(&entry.value).map_err(|_| BookError::Corrupt(key.into()))?;
-        Ok(Some((entry.revision, value)))
+        let value = serde_json::from_slice(&value).map_err(|_| BookError::Corrupt(key.into()))?;
+        Ok(Some((revision, value)))
     }
 
     /// Compare-and-set on one key. A missing key starts from `T::default()` when `create`,

@@ -143,12 +143,7 @@ async fn write(
     name: String,
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let mut batches = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .messages()
-        .await?
-        .ready_chunks(BATCH);
+    let mut batches = crate::pull::messages(consumer, BATCH).ready_chunks(BATCH);
     let stop = stopped(stop);
     tokio::pin!(stop);
     loop {
@@ -201,7 +196,7 @@ async fn mark(
     name: String,
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let mut events = consumer.messages().await?;
+    let mut events = crate::pull::messages(consumer, crate::pull::BATCH);
     let stop = stopped(stop);
     tokio::pin!(stop);
     loop {

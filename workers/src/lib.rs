@@ -19,6 +19,7 @@ pub mod canary;
 pub mod fanout;
 pub mod history;
 pub mod jetstream_stats;
+mod pull;
 pub mod push;
 pub mod receipts;
 

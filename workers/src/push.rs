@@ -80,11 +80,17 @@ pub async fn start(
         Devices::open(js, replicas)
     })
     .await?;
-    let stream = js.get_stream_no_info(streams::INBOX).await?;
+    let stream = js.get_stream(streams::INBOX).await?;
+    // Only what arrives from now on: a first start does not notify about the past. Not
+    // `DeliverPolicy::New`: each replica of a new consumer takes "new" from its own
+    // moment of creation, and a leader that was created late skips what came before
+    // (seen as a lost push right after the cluster started).
+    let next = stream.cached_info().state.last_sequence + 1;
     let config = pull::Config {
         durable_name: Some("push".into()),
-        // Only what arrives from now on: a first start does not notify about the past.
-        deliver_policy: DeliverPolicy::New,
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: next,
+        },
         ack_policy: AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         // Redelivered until noted (Redis may be down for a while), with growing waits.
@@ -115,7 +121,7 @@ async fn note_loop(
     include_text: bool,
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let messages = consumer.messages().await?;
+    let messages = crate::pull::messages(consumer, crate::pull::BATCH);
     let work = messages.for_each_concurrent(CONCURRENCY, |next| {
         let queue = &queue;
         async move {
@@ -173,6 +179,9 @@ async fn noted(
     };
     if queue.note(user, &m.conv, &m.from, &text).await? {
         metrics::counter!("natter_push_noted_total").increment(1);
+        tracing::debug!(%user, "push noted");
+    } else {
+        tracing::debug!(%user, "recipient online; no push");
     }
     Ok(())
 }
@@ -217,6 +226,7 @@ async fn deliver(devices: &Devices, provider: &Provider, pending: Pending) {
         }
     };
     if targets.is_empty() {
+        tracing::debug!(user = %pending.user, "no registered device to push to");
         return outcome("no_device");
     }
     for (device, target) in targets {

@@ -63,7 +63,7 @@ pub async fn start(
     let js = js.clone();
     let book = book.clone();
     Ok(async move {
-        let messages = consumer.messages().await?;
+        let messages = crate::pull::messages(consumer, crate::pull::BATCH);
         let work = messages.for_each_concurrent(CONCURRENCY, |next| {
             let (js, inbox, book) = (&js, &inbox, &book);
             async move {

@@ -1,0 +1,47 @@
+//! What every KV bucket here shares: opening one, telling a lost compare-and-set, and
+//! reading a key as the bucket's leader has it.
+//!
+//! Why not `kv::Store::entry`: with `allow_direct` (set on every bucket async-nats
+//! creates) that is a direct get, answered by any replica, and a follower may not have a
+//! write that was acked a moment ago (5–8 % right after an ack, NATS-NOTES.md). A member
+//! just added to a group, a push target just registered, a file just shared must be
+//! seen by the next reader, so reads go to the stream leader (a message get, ~0.2 ms).
+
+use async_nats::jetstream::{self, kv, stream::LastRawMessageErrorKind};
+use bytes::Bytes;
+
+/// Whether a KV compare-and-set lost to another writer. nats-server 2.14 reports that as
+/// "wrong last sequence" with error code 10164, which async-nats 0.51 does not map to
+/// `WrongLastRevision` / `AlreadyExists` (it knows 10071 only), so the text decides too.
+pub(crate) fn lost_race(recognized: bool, err: &impl std::fmt::Display) -> bool {
+    recognized || err.to_string().contains("wrong last sequence")
+}
+
+/// Opens a KV bucket, creating it when it does not exist yet.
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, String> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js.create_key_value(config).await.map_err(|e| e.to_string()),
+    }
+}
+
+/// The value of `key` and its revision, from the bucket's stream leader; `None` when the
+/// key was never written, or was deleted or purged.
+pub(crate) async fn read_latest(kv: &kv::Store, key: &str) -> Result<Option<(u64, Bytes)>, String> {
+    let subject = format!("{}{key}", kv.prefix);
+    match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let removed = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT")
+                || message.headers.get("Nats-Marker-Reason").is_some();
+            Ok((!removed).then_some((message.sequence, message.payload)))
+        }
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(err.to_string()),
+    }
+}
