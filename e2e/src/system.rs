@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::StreamExt;
 use natter_fabric::NatsSettings;
 use natter_gateway::config::Config;
 use natter_workers::history::{Backend, HistorySettings};
@@ -211,8 +212,8 @@ fn start(options: Options) -> System {
                 if options.workers > 0 {
                     wait_for_history_workers(&urls).await;
                 }
-                if options.workers > 0 && options.push.is_some() {
-                    wait_for_push_consumer(&urls).await;
+                if options.workers > 0 {
+                    wait_for_pulls(&urls, options.push.is_some()).await;
                 }
                 tx.send(System {
                     gateways,
@@ -278,22 +279,46 @@ async fn wait_for_history_workers(urls: &str) {
     }
 }
 
-/// Waits until the push workers' consumer exists: it only takes inbox items stored after
-/// it was created, so a test sending earlier would wait for a push that never comes.
-async fn wait_for_push_consumer(urls: &str) {
+/// Waits until every worker consumer exists and has a pull request waiting on its
+/// leader. Right after a cluster starts, a worker's first pull may find no consumer leader
+/// and the next comes seconds later; a test sending in that gap would wait for it. (The
+/// push consumer only takes inbox items stored after it was created, too.)
+async fn wait_for_pulls(urls: &str, push: bool) {
+    use natter_fabric::streams::{INBOX, MSGS, RCPT};
     let client = nats_client(urls, "workers", "e2e-readiness").await;
     let js = async_nats::jetstream::new(client);
+    let mut expected: Vec<String> = (0..natter_fabric::subjects::PARTITIONS)
+        .map(|p| format!("fanout-{p}"))
+        .chain(["receipts".to_owned()])
+        .collect();
+    if push {
+        expected.push("push".to_owned());
+    }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        if let Ok(stream) = js.get_stream(natter_fabric::streams::INBOX).await
-            && stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("push")
-                .await
-                .is_ok()
-        {
+        let mut waiting = Vec::new();
+        let mut idle = Vec::new();
+        for name in [MSGS, RCPT, INBOX] {
+            let Ok(stream) = js.get_stream(name).await else {
+                continue;
+            };
+            let mut consumers = stream.consumers();
+            while let Some(Ok(info)) = consumers.next().await {
+                if info.num_waiting > 0 {
+                    waiting.push(info.name);
+                } else {
+                    idle.push(info.name);
+                }
+            }
+        }
+        let missing: Vec<&String> = expected.iter().filter(|e| !waiting.contains(e)).collect();
+        if missing.is_empty() && idle.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "no push consumer in 90 s");
+        assert!(
+            Instant::now() < deadline,
+            "worker consumers not pulling after 90 s: missing {missing:?}, idle {idle:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

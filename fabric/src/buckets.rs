@@ -5,7 +5,15 @@
 //! creates) that is a direct get, answered by any replica, and a follower may not have a
 //! write that was acked a moment ago (5–8 % right after an ack, NATS-NOTES.md). A member
 //! just added to a group, a push target just registered, a file just shared must be
-//! seen by the next reader, so reads go to the stream leader (a message get, ~0.2 ms).
+//! seen by the next reader, so [`read_latest`] asks the stream leader (a message get,
+//! ~0.2 ms). While a leader is being elected nobody answers that, for seconds; then a
+//! replica's answer is better than none, as it was before.
+//!
+//! The receipt book keeps replica reads: its every change is a compare-and-set, so a stale
+//! read costs a retry, while a slow one (an event handled for longer than its ack wait)
+//! would have the event handled twice.
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream::LastRawMessageErrorKind};
 use bytes::Bytes;
@@ -28,12 +36,17 @@ pub(crate) async fn open_bucket(
     }
 }
 
-/// The value of `key` and its revision, from the bucket's stream leader; `None` when the
-/// key was never written, or was deleted or purged.
+/// How long the leader has to answer before a replica is asked instead.
+const LEADER_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The value of `key` and its revision, from the bucket's stream leader (from a replica
+/// when the leader does not answer within [`LEADER_PATIENCE`]); `None` when the key was
+/// never written, or was deleted or purged.
 pub(crate) async fn read_latest(kv: &kv::Store, key: &str) -> Result<Option<(u64, Bytes)>, String> {
     let subject = format!("{}{key}", kv.prefix);
-    match kv.stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => {
+    let asked = kv.stream.get_last_raw_message_by_subject(&subject);
+    match tokio::time::timeout(LEADER_PATIENCE, asked).await {
+        Ok(Ok(message)) => {
             let removed = message
                 .headers
                 .get("KV-Operation")
@@ -41,7 +54,15 @@ pub(crate) async fn read_latest(kv: &kv::Store, key: &str) -> Result<Option<(u64
                 || message.headers.get("Nats-Marker-Reason").is_some();
             Ok((!removed).then_some((message.sequence, message.payload)))
         }
-        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(err) => Err(err.to_string()),
+        Ok(Err(err)) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Ok(Err(_)) | Err(_) => {
+            metrics::counter!("natter_kv_replica_reads_total").increment(1);
+            match kv.entry(key).await.map_err(|e| e.to_string())? {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    Ok(Some((entry.revision, entry.value)))
+                }
+                _ => Ok(None),
+            }
+        }
     }
 }

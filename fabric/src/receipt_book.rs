@@ -18,13 +18,13 @@ use std::collections::BTreeSet;
 
 use async_nats::jetstream::{
     self,
-    kv::{self, CreateErrorKind, UpdateErrorKind},
+    kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
     stream::StorageType,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    buckets::{lost_race, open_bucket, read_latest},
+    buckets::{lost_race, open_bucket},
     streams::INBOX_MAX_AGE,
 };
 
@@ -42,6 +42,12 @@ pub struct MessageState {
     pub recipients: BTreeSet<String>,
     pub delivered: BTreeSet<String>,
     pub read: BTreeSet<String>,
+    /// Whose mark completed `delivered` / `read`: theirs is the receipt that says
+    /// `all: true`, however often it is sent again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_last: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_last: Option<String>,
 }
 
 /// What one mark changed: for each status newly reached by the member, whether every
@@ -54,17 +60,22 @@ pub struct Marked {
 
 impl Marked {
     /// These marks, plus the statuses `by` had already reached in `state` (for an event
-    /// handled again after a worker died between marking and publishing): whether every
-    /// recipient has each, as it stands now.
+    /// handled again after a worker died between marking and publishing, or handled twice
+    /// at once): whether `by`'s mark was the one that completed each.
     pub fn or_reached(self, state: &MessageState, by: &str) -> Marked {
-        let all = |set: &BTreeSet<String>| set.len() == state.recipients.len();
+        let completed_by = |set: &BTreeSet<String>, last: &Option<String>| match last {
+            Some(last) => last == by,
+            // Written before the book remembered who completed a status.
+            None => set.len() == state.recipients.len(),
+        };
         Marked {
-            delivered: self
-                .delivered
-                .or_else(|| state.delivered.contains(by).then(|| all(&state.delivered))),
-            read: self
-                .read
-                .or_else(|| state.read.contains(by).then(|| all(&state.read))),
+            delivered: self.delivered.or_else(|| {
+                (state.delivered.contains(by))
+                    .then(|| completed_by(&state.delivered, &state.delivered_last))
+            }),
+            read: self.read.or_else(|| {
+                (state.read.contains(by)).then(|| completed_by(&state.read, &state.read_last))
+            }),
         }
     }
 }
@@ -77,10 +88,18 @@ impl MessageState {
             return marked;
         }
         if self.delivered.insert(by.to_owned()) {
-            marked.delivered = Some(self.delivered.len() == self.recipients.len());
+            let all = self.delivered.len() == self.recipients.len();
+            if all {
+                self.delivered_last = Some(by.to_owned());
+            }
+            marked.delivered = Some(all);
         }
         if read && self.read.insert(by.to_owned()) {
-            marked.read = Some(self.read.len() == self.recipients.len());
+            let all = self.read.len() == self.recipients.len();
+            if all {
+                self.read_last = Some(by.to_owned());
+            }
+            marked.read = Some(all);
         }
         marked
     }
@@ -263,12 +282,20 @@ impl ReceiptBook {
     }
 
     async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(u64, T)>, BookError> {
-        let Some((revision, value)) = read_latest(&self.kv, key).await.map_err(BookError::Store)?
+        let Some(entry) = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| BookError::Store(e.to_string()))?
         else {
             return Ok(None);
         };
-        let value = serde_json::from_slice(&value).map_err(|_| BookError::Corrupt(key.into()))?;
-        Ok(Some((revision, value)))
+        if entry.operation != Operation::Put {
+            return Ok(None);
+        }
+        let value =
+            serde_json::from_slice(&entry.value).map_err(|_| BookError::Corrupt(key.into()))?;
+        Ok(Some((entry.revision, value)))
     }
 
     /// Compare-and-set on one key. A missing key starts from `T::default()` when `create`,
@@ -355,6 +382,34 @@ mod tests {
         );
         assert_eq!(s.mark("bob", true).read, Some(true));
         assert_eq!(s.status_of("bob"), "read");
+    }
+
+    #[test]
+    fn a_receipt_sent_again_says_all_only_for_the_member_who_completed_the_set() {
+        let mut s = state();
+        s.mark("bob", false);
+        s.mark("cat", false);
+        // Bob's event handled again after cat completed the set: bob's receipt is re-sent
+        // as it was first (not all); cat's says all.
+        assert_eq!(
+            Marked::default().or_reached(&s, "bob").delivered,
+            Some(false)
+        );
+        assert_eq!(
+            Marked::default().or_reached(&s, "cat").delivered,
+            Some(true)
+        );
+        assert_eq!(
+            Marked::default().or_reached(&s, "cat").read,
+            None,
+            "not read"
+        );
+        // A state stored before the book remembered who completed it.
+        s.delivered_last = None;
+        assert_eq!(
+            Marked::default().or_reached(&s, "bob").delivered,
+            Some(true)
+        );
     }
 
     #[test]
