@@ -117,6 +117,9 @@ async fn websocket(
                 ),
             )
         })?;
+    let opening = session::open(&app, &identity.user, after)
+        .await
+        .map_err(unavailable)?;
     Ok(upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -130,8 +133,8 @@ async fn websocket(
                 app,
                 identity.user,
                 device,
-                after,
                 registration,
+                opening,
                 socket,
             ))
         }))

@@ -70,18 +70,64 @@ enum End {
     Broken(u16, String),
 }
 
+/// Why a socket could not be opened (answered 503 instead of the upgrade).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("subscribing to the inbox: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("subscribing to the inbox: {0}")]
+    Flush(#[from] async_nats::client::FlushError),
+    #[error("reading the inbox: {0}")]
+    Inbox(#[from] natter_fabric::InboxError),
+}
+
+/// A socket's delivery, settled before its upgrade is answered: the subscriptions, and the
+/// cursor checked against the inbox.
+///
+/// Before, not after: the client may send (or have a friend send) the moment it sees its
+/// socket open. A resume point beyond the inbox is moved back to the inbox's newest item,
+/// and that must be the newest item from before the socket opened, or a message stored in
+/// between would count as one the device already has and never reach it.
+pub(crate) struct Opening {
+    after: u64,
+    cursor: Cursor,
+    /// Where catch-up stops (see [`Cursor::clamp_to_inbox`]).
+    newest: u64,
+    live: async_nats::Subscriber,
+    ephemeral: async_nats::Subscriber,
+}
+
+/// Subscribes to `user`'s live items and notices, then settles the cursor at `after`.
+pub(crate) async fn open(app: &App, user: &str, after: u64) -> Result<Opening, OpenError> {
+    // Subscribe before catching up so nothing stored meanwhile is missed; items that
+    // arrive live during catch-up wait in the subscription and are de-duplicated.
+    let live = app.nats.subscribe(subjects::live(user)).await?;
+    // Typing notices: best effort, never stored; one missed is harmless.
+    let ephemeral = app.nats.subscribe(subjects::ephemeral(user)).await?;
+    app.nats.flush().await?;
+    let mut cursor = Cursor::new(user, after, app.config.limits.max_gap_repair);
+    let newest = cursor.clamp_to_inbox(&app.inbox).await?;
+    Ok(Opening {
+        after,
+        cursor,
+        newest,
+        live,
+        ephemeral,
+    })
+}
+
 /// Serves one authenticated socket until it ends; `registration` is its place in presence
-/// (admitted before the upgrade).
+/// (admitted before the upgrade), `opening` its delivery (from [`open`]).
 pub(crate) async fn serve(
     app: App,
     user: String,
     device: String,
-    after: u64,
     registration: Registration,
+    opening: Opening,
     socket: WebSocket,
 ) {
     let span = tracing::info_span!("socket", %user, %device);
-    serve_in_span(app, user, device, after, registration, socket)
+    serve_in_span(app, user, device, registration, opening, socket)
         .instrument(span)
         .await;
 }
@@ -90,15 +136,23 @@ async fn serve_in_span(
     app: App,
     user: String,
     device: String,
-    after: u64,
     registration: Registration,
+    opening: Opening,
     socket: WebSocket,
 ) {
     let (sink, stream) = socket.split();
+    let Opening {
+        after,
+        cursor,
+        newest,
+        live,
+        ephemeral,
+    } = opening;
     let mut session = Session {
         presence: Some(registration),
-        cursor: Cursor::new(&user, after, app.config.limits.max_gap_repair),
-        acked: after,
+        // An `after` beyond the inbox was moved back: acks cannot go beyond the cursor.
+        acked: after.min(cursor.last()),
+        cursor,
         retry_soon: false,
         send_lease: Arc::default(),
         app,
@@ -109,7 +163,7 @@ async fn serve_in_span(
     metrics::counter!("natter_gateway_connections_total").increment(1);
     let sockets = metrics::gauge!("natter_gateway_sockets");
     sockets.increment(1.0);
-    let end = session.run(stream).await;
+    let end = session.run(stream, live, ephemeral, newest).await;
     sockets.decrement(1.0);
     // Out of presence now (offline if it was the user's last socket), before the close.
     drop(session.presence.take());
@@ -187,28 +241,15 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) -> End {
+    async fn run(
+        &mut self,
+        mut stream: futures_util::stream::SplitStream<WebSocket>,
+        mut live: async_nats::Subscriber,
+        mut ephemeral: async_nats::Subscriber,
+        newest: u64,
+    ) -> End {
         let limits = self.app.config.limits.clone();
-        // Subscribe before catching up so nothing stored meanwhile is missed; items that
-        // arrive live during catch-up wait in the subscription and are de-duplicated.
-        let mut live = match self.app.nats.subscribe(subjects::live(&self.user)).await {
-            Ok(live) => live,
-            Err(err) => return End::Internal(err.to_string()),
-        };
-        // Typing notices: best effort, never stored; one missed is harmless.
-        let mut ephemeral = match self
-            .app
-            .nats
-            .subscribe(subjects::ephemeral(&self.user))
-            .await
-        {
-            Ok(ephemeral) => ephemeral,
-            Err(err) => return End::Internal(err.to_string()),
-        };
-        if let Err(err) = self.app.nats.flush().await {
-            return End::Internal(err.to_string());
-        }
-        if let Err(end) = self.catch_up().await {
+        if let Err(end) = self.catch_up(newest).await {
             return end;
         }
 
@@ -278,13 +319,8 @@ impl Session {
         }
     }
 
-    async fn catch_up(&mut self) -> Result<(), End> {
-        let newest = self
-            .cursor
-            .clamp_to_inbox(&self.app.inbox)
-            .await
-            .map_err(|err| End::Internal(err.to_string()))?;
-        self.acked = self.acked.min(self.cursor.last());
+    /// Everything from the cursor up to `newest`; later items come live.
+    async fn catch_up(&mut self, newest: u64) -> Result<(), End> {
         loop {
             let items = self
                 .cursor
