@@ -89,7 +89,6 @@ pub(crate) enum OpenError {
 /// and that must be the newest item from before the socket opened, or a message stored in
 /// between would count as one the device already has and never reach it.
 pub(crate) struct Opening {
-    after: u64,
     cursor: Cursor,
     /// Where catch-up stops (see [`Cursor::clamp_to_inbox`]).
     newest: u64,
@@ -108,7 +107,6 @@ pub(crate) async fn open(app: &App, user: &str, after: u64) -> Result<Opening, O
     let mut cursor = Cursor::new(user, after, app.config.limits.max_gap_repair);
     let newest = cursor.clamp_to_inbox(&app.inbox).await?;
     Ok(Opening {
-        after,
         cursor,
         newest,
         live,
@@ -142,7 +140,6 @@ async fn serve_in_span(
 ) {
     let (sink, stream) = socket.split();
     let Opening {
-        after,
         cursor,
         newest,
         live,
@@ -150,8 +147,8 @@ async fn serve_in_span(
     } = opening;
     let mut session = Session {
         presence: Some(registration),
-        // An `after` beyond the inbox was moved back: acks cannot go beyond the cursor.
-        acked: after.min(cursor.last()),
+        // The client's `after`, or the inbox's newest item when `after` was beyond it.
+        acked: cursor.last(),
         cursor,
         retry_soon: false,
         send_lease: Arc::default(),
