@@ -1,6 +1,10 @@
 //! A TCP proxy between two parties under test. A test can cut it (both sides see the
 //! connection drop, e.g. a process losing NATS) or pause it towards the client (the server's
 //! writes back up, as with a client that stopped reading).
+//!
+//! The proxy's socket towards the server has a fixed, small receive buffer. Linux would
+//! otherwise grow it (up to `net.ipv4.tcp_rmem`'s maximum, 32 MiB on some machines), and a
+//! paused proxy could soak up megabytes that the server believes delivered.
 
 use std::{
     net::SocketAddr,
@@ -10,10 +14,13 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
     sync::watch,
     task::JoinHandle,
 };
+
+/// Receive buffer of the proxy's socket towards the server (the kernel doubles it).
+const UPSTREAM_RECEIVE_BUFFER: u32 = 128 * 1024;
 
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -43,7 +50,7 @@ impl Proxy {
                 }
                 let paused = pause.subscribe();
                 let task = tokio::spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(upstream).await {
+                    if let Ok(outbound) = connect_upstream(upstream).await {
                         forward(inbound, outbound, paused).await;
                     }
                 });
@@ -71,6 +78,12 @@ impl Proxy {
     pub fn pause_downstream(&self, paused: bool) {
         self.paused.send_replace(paused);
     }
+}
+
+async fn connect_upstream(upstream: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(UPSTREAM_RECEIVE_BUFFER)?;
+    socket.connect(upstream).await
 }
 
 /// Copies both ways until either side closes; upstream → client waits while paused.

@@ -201,6 +201,32 @@ fn bulky(i: usize) -> String {
     format!("{i:04} {}", "x".repeat(30 * 1024))
 }
 
+/// Waits until the newest item in `user`'s inbox is the message with text `last`.
+async fn all_stored_for(user: &str, last: &str) {
+    let inbox = admin()
+        .await
+        .get_stream_no_info(streams::INBOX)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(newest) = inbox
+            .get_last_raw_message_by_subject(&subjects::inbox(user))
+            .await
+        {
+            let item: Value = serde_json::from_slice(&newest.payload).unwrap();
+            if item["body"]["text"] == last {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user}'s inbox did not get the last message within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() {
     configure(Options {
@@ -226,6 +252,10 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() 
     for i in 0..COUNT {
         a.send_text(&bob, &bulky(i)).await;
     }
+    // `sent` comes before fanout: on a loaded machine the last items reach Bob's inbox
+    // seconds later, and a pause that ended before then would let them all through.
+    all_stored_for(&bob, &bulky(COUNT - 1)).await;
+    // The gateway's blocked write gives up after its 1 s write timeout.
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.pause_downstream(false);
 
@@ -233,7 +263,13 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() 
     let mut got = Vec::new();
     while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), b.receive())
         .await
-        .expect("socket neither delivered nor closed")
+        .unwrap_or_else(|_| {
+            panic!(
+                "socket neither delivered nor closed for 20 s; {} of {COUNT} delivered, the last {:?}",
+                got.len(),
+                got.last()
+            )
+        })
     {
         if frame["type"] == "msg" {
             got.push(frame["body"]["text"].as_str().unwrap()[..4].to_owned());
