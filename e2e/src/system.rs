@@ -213,7 +213,7 @@ fn start(options: Options) -> System {
                     wait_for_history_workers(&urls).await;
                 }
                 if options.workers > 0 {
-                    wait_for_pulls(&urls, options.push.is_some()).await;
+                    wait_for_pulls(&urls, options.workers).await;
                 }
                 tx.send(System {
                     gateways,
@@ -280,20 +280,16 @@ async fn wait_for_history_workers(urls: &str) {
 }
 
 /// Waits until every worker consumer exists and has a pull request waiting on its
-/// leader. Right after a cluster starts, a worker's first pull may find no consumer leader
-/// and the next comes seconds later; a test sending in that gap would wait for it. (The
-/// push consumer only takes inbox items stored after it was created, too.)
-async fn wait_for_pulls(urls: &str, push: bool) {
+/// leader: fanout and receipts per partition, and one inbox tail reader per worker set.
+/// Right after a cluster starts, a worker's first pull may find no consumer leader and the
+/// next comes seconds later; a test sending in that gap would wait for it.
+async fn wait_for_pulls(urls: &str, sets: usize) {
     use natter_fabric::streams::{INBOX, MSGS, RCPT};
     let client = nats_client(urls, "workers", "e2e-readiness").await;
     let js = async_nats::jetstream::new(client);
-    let mut expected: Vec<String> = (0..natter_fabric::subjects::PARTITIONS)
-        .map(|p| format!("fanout-{p}"))
-        .chain(["receipts".to_owned()])
+    let expected: Vec<String> = (0..natter_fabric::subjects::PARTITIONS)
+        .flat_map(|p| [format!("fanout-{p}"), format!("receipts-{p}")])
         .collect();
-    if push {
-        expected.push("push".to_owned());
-    }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let mut waiting = Vec::new();
@@ -312,12 +308,14 @@ async fn wait_for_pulls(urls: &str, push: bool) {
             }
         }
         let missing: Vec<&String> = expected.iter().filter(|e| !waiting.contains(e)).collect();
-        if missing.is_empty() && idle.is_empty() {
+        let tails = waiting.iter().filter(|n| n.starts_with("tail-")).count();
+        if missing.is_empty() && idle.is_empty() && tails >= sets {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "worker consumers not pulling after 90 s: missing {missing:?}, idle {idle:?}"
+            "worker consumers not pulling after 90 s: missing {missing:?}, idle {idle:?}, \
+             {tails} of {sets} inbox tails"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -194,9 +194,11 @@ struct Received {
     at: Duration,
 }
 
-/// A receipt item as a sender's device received it.
+/// A receipt item as a sender's device received it (a watermark: it covers `id` and every
+/// earlier message of the sender in `conv`).
 #[derive(Debug, Clone)]
 struct SeenReceipt {
+    conv: String,
     id: String,
     by: String,
     status: String,
@@ -462,6 +464,7 @@ impl DeviceTask {
                 at,
             }),
             Some("receipt") => log.receipts.push(SeenReceipt {
+                conv: text_of(&frame["conv"]),
                 id: text_of(&frame["id"]),
                 by: text_of(&frame["by"]),
                 status: text_of(&frame["status"]),
@@ -708,117 +711,134 @@ fn check_delivery(convs: &[Conversation], views: &[View]) -> Delivery {
     report
 }
 
-/// Receipts at the senders against what the recipients acked and read.
+/// Receipts at the senders against what the recipients acked and read. Receipts are
+/// watermarks: one-on-one, a receipt `by` the peer covers every message of the sender up
+/// to its id; in groups only receipts saying `all` come, and one covers every message of
+/// the sender up to its id for every other member.
 #[derive(Default)]
 struct Receipts {
-    /// (message, recipient) pairs acked on a connection that stayed up: must be receipted.
+    /// (message, recipient) pairs acked on a connection that stayed up (in groups: by
+    /// every other member): must be covered by a `delivered` (or `read`) receipt.
     expected: usize,
     missing: Vec<String>,
-    /// Pairs acked only on connections that later died (the ack may not have reached
-    /// RCPT; PROTOCOL.md: ack before you reconnect), with no `delivered` receipt.
+    /// Pairs acked only on connections that later died (the ack may not have reached the
+    /// gateway; PROTOCOL.md: ack before you reconnect), not covered.
     missing_after_lost_connection: usize,
     duplicates: Vec<String>,
     missing_reads: Vec<String>,
-    /// Group messages whose full set of receipts of a status has not exactly one `all`.
+    /// Group receipts that do not say `all` (none should come).
     wrong_all: Vec<String>,
 }
 
 impl Receipts {
     fn complete(&self, reads: bool) -> bool {
         self.missing.is_empty()
-            && (!reads || (self.missing_reads.is_empty() && self.wrong_all.is_empty()))
+            && self.wrong_all.is_empty()
+            && (!reads || self.missing_reads.is_empty())
     }
 }
 
-/// One device's receipts by (message id, by, status).
-type ReceiptIndex<'a> = HashMap<(&'a str, &'a str, &'a str), Vec<&'a SeenReceipt>>;
-
 fn check_receipts(convs: &[Conversation], views: &[View], reads: bool) -> Receipts {
     let mut report = Receipts::default();
-    // Per sender device: (message id, by, status) → receipts.
-    let mut seen: HashMap<&str, ReceiptIndex> = HashMap::new();
+    // Per sender: every receipt their devices got.
+    let mut seen: HashMap<&str, Vec<&SeenReceipt>> = HashMap::new();
     for view in views {
-        let mut mine = ReceiptIndex::new();
+        let mut copies: HashMap<(&str, &str, &str, &str), usize> = HashMap::new();
         for r in &view.log.receipts {
-            mine.entry((&r.id, &r.by, &r.status)).or_default().push(r);
+            *copies
+                .entry((&r.conv, &r.id, &r.by, &r.status))
+                .or_default() += 1;
         }
-        for ((id, by, status), copies) in &mine {
-            if copies.len() > 1 {
-                report.duplicates.push(format!(
-                    "{}/{}: {status} of {id} by {by} {} times",
-                    view.user,
-                    view.name,
-                    copies.len()
-                ));
-            }
+        for ((conv, id, by, status), n) in copies.into_iter().filter(|(_, n)| *n > 1) {
+            report.duplicates.push(format!(
+                "{}/{}: {status} of {conv} up to {id} by {by} {n} times",
+                view.user, view.name
+            ));
         }
-        if !view.log.sent.is_empty() {
-            seen.insert(view.user.as_str(), mine);
-        }
+        seen.entry(view.user.as_str())
+            .or_default()
+            .extend(view.log.receipts.iter());
     }
-    let no_receipts = HashMap::new();
     for conv in convs {
         for (from, sent) in conv.sent_by(views) {
-            let at_sender = seen.get(from).unwrap_or(&no_receipts);
+            let at_sender: Vec<&SeenReceipt> = seen
+                .get(from)
+                .map(|all| all.iter().filter(|r| r.conv == conv.id).copied().collect())
+                .unwrap_or_default();
+            if conv.group {
+                for r in at_sender.iter().filter(|r| r.all != Some(true)) {
+                    report
+                        .wrong_all
+                        .push(format!("{from} got a group receipt without all: {r:?}"));
+                }
+            }
+            // Whether a receipt covers message `id` with `status` (from `by`, one-on-one).
+            let covered = |id: &str, by: Option<&str>, statuses: &[&str]| {
+                at_sender.iter().any(|r| {
+                    r.id.as_str() >= id
+                        && statuses.contains(&r.status.as_str())
+                        && by.is_none_or(|by| r.by == by)
+                })
+            };
             let others: Vec<&String> = conv.members.iter().filter(|m| *m != from).collect();
             for s in &sent {
-                for &other in &others {
-                    let acked_on_live_connection = conv.devices(views).any(|v| {
-                        v.user == *other
+                let acked_live = |other: &str| {
+                    conv.devices(views).any(|v| {
+                        v.user == other
                             && v.log.received.iter().any(|r| {
                                 r.id == s.id
                                     && r.seq > v.log.connection_after
                                     && r.seq <= v.log.acked
                             })
-                    });
-                    let has = |status: &str| at_sender.contains_key(&(&s.id, other, status));
-                    if acked_on_live_connection {
+                    })
+                };
+                let group = if conv.group { " (group)" } else { "" };
+                let waits_for: Vec<&String> = if conv.group {
+                    // `all` needs every other member.
+                    if others.iter().all(|o| acked_live(o)) {
+                        vec![]
+                    } else {
+                        others.iter().copied().filter(|o| !acked_live(o)).collect()
+                    }
+                } else {
+                    others.iter().copied().filter(|o| !acked_live(o)).collect()
+                };
+                for &other in &others {
+                    let by = (!conv.group).then_some(other.as_str());
+                    let has = covered(&s.id, by, &["delivered", "read"]);
+                    if waits_for.is_empty() || (!conv.group && !waits_for.contains(&other)) {
                         report.expected += 1;
-                        if !has("delivered") {
+                        if !has {
                             report.missing.push(format!(
-                                "delivered of {from}'s {} (sent @{:.1?}) by {other}{}",
-                                s.number,
-                                s.sent_at,
-                                if conv.group { " (group)" } else { "" }
+                                "delivered of {from}'s {} (sent @{:.1?}) to {other}{group}",
+                                s.number, s.sent_at
                             ));
                         }
-                    } else if !has("delivered") {
+                    } else if !has {
                         report.missing_after_lost_connection += 1;
                     }
-                    if reads && conv.group && acked_on_live_connection && !has("read") {
-                        report
-                            .missing_reads
-                            .push(format!("read of {from}'s {} by {other}", s.number));
+                    if conv.group {
+                        break; // one `all` receipt speaks for every member
                     }
                 }
-                if conv.group {
-                    for status in ["delivered", "read"] {
-                        let receipts: Vec<&SeenReceipt> = others
-                            .iter()
-                            .filter_map(|o| at_sender.get(&(&s.id, o.as_str(), status)))
-                            .flatten()
-                            .copied()
-                            .collect();
-                        let everyone = others
-                            .iter()
-                            .all(|o| at_sender.contains_key(&(&s.id, o.as_str(), status)));
-                        let alls = receipts.iter().filter(|r| r.all == Some(true)).count();
-                        if (everyone && alls != 1) || (!everyone && alls > 0) {
-                            report.wrong_all.push(format!(
-                                "{status} of {from}'s {}: {} of {} members, {alls} with all",
-                                s.number,
-                                receipts.len(),
-                                others.len()
-                            ));
-                        }
+                if reads && conv.group {
+                    let read_by_all = others.iter().all(|o| {
+                        conv.devices(views).any(|v| {
+                            v.user == o.as_str()
+                                && v.log.read_marks.get(&conv.id).is_some_and(|m| *m >= s.id)
+                        })
+                    });
+                    if read_by_all && waits_for.is_empty() && !covered(&s.id, None, &["read"]) {
+                        report
+                            .missing_reads
+                            .push(format!("read of {from}'s {} by all", s.number));
                     }
                 }
             }
             if reads && !conv.group {
-                // One-on-one `read` is a watermark: one receipt naming the newest message.
                 for view in conv.devices(views).filter(|v| v.user != from) {
                     if let Some(up_to) = view.log.read_marks.get(&conv.id)
-                        && !at_sender.contains_key(&(up_to.as_str(), view.user.as_str(), "read"))
+                        && !covered(up_to, Some(view.user.as_str()), &["read"])
                     {
                         report.missing_reads.push(format!(
                             "read of {} up to {up_to} by {}",
@@ -915,9 +935,21 @@ fn print_phases(faults: &[(&str, Duration)], views: &[View]) {
             let latest = arrived.entry(r.id.as_str()).or_default();
             *latest = (*latest).max(r.at);
         }
-        for r in view.log.receipts.iter().filter(|r| r.status == "delivered") {
-            let latest = receipted.entry(r.id.as_str()).or_default();
-            *latest = (*latest).max(r.at);
+    }
+    // A delivered receipt covers its id and the sender's earlier messages in its
+    // conversation: each message's time is that of the first receipt covering it.
+    for view in views {
+        for s in &view.log.sent {
+            let first = views
+                .iter()
+                .filter(|v| v.user == view.user)
+                .flat_map(|v| &v.log.receipts)
+                .filter(|r| r.status == "delivered" && r.conv == s.conv && r.id >= s.id)
+                .map(|r| r.at)
+                .min();
+            if let Some(first) = first {
+                receipted.insert(s.id.as_str(), first);
+            }
         }
     }
     eprintln!(

@@ -1,6 +1,6 @@
 //! Group chat end to end on the shared system (3-node cluster, two gateways, two sets of
-//! workers): membership and its rules, fanout to every member's every device, and
-//! per-member receipts with "all delivered" / "all read".
+//! workers): membership and its rules, fanout to every member's every device, receipts
+//! that say "all delivered" / "all read", and per-member state as message info.
 
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,35 @@ fn is_event(event: &'static str, gid: &str) -> impl Fn(&Value) -> bool {
     move |f| f["type"] == "group_event" && f["event"] == event && f["group"] == gid.as_str()
 }
 
-fn is_group_receipt(status: &'static str, by: &str, id: &Value) -> impl Fn(&Value) -> bool {
-    let (by, id) = (by.to_owned(), id.clone());
-    move |f| {
-        f["type"] == "receipt" && f["status"] == status && f["by"] == by.as_str() && f["id"] == id
+/// A receipt saying every other member reached `status` for `id` (and what came before).
+fn is_all_receipt(status: &'static str, id: &Value) -> impl Fn(&Value) -> bool {
+    let id = id.clone();
+    move |f| f["type"] == "receipt" && f["status"] == status && f["id"] == id && f["all"] == true
+}
+
+/// Message info once `done` holds for it (receipt state is checkpointed within a second).
+async fn message_info_until(as_user: &str, id: &Value, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, info) = message_info(as_user, id).await;
+        if status == 200 && done(&info) {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "message info stuck at {status} {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn status_of<'a>(info: &'a Value, user: &str) -> &'a Value {
+    let members = info["members"].as_array().expect("members");
+    let member = members
+        .iter()
+        .find(|m| m["user"] == user)
+        .expect("member listed");
+    &member["status"]
 }
 
 /// The next `count` group messages of `gid` this client gets, as texts.
@@ -120,53 +144,48 @@ async fn group_ticks_turn_double_when_every_member_has_it_and_blue_when_every_me
 
     let sent = a.send_to_group(&gid, "chapter one?").await;
     let id = sent["id"].clone();
-    // The recipients are recorded before the message reaches any inbox.
     let at_bob = b.wait_for_text("chapter one?").await;
-    let (status, info) = message_info(&amy, &id).await;
-    assert_eq!(status, 200, "{info}");
+    let info = message_info_until(&amy, &id, |_| true).await;
     let mut expected = vec![
         json!({"user": bob, "status": "sent"}),
         json!({"user": cat, "status": "sent"}),
     ];
     expected.sort_by_key(|v| v["user"].as_str().unwrap().to_owned());
-    assert_eq!(info["members"], Value::from(expected), "{info}");
+    let mut members = info["members"].as_array().unwrap().clone();
+    members.sort_by_key(|v| v["user"].as_str().unwrap().to_owned());
+    assert_eq!(members, expected, "{info}");
 
+    // One member having it is not a tick yet: message info shows it, no receipt comes.
     b.ack(at_bob["seq"].as_u64().unwrap()).await;
-    let first = a
-        .wait_for("bob's delivered", is_group_receipt("delivered", &bob, &id))
-        .await;
-    assert_eq!(first["all"], false, "{first}");
-    assert_eq!(first["conv"], format!("group:{gid}"));
+    let info = message_info_until(&amy, &id, |i| status_of(i, &bob) == "delivered").await;
+    assert_eq!(status_of(&info, &cat), "sent", "{info}");
+    assert_eq!(info["delivered_all"], false, "{info}");
+    let early = a.collect_for(Duration::from_millis(500)).await;
+    assert!(
+        early.iter().all(|f| f["type"] != "receipt"),
+        "a receipt before everyone had it: {early:?}"
+    );
 
     let at_cat = c.wait_for_text("chapter one?").await;
     c.ack(at_cat["seq"].as_u64().unwrap()).await;
-    let second = a
-        .wait_for("cat's delivered", is_group_receipt("delivered", &cat, &id))
+    let delivered = a
+        .wait_for("delivered to all", is_all_receipt("delivered", &id))
         .await;
+    assert_eq!(delivered["conv"], format!("group:{gid}"));
     assert_eq!(
-        second["all"], true,
-        "the last member makes it double: {second}"
+        delivered["by"],
+        cat.as_str(),
+        "cat's ack completed it: {delivered}"
     );
-    let (_, info) = message_info(&amy, &id).await;
-    assert_eq!(info["delivered_all"], true, "{info}");
+    let info = message_info_until(&amy, &id, |i| i["delivered_all"] == true).await;
     assert_eq!(info["read_all"], false, "{info}");
 
     let read = json!({"type": "read", "conv": format!("group:{gid}"), "up_to": id});
     b.send_json(read.clone()).await;
-    let first = a
-        .wait_for("bob's read", is_group_receipt("read", &bob, &id))
-        .await;
-    assert_eq!(first["all"], false);
+    message_info_until(&amy, &id, |i| status_of(i, &bob) == "read").await;
     c.send_json(read).await;
-    let second = a
-        .wait_for("cat's read", is_group_receipt("read", &cat, &id))
-        .await;
-    assert_eq!(
-        second["all"], true,
-        "the last reader makes it blue: {second}"
-    );
-    let (_, info) = message_info(&amy, &id).await;
-    assert_eq!(info["read_all"], true, "{info}");
+    a.wait_for("read by all", is_all_receipt("read", &id)).await;
+    let info = message_info_until(&amy, &id, |i| i["read_all"] == true).await;
     for member in info["members"].as_array().unwrap() {
         assert_eq!(member["status"], "read", "{info}");
     }
@@ -174,23 +193,23 @@ async fn group_ticks_turn_double_when_every_member_has_it_and_blue_when_every_me
     // Only the sender may ask.
     assert_eq!(message_info(&bob, &id).await.0, 404);
 
-    // A read is a watermark: it covers the member's earlier unread messages too.
+    // Receipts are watermarks: one receipt for the newest message covers the earlier one.
     let one = a.send_to_group(&gid, "one").await["id"].clone();
     let two = a.send_to_group(&gid, "two").await["id"].clone();
-    c.wait_for_text("one").await;
-    let at_cat = c.wait_for_text("two").await;
-    c.ack(at_cat["seq"].as_u64().unwrap()).await;
-    a.wait_for(
-        "cat's delivered two",
-        is_group_receipt("delivered", &cat, &two),
-    )
-    .await;
-    c.send_json(json!({"type": "read", "conv": format!("group:{gid}"), "up_to": two}))
+    for device in [&mut b, &mut c] {
+        device.wait_for_text("one").await;
+        let at = device.wait_for_text("two").await;
+        device.ack(at["seq"].as_u64().unwrap()).await;
+        device
+            .send_json(json!({"type": "read", "conv": format!("group:{gid}"), "up_to": two}))
+            .await;
+    }
+    let read = a
+        .wait_for("read by all", is_all_receipt("read", &two))
         .await;
-    a.wait_for("cat read one", is_group_receipt("read", &cat, &one))
-        .await;
-    a.wait_for("cat read two", is_group_receipt("read", &cat, &two))
-        .await;
+    assert!(one.as_str() < read["id"].as_str(), "{read} covers {one}");
+    let info = message_info_until(&amy, &one, |i| i["read_all"] == true).await;
+    assert_eq!(info["delivered_all"], true, "{info}");
 }
 
 #[tokio::test]

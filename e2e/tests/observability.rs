@@ -126,7 +126,8 @@ async fn every_dashboard_panel_and_alert_rule_works_against_a_real_prometheus() 
     let system = system();
     let prometheus = start_prometheus(system.metrics);
 
-    // Traffic the panels can show: messages, acks (receipts), an error, a 401, a disconnect.
+    // Traffic the panels can show: one-on-one and group messages, acks and reads (receipts),
+    // an error, a 401, a disconnect.
     let (alice, bob) = (unique("alice"), unique("bob"));
     let traffic = tokio::spawn(async move {
         let mut a = Client::connect(0, &alice, "phone", 0).await;
@@ -142,10 +143,26 @@ async fn every_dashboard_panel_and_alert_rule_works_against_a_real_prometheus() 
             .await
             .close()
             .await;
+        // A group too: fanout, group receipt marks and `all` receipts.
+        let group = a
+            .request(
+                serde_json::json!({"type": "group_create", "name": "Observed", "members": [bob]}),
+            )
+            .await;
+        let gid = group["id"].as_str().expect("a group").to_owned();
         for i in 0..400 {
-            a.send_text(&bob, &format!("observed {i}")).await;
-            let msg = b.wait_for_text(&format!("observed {i}")).await;
+            let text = format!("observed {i}");
+            let sent = if i % 4 == 0 {
+                a.send_to_group(&gid, &text).await
+            } else {
+                a.send_text(&bob, &text).await
+            };
+            let msg = b.wait_for_text(&text).await;
             b.ack(msg["seq"].as_u64().unwrap()).await;
+            b.send_json(
+                serde_json::json!({"type": "read", "conv": sent["conv"], "up_to": sent["id"]}),
+            )
+            .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });

@@ -6,18 +6,20 @@
 //!
 //! - The gateway user cannot delete or purge streams, delete an inbox item, or create
 //!   consumers on `INBOX` or `MSGS` (it could read every inbox or the whole log).
-//! - The gateway user cannot write inboxes or forge live deliveries (only workers write
-//!   inboxes; `live.*` is republished by JetStream itself).
-//! - The gateway user cannot listen to inboxes, the message log, receipt events, the
-//!   receipt book, or history page requests (it could impersonate a history worker).
+//! - The gateway user may write inboxes (it stores one-on-one messages and receipts there
+//!   itself) and publish notices on `live.*`, but an inbox item it publishes there is not
+//!   passed to sockets (only JetStream's republishes carry sequences), and it cannot
+//!   write group receipt state.
+//! - The gateway user cannot listen to inboxes, the message log, receipt marks, receipt
+//!   state, or history requests (it could impersonate a history worker).
 //! - The workers user cannot listen to live deliveries or typing notices.
 //! - The workers user cannot post messages, ask for history pages, or forge typing
-//!   notices, receipt events or live deliveries.
+//!   notices, receipt marks or live deliveries.
 //!
 //! Covered elsewhere: `one_on_one.rs` (`each_nats_user_is_refused_what_its_process_does_not_need`)
 //! checks with JetStream publishes that the gateway cannot delete `INBOX` or write
-//! `inbox.<uid>` / `$KV.receipts.>`, and that the workers cannot subscribe to one
-//! `live.<uid>` nor write `$KV.groups.>`.
+//! `$KV.receipts.>`, and that the workers cannot subscribe to one `live.<uid>` nor write
+//! `$KV.groups.>`.
 
 use std::time::Duration;
 
@@ -152,13 +154,27 @@ async fn the_gateway_user_cannot_delete_purge_or_read_streams_through_the_jetstr
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut a = Client::connect(0, &alice, "phone", 0).await;
     let sent = a.send_text(&bob, "kept").await;
-    // Bob's ack makes a delivered receipt, so this test's own traffic is in every stream
-    // (RCPT included) before the "before" snapshot, whatever other tests did.
+    // Bob's ack makes a delivered receipt, and his read of a group message a receipt mark,
+    // so this test's own traffic is in every stream (RCPT included) before the "before"
+    // snapshot, whatever other tests did.
     let mut b = Client::connect(0, &bob, "phone", 0).await;
     let got = b.wait_for_text("kept").await;
     b.ack(got["seq"].as_u64().unwrap()).await;
     a.wait_for("the delivered tick", |f| {
         f["type"] == "receipt" && f["status"] == "delivered"
+    })
+    .await;
+    // A group message Bob reads makes a receipt mark in RCPT.
+    let group = a
+        .request(json!({"type": "group_create", "name": "Kept", "members": [bob]}))
+        .await;
+    let gid = group["id"].as_str().expect("a group id").to_owned();
+    let in_group = a.send_to_group(&gid, "kept too").await;
+    b.wait_for_text("kept too").await;
+    b.send_json(json!({"type": "read", "conv": format!("group:{gid}"), "up_to": in_group["id"]}))
+        .await;
+    a.wait_for("the group's read tick", |f| {
+        f["type"] == "receipt" && f["status"] == "read" && f["all"] == true
     })
     .await;
     let admin = admin().await;
@@ -244,48 +260,55 @@ async fn the_gateway_user_cannot_delete_purge_or_read_streams_through_the_jetstr
 }
 
 #[tokio::test]
-async fn the_gateway_user_cannot_write_an_inbox_or_forge_a_live_delivery() {
+async fn the_gateway_user_may_write_inboxes_but_not_forge_a_live_delivery_or_receipt_state() {
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut b = Client::connect(0, &bob, "phone", 0).await;
     let mut gateway = Nats::connect("gateway").await;
-    // Allowed: the gateway listens to live deliveries.
-    let mut live = gateway
+
+    // Gateways publish typing and presence notices on `live.<uid>`, so NATS lets the
+    // gateway user publish there; an inbox item published there (no `Nats-Sequence`: it
+    // did not come from the inbox) is not passed to any socket.
+    gateway
         .client
-        .subscribe(subjects::live(&bob))
+        .publish(
+            subjects::live(&bob),
+            inbox_item(&alice, &bob, "forged live item")
+                .to_string()
+                .into(),
+        )
         .await
         .unwrap();
-    gateway.client.flush().await.unwrap();
-
     gateway
         .refused_publish(
-            &subjects::inbox(&bob),
-            inbox_item(&alice, &bob, "forged inbox item"),
-        )
-        .await;
-    gateway
-        .refused_publish(
-            &subjects::live(&bob),
-            inbox_item(&alice, &bob, "forged live item"),
+            &format!("$KV.receipts.g.{bob}"),
+            json!({"delivered": {bob.clone(): "ffffffff-ffff"}}),
         )
         .await;
 
-    // Allowed for the workers: their item is stored, published live, and is the first
-    // and only one Bob gets.
-    let workers = jetstream::new(Nats::connect("workers").await.client);
-    let item = inbox_item(&alice, &bob, "written by workers");
-    workers
-        .publish(subjects::inbox(&bob), item.to_string().into())
+    // Allowed: the gateway's inbox write (how it stores one-on-one messages) is stored,
+    // published live, and is the first and only item Bob gets.
+    let js = jetstream::new(gateway.client.clone());
+    let item = inbox_item(&alice, &bob, "written by a gateway");
+    js.publish(subjects::inbox(&bob), item.to_string().into())
         .await
         .unwrap()
         .await
-        .expect("the workers' inbox write is stored");
-    let first = next_on(&mut live, "live item").await;
-    let first: Value = serde_json::from_slice(&first.payload).unwrap();
-    assert_eq!(first["body"]["text"], "written by workers", "{first}");
+        .expect("the gateway's inbox write is stored");
     let msg = b.wait_for("a message", |f| f["type"] == "msg").await;
-    assert_eq!(msg["body"]["text"], "written by workers", "{msg}");
+    assert_eq!(msg["body"]["text"], "written by a gateway", "{msg}");
     let more = b.messages_within(QUIET).await;
     assert!(more.is_empty(), "Bob got forged items: {more:?}");
+    let admin = admin().await;
+    let state = admin
+        .get_stream("KV_receipts")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&format!("$KV.receipts.g.{bob}"))
+        .await;
+    assert!(
+        matches!(state, Err(ref err) if err.kind() == LastRawMessageErrorKind::NoMessageFound),
+        "forged receipt state stored: {state:?}"
+    );
 }
 
 #[tokio::test]
@@ -306,12 +329,13 @@ async fn the_gateway_user_cannot_listen_to_inboxes_the_log_receipts_or_history_r
         "rcpt.>",
         "$KV.receipts.>",
         subjects::HISTORY_PAGE,
+        subjects::HISTORY_INFO,
     ] {
         eavesdroppers.push((subject, gateway.refused_subscribe(subject).await));
     }
 
-    // Traffic on every one of those subjects: a group message (the log, both inboxes,
-    // the receipt book), Bob reading it (a receipt event), a history page request.
+    // Traffic on every one of those subjects: a group message (the log, both inboxes),
+    // Bob reading it (a receipt mark, then receipt state), history and info requests.
     let group = a
         .request(json!({"type": "group_create", "name": "Overheard", "members": [bob]}))
         .await;
@@ -329,17 +353,18 @@ async fn the_gateway_user_cannot_listen_to_inboxes_the_log_receipts_or_history_r
         .await
         .expect("a history worker answers the gateway");
     assert!(page.payload.starts_with(b"{"), "{:?}", page.payload);
-    // The receipt book holds the message (workers wrote `$KV.receipts.…`).
+    // Message info says Bob read it: his mark went through `rcpt.<p>` to a receipts
+    // worker, which wrote `$KV.receipts.…`, which a history worker read.
     let path = format!("/v1/messages/{}/receipts", sent["id"].as_str().unwrap());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http_get(system().gateways[0], &path, Some(&token(&alice)))
-        .await
-        .0
-        != 200
-    {
+    loop {
+        let (status, body) = http_get(system().gateways[0], &path, Some(&token(&alice))).await;
+        if status == 200 && body.contains("\"read\"") {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no receipt book entry"
+            "message info never said read: {status} {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -367,17 +392,12 @@ async fn the_workers_user_cannot_listen_to_live_deliveries_or_typing() {
     let mut a = Client::connect(0, &alice, "phone", 0).await;
     let mut workers = Nats::connect("workers").await;
     let mut live_all = workers.refused_subscribe("live.>").await;
-    let mut typing_all = workers.refused_subscribe("ephemeral.>").await;
-    // Allowed for the gateway user: the same traffic reaches its subscriptions.
+    // Allowed for the gateway user: the same traffic reaches its subscription (inbox items
+    // and typing notices share the one live subject).
     let gateway = Nats::connect("gateway").await;
     let mut live = gateway
         .client
         .subscribe(subjects::live(&bob))
-        .await
-        .unwrap();
-    let mut typing = gateway
-        .client
-        .subscribe(subjects::ephemeral(&bob))
         .await
         .unwrap();
     gateway.client.flush().await.unwrap();
@@ -385,15 +405,16 @@ async fn the_workers_user_cannot_listen_to_live_deliveries_or_typing() {
     a.send_text(&bob, "not for workers").await;
     a.send_json(json!({"type": "typing", "conv": dm(&alice, &bob), "state": "start"}))
         .await;
-    next_on(&mut live, "Bob's live item").await;
-    next_on(&mut typing, "Bob's typing notice").await;
-    for (subject, subscriber) in [("live.>", &mut live_all), ("ephemeral.>", &mut typing_all)] {
-        let got = overheard(subscriber).await;
-        assert!(
-            got.is_empty(),
-            "the workers user overheard {subject}: {got:?}"
-        );
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let got = next_on(&mut live, "Bob's live traffic").await;
+        let got: Value = serde_json::from_slice(&got.payload).unwrap();
+        kinds.push(got["type"].as_str().unwrap_or_default().to_owned());
     }
+    kinds.sort();
+    assert_eq!(kinds, ["msg", "typing"]);
+    let got = overheard(&mut live_all).await;
+    assert!(got.is_empty(), "the workers user overheard live.>: {got:?}");
 }
 
 #[tokio::test]
@@ -414,11 +435,6 @@ async fn the_workers_user_cannot_post_messages_ask_for_pages_or_forge_typing_rec
         .subscribe(subjects::live(&bob))
         .await
         .unwrap();
-    let mut typing = gateway
-        .client
-        .subscribe(subjects::ephemeral(&bob))
-        .await
-        .unwrap();
     workers.client.flush().await.unwrap();
     gateway.client.flush().await.unwrap();
 
@@ -436,14 +452,16 @@ async fn the_workers_user_cannot_post_messages_ask_for_pages_or_forge_typing_rec
         .await;
     workers
         .refused_publish(
-            &subjects::ephemeral(&bob),
+            &subjects::live(&bob),
             json!({"type": "typing", "conv": conv.to_string(), "from": alice, "state": "start"}),
         )
         .await;
+    let forged_mark = format!("forged-{}", uuid::Uuid::new_v4().simple());
+    let partition = subjects::partition_of(&Conversation::Group(forged_mark.clone()));
     workers
         .refused_publish(
-            &subjects::rcpt(&bob),
-            json!({"read": {"by": bob, "conv": conv.to_string(), "up_to": "x"}}),
+            &subjects::rcpt(partition),
+            json!({"marks": [{"group": forged_mark, "by": bob, "status": "read", "up_to": "x"}]}),
         )
         .await;
     workers
@@ -453,22 +471,28 @@ async fn the_workers_user_cannot_post_messages_ask_for_pages_or_forge_typing_rec
         )
         .await;
 
-    // Nothing was stored in the log or the receipt events.
+    // Nothing was stored in the log; the receipt marks of that partition (other tests'
+    // groups share it) do not hold the forged one.
     let admin = admin().await;
-    for (stream, subject) in [
-        (streams::MSGS, subjects::msg(&conv)),
-        (streams::RCPT, subjects::rcpt(&bob)),
-    ] {
-        let stored = admin
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .get_last_raw_message_by_subject(&subject)
-            .await;
-        match stored {
-            Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {}
-            other => panic!("{subject} in {stream}: {other:?}"),
-        }
+    let stored = admin
+        .get_stream(streams::MSGS)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&subjects::msg(&conv))
+        .await;
+    match stored {
+        Err(err) if err.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+        other => panic!("the workers' message was stored: {other:?}"),
+    }
+    let marks = admin
+        .get_stream(streams::RCPT)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&subjects::rcpt(partition))
+        .await;
+    if let Ok(marks) = marks {
+        let text = String::from_utf8_lossy(&marks.payload);
+        assert!(!text.contains(&forged_mark), "forged marks stored: {text}");
     }
     // The gateway's request reaches the workers' subscription; their own did not.
     gateway
@@ -506,7 +530,8 @@ async fn the_workers_user_cannot_post_messages_ask_for_pages_or_forge_typing_rec
     let msg = b.wait_for("a message", |f| f["type"] == "msg").await;
     assert_eq!(msg["body"]["text"], "written by workers", "{msg}");
     let more = b.collect_for(QUIET).await;
-    assert!(more.is_empty(), "Bob got forged frames: {more:?}");
-    let got = overheard(&mut typing).await;
-    assert!(got.is_empty(), "a forged typing notice went out: {got:?}");
+    assert!(
+        more.is_empty(),
+        "Bob got forged frames (typing notice, message): {more:?}"
+    );
 }

@@ -11,7 +11,7 @@
 //! member when the last admin leaves) as plain functions; [`Groups`] stores and caches.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -45,6 +45,11 @@ pub struct Group {
     /// In the order they joined (the longest-standing member is promoted first).
     pub members: Vec<String>,
     pub admins: Vec<String>,
+    /// When each member joined (milliseconds since the epoch): group receipts count a
+    /// member only for messages sent after they joined. Groups stored before this field
+    /// existed have none (joined at 0).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub since: BTreeMap<String, u64>,
 }
 
 /// Why a group change was refused.
@@ -99,8 +104,9 @@ impl Group {
             name: name.to_owned(),
             members: vec![creator.to_owned()],
             admins: vec![creator.to_owned()],
+            since: BTreeMap::from([(creator.to_owned(), ts)]),
         };
-        group.join(members, limit)?;
+        group.join(members, limit, ts)?;
         let change = Change {
             item: group.event(GroupEventKind::Created, group.members.clone(), creator, ts),
             recipients: group.members.clone(),
@@ -125,7 +131,7 @@ impl Group {
         ts: u64,
     ) -> Result<Option<Change>, Refusal> {
         self.require_admin(by)?;
-        let added = self.join(members, limit)?;
+        let added = self.join(members, limit, ts)?;
         if added.is_empty() {
             return Ok(None);
         }
@@ -159,6 +165,7 @@ impl Group {
         let mut recipients = self.members.clone();
         self.members.retain(|m| !removed.contains(m));
         self.admins.retain(|m| !removed.contains(m));
+        self.since.retain(|m, _| !removed.contains(m));
         let mut item = self.event(GroupEventKind::Removed, removed, by, ts);
         item.admins = self.promote_if_leaderless();
         recipients.sort();
@@ -175,6 +182,7 @@ impl Group {
         let recipients = self.members.clone();
         self.members.retain(|m| m != by);
         self.admins.retain(|m| m != by);
+        self.since.remove(by);
         let mut item = self.event(GroupEventKind::Left, vec![by.to_owned()], by, ts);
         item.admins = self.promote_if_leaderless();
         Ok(Change { item, recipients })
@@ -200,8 +208,13 @@ impl Group {
         }
     }
 
+    /// When `uid` joined (0 when not recorded).
+    pub fn member_since(&self, uid: &str) -> u64 {
+        self.since.get(uid).copied().unwrap_or(0)
+    }
+
     /// Adds the members not in yet, checking ids and the limit first. Returns them.
-    fn join(&mut self, members: &[String], limit: usize) -> Result<Vec<String>, Refusal> {
+    fn join(&mut self, members: &[String], limit: usize, ts: u64) -> Result<Vec<String>, Refusal> {
         let mut added: Vec<String> = Vec::new();
         for member in members {
             check_id(member, "member").map_err(|e| Refusal::BadMember(e.to_string()))?;
@@ -213,6 +226,7 @@ impl Group {
             return Err(Refusal::TooMany { limit });
         }
         self.members.extend(added.iter().cloned());
+        self.since.extend(added.iter().map(|m| (m.clone(), ts)));
         Ok(added)
     }
 
@@ -520,6 +534,25 @@ mod tests {
             "the removed are told"
         );
         assert_eq!(g.members, ids(&["amy", "bob", "dan"]));
+    }
+
+    #[test]
+    fn a_member_is_counted_from_when_they_joined() {
+        let mut g = group();
+        g.add("amy", &ids(&["dan"]), 10, 5).unwrap();
+        assert_eq!((g.member_since("amy"), g.member_since("dan")), (1, 5));
+        g.remove("amy", &ids(&["dan"]), 6).unwrap();
+        g.leave("bob", 7).unwrap();
+        assert_eq!(g.member_since("dan"), 0, "forgotten when removed");
+        assert!(!g.since.contains_key("bob"), "forgotten when they leave");
+        let old: Group =
+            serde_json::from_str(r#"{"id":"g","name":"n","members":["a"],"admins":["a"]}"#)
+                .unwrap();
+        assert_eq!(
+            old.member_since("a"),
+            0,
+            "groups stored before `since` existed"
+        );
     }
 
     #[test]

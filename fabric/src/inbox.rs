@@ -67,6 +67,16 @@ impl Inbox {
         Ok(items)
     }
 
+    /// The item stored at `seq`, as the stream leader has it (an item a publish was just
+    /// told is a duplicate of: a replica may not have it yet).
+    pub async fn get(&self, seq: u64) -> Result<StoredItem, InboxError> {
+        let message = self.stream.get_raw_message(seq).await?;
+        Ok(StoredItem {
+            seq: message.sequence,
+            payload: message.payload,
+        })
+    }
+
     /// The sequence of `uid`'s newest item, 0 when the inbox is empty. Served by a replica,
     /// so it may lag the leader by a moment; callers use it to notice lost live items.
     pub async fn last_seq(&self, uid: &str) -> Result<u64, InboxError> {

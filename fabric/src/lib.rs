@@ -3,10 +3,10 @@
 //! - [`subjects`]: every subject name, built only from validated ids.
 //! - [`streams`]: the JetStream streams (`MSGS`, `INBOX`, `RCPT`) and their settings,
 //!   created idempotently by whichever process starts first.
-//! - [`records`]: what the gateway writes to `MSGS` and `RCPT`.
+//! - [`records`]: what the gateway writes to `MSGS`, and its requests to history workers.
 //! - [`publish`]: publishing that survives a stream leader election.
 //! - [`groups`]: group membership in the `groups` KV bucket, with its rules.
-//! - [`receipt_book`]: per-member delivered/read state of group messages.
+//! - [`watermarks`]: group receipts: members' delivered/read watermarks, checkpointed.
 //! - [`devices`]: where each device's push notifications go.
 //! - [`media`]: uploaded files (object store `media`) and who may fetch them.
 //! - [`inbox`]: reading a user's inbox by direct get (catch-up, gap repair, receipts).
@@ -22,11 +22,11 @@ pub mod inbox;
 pub mod media;
 pub mod process;
 pub mod publish;
-pub mod receipt_book;
 pub mod records;
 pub mod streams;
 pub mod subjects;
 pub mod telemetry;
+pub mod watermarks;
 
 pub use connect::{NatsSettings, connect};
 pub use inbox::{Inbox, InboxError, StoredItem};

@@ -1,4 +1,6 @@
-//! What the gateway writes into `MSGS` and `RCPT`, read back by the workers.
+//! What the gateway writes into `MSGS`, read back by the workers, and the requests it
+//! makes of the history workers. (Group receipt marks on `RCPT` are in
+//! [`crate::watermarks`].)
 
 use natter_schemas::{Body, GroupEventItem, HistoryMessage, MessageItem};
 use serde::{Deserialize, Serialize};
@@ -50,25 +52,6 @@ pub enum MsgsEntry {
     GroupEvent(GroupEventRecord),
 }
 
-/// One event on `rcpt.<uid>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum RcptEvent {
-    /// A device of `by` stored inbox items `after+1 ..= upto`.
-    Delivered {
-        by: String,
-        device: String,
-        after: u64,
-        upto: u64,
-    },
-    /// `by` read `conv` up to message `up_to`.
-    Read {
-        by: String,
-        conv: String,
-        up_to: String,
-    },
-}
-
 /// A history page request on `history.page`, sent by a gateway that has checked the user
 /// may read `conv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +72,36 @@ pub enum HistoryAnswer {
         messages: Vec<HistoryMessage>,
         more: bool,
     },
+    Failed {
+        error: String,
+    },
+}
+
+/// "Message info" on `history.info`: the per-member receipts of a group message, asked for
+/// by its sender (`reader`; anyone else gets `NotFound`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InfoQuery {
+    pub id: String,
+    pub reader: String,
+}
+
+/// One member's furthest status for a group message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub user: String,
+    /// `sent`, `delivered` or `read`.
+    pub status: String,
+}
+
+/// The answer to an [`InfoQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InfoAnswer {
+    Info {
+        conv: String,
+        members: Vec<MemberStatus>,
+    },
+    NotFound,
     Failed {
         error: String,
     },

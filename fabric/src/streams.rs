@@ -2,9 +2,9 @@
 //!
 //! | stream | subjects | why |
 //! | --- | --- | --- |
-//! | `MSGS` | `msg.<p>.>` | the canonical log: one copy of every message; its ack is "sent" |
-//! | `INBOX` | `inbox.<uid>` | each user's durable inbox, republished to `live.<uid>` |
-//! | `RCPT` | `rcpt.<uid>` | delivered/read events from devices, for the receipts worker |
+//! | `MSGS` | `msg.<p>.>` | group messages and group changes, in order per partition, for fanout |
+//! | `INBOX` | `inbox.<uid>` | each user's durable inbox, republished to `live.<uid>`; a one-on-one message is stored here directly (both sides' copies) |
+//! | `RCPT` | `rcpt.<p>` | group receipt marks collected by gateways, for the receipts worker of partition `p` |
 //!
 //! All are file-backed and replicated (`replicas`, 3 on the local cluster). The duplicate
 //! window (10 min) outlasts the longest redelivery of a worker (30 s ack wait, retried) and

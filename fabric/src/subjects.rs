@@ -10,6 +10,9 @@ use natter_schemas::Conversation;
 /// Request/reply subject of history pages (served by the history workers, queue group
 /// `history`).
 pub const HISTORY_PAGE: &str = "history.page";
+/// Request/reply subject of "message info" (per-member receipts of a group message),
+/// served by the history workers like pages.
+pub const HISTORY_INFO: &str = "history.info";
 
 /// Number of `MSGS` partitions. Changing it moves conversations between partitions, so
 /// it is fixed for the life of a deployment's `MSGS` stream.
@@ -45,19 +48,18 @@ pub fn inbox(uid: &str) -> String {
     format!("inbox.{uid}")
 }
 
-/// Where `INBOX` republishes a user's items for the gateways holding their sockets.
+/// Everything live for a user's connected devices, on the one subject the gateways holding
+/// their sockets subscribe to: `INBOX` republishes their items here (with
+/// `Nats-Sequence`), and gateways publish typing and presence notices here (core NATS,
+/// never stored).
 pub fn live(uid: &str) -> String {
     format!("live.{uid}")
 }
 
-/// Typing notices for a user's connected devices: core NATS, never stored.
-pub fn ephemeral(uid: &str) -> String {
-    format!("ephemeral.{uid}")
-}
-
-/// Receipt events from a user's devices.
-pub fn rcpt(uid: &str) -> String {
-    format!("rcpt.{uid}")
+/// Where gateways put the group receipt marks of partition `p` (the partition of the
+/// group's conversation, as for `MSGS`), for the receipts worker that owns it.
+pub fn rcpt(p: u32) -> String {
+    format!("rcpt.{p}")
 }
 
 /// Announced by JetStream when `INBOX` gets a new leader: republishes may have been lost.

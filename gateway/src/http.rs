@@ -13,8 +13,11 @@ use axum::{
     routing::{get, post},
 };
 use futures_util::TryStreamExt;
-use natter_fabric::media::{MediaAccess, MediaError};
-use natter_schemas::Conversation;
+use natter_fabric::{
+    media::MediaError,
+    records::{InfoAnswer, InfoQuery},
+    subjects,
+};
 use natter_schemas::ids::check_id;
 use serde::Deserialize;
 use tokio_util::io::StreamReader;
@@ -121,7 +124,7 @@ async fn websocket(
         .await
         .map_err(unavailable)?;
     Ok(upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(128 * 1024)
         .max_message_size(limits.max_frame_bytes)
@@ -206,9 +209,10 @@ async fn inbox(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// `GET /v1/messages/<id>/receipts`: for the sender of a group message, each recipient's
-/// furthest status (`sent`, `delivered`, `read`). 404 for anyone else, and for messages
-/// that are not group messages (their one receipt is in the sender's inbox).
+/// `GET /v1/messages/<id>/receipts`: for the sender of a group message, each other
+/// member's furthest status (`sent`, `delivered`, `read`), from the receipts workers'
+/// checkpoints (at most a second behind the receipts themselves). 404 for anyone else, and
+/// for messages that are not group messages (their receipts are in the sender's inbox).
 async fn message_info(
     State(app): State<App>,
     headers: HeaderMap,
@@ -217,34 +221,46 @@ async fn message_info(
     let identity = authenticate(&app, &headers, None)?;
     check_id(&id, "message id")
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
-    let state = app.book.message(&id).await.map_err(|e| {
-        Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    })?;
-    let Some(state) = state.filter(|s| s.from == identity.user) else {
-        return Err(Refusal(
+    let query = InfoQuery {
+        id: id.clone(),
+        reader: identity.user,
+    };
+    let payload = serde_json::to_vec(&query).expect("queries serialize");
+    let asked = tokio::time::timeout(
+        INFO_TIMEOUT,
+        app.nats.request(subjects::HISTORY_INFO, payload.into()),
+    )
+    .await;
+    let answer = match asked {
+        Ok(Ok(message)) => {
+            serde_json::from_slice::<InfoAnswer>(&message.payload).map_err(unavailable)?
+        }
+        Ok(Err(err)) => return Err(unavailable(err)),
+        Err(_) => return Err(unavailable("history did not answer in time")),
+    };
+    match answer {
+        InfoAnswer::Info { conv, members } => {
+            let all = |status: &[&str]| members.iter().all(|m| status.contains(&m.status.as_str()));
+            let body = serde_json::json!({
+                "id": id,
+                "conv": conv,
+                "delivered_all": all(&["delivered", "read"]),
+                "read_all": all(&["read"]),
+                "members": members,
+            });
+            Ok(Json(body).into_response())
+        }
+        InfoAnswer::NotFound => Err(Refusal(
             StatusCode::NOT_FOUND,
             "not_found",
             "no group message with this id sent by you".into(),
-        ));
-    };
-    let members: Vec<serde_json::Value> = state
-        .recipients
-        .iter()
-        .map(|m| serde_json::json!({ "user": m, "status": state.status_of(m) }))
-        .collect();
-    let body = serde_json::json!({
-        "id": id,
-        "conv": state.conv,
-        "members": members,
-        "delivered_all": state.delivered.len() == state.recipients.len(),
-        "read_all": state.read.len() == state.recipients.len(),
-    });
-    Ok(Json(body).into_response())
+        )),
+        InfoAnswer::Failed { error } => Err(unavailable(error)),
+    }
 }
+
+/// How long message info waits for a history worker.
+const INFO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, Deserialize)]
 struct DeviceRegistration {
@@ -393,29 +409,6 @@ async fn upload(
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
-/// Whether `user` may fetch a file: its uploader, or a member of a conversation where a
-/// message referred to it.
-pub(crate) async fn may_see(app: &App, user: &str, access: &MediaAccess) -> Result<bool, String> {
-    if access.uploader == user {
-        return Ok(true);
-    }
-    for conv in &access.convs {
-        let member = match Conversation::parse(conv) {
-            Ok(Conversation::Group(gid)) => app
-                .groups
-                .is_member(&gid, user)
-                .await
-                .map_err(|e| e.to_string())?,
-            Ok(direct) => direct.peer_of(user).is_some(),
-            Err(_) => false,
-        };
-        if member {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// `GET /v1/media/<id>`: the file, streamed, with one `Range` honoured (206). 404 for
 /// anyone who may not see it, exactly as for an id that does not exist.
 async fn download(
@@ -431,7 +424,7 @@ async fn download(
         .await
         .map_err(unavailable)?
         .ok_or_else(not_found)?;
-    if !may_see(&app, &identity.user, &access)
+    if !crate::access::may_see(&app, &identity.user, &access)
         .await
         .map_err(unavailable)?
     {

@@ -2,24 +2,33 @@
 //!
 //! - [`auth`]: JWT verification (and development tokens).
 //! - [`config`]: file + env + flags.
-//! - `http`: the axum router: `/v1/ws` upgrade, `/v1/inbox`, `/healthz`.
+//! - `http`: the axum router: `/v1/ws` upgrade, `/v1/inbox`, media, message info, `/healthz`.
 //! - `session`: one task per socket: client frames in; `sent`, errors and inbox items out.
-//! - `delivery`: the per-socket inbox cursor: catch-up, live items, gap repair.
+//! - `frames`: what each client frame does, one file per frame kind.
+//! - `access`: who may read or write a conversation, see a file, follow someone.
+//! - `live`: one subscription per online user and one dispatcher, per-socket mailboxes and
+//!   cursors, batched inbox reads, the reconciler and the keepalive wheel.
+//! - `direct`: one-on-one messages, written by the gateway into both inboxes.
+//! - `receipts`: what a socket's acks make delivered (one-on-one receipts, group marks).
+//! - `marks`: group receipt marks of every socket, stored together every few ms.
 //! - `presence`: online state in Redis, heartbeats, changes relayed to watchers.
 //! - `web`: the browser client's files and the development sign-in.
 //! - `serve`: the accept loop (plain or TLS) with handshake deadlines.
-//! - `resync`: tells every socket to re-check its inbox when republishes may have been lost
-//!   (stream leader elected, NATS reconnect, slow consumer).
 //!
-//! The gateway keeps no routing table: a socket's task subscribes to `live.<uid>` and NATS
-//! interest routing brings that user's items here. Any gateway can serve any user.
+//! The gateway keeps no routing table: it subscribes to `live.<uid>` while it holds a
+//! socket of that user, and NATS interest routing brings that user's items here. Any
+//! gateway can serve any user.
 
+mod access;
 pub use natter_auth as auth;
 pub mod config;
-mod delivery;
+mod direct;
+mod frames;
 mod http;
+mod live;
+mod marks;
 mod presence;
-mod resync;
+mod receipts;
 mod serve;
 mod session;
 mod web;
@@ -27,11 +36,13 @@ mod web;
 use std::{future::Future, sync::Arc};
 
 use async_nats::jetstream;
-use natter_fabric::{Inbox, groups::Groups, media::MediaStore, receipt_book::ReceiptBook, streams};
+use natter_fabric::{Inbox, groups::Groups, media::MediaStore, streams};
 use tokio::{
     net::TcpListener,
     sync::{broadcast, watch},
 };
+
+use crate::live::{LiveHub, reads::Reads, reconcile::Opened, wheel::Wheel};
 
 use crate::{auth::Verifier, config::Config};
 
@@ -72,8 +83,6 @@ pub enum GatewayError {
     Media(#[from] natter_fabric::media::MediaError),
     #[error("cannot open the devices bucket: {0}")]
     Devices(#[from] natter_fabric::devices::DevicesError),
-    #[error("cannot open the receipt book: {0}")]
-    Book(#[from] natter_fabric::receipt_book::BookError),
     #[error("Redis settings: {0}")]
     Redis(#[from] natter_redis::RedisError),
     #[error("cannot subscribe to advisories: {0}")]
@@ -92,8 +101,8 @@ pub(crate) struct Shared {
     pub inbox: Inbox,
     /// Group membership (cached, watched) and group changes.
     pub groups: Groups,
-    /// Per-member state of group messages, for "message info".
-    pub book: ReceiptBook,
+    /// Group receipt marks waiting to be stored (collected from every socket).
+    pub marks: marks::MarkSink,
     /// Where each device's push notifications go.
     pub devices: natter_fabric::devices::Devices,
     /// Uploaded files and who may fetch them.
@@ -106,8 +115,14 @@ pub(crate) struct Shared {
     /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
     pub dev_secret: Option<String>,
     pub config: Config,
-    /// Fires when every socket should compare its cursor with its inbox.
-    pub resync: broadcast::Sender<()>,
+    /// The live subscriptions of this gateway's users, and their sockets' mailboxes.
+    pub live: LiveHub,
+    /// Batched reads of inboxes' newest sequences.
+    pub reads: Reads,
+    /// Sockets just opened, for the reconciler to check a second later.
+    pub opened: Opened,
+    /// Every socket's keepalive tick.
+    pub wheel: Wheel,
     /// Becomes `true` when the gateway shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Every socket's task, so shutdown can wait for them to close with 1001.
@@ -167,10 +182,6 @@ pub async fn run(
     let replicas = config.nats.replicas;
     let groups =
         streams::with_patience("groups bucket", patience, || Groups::open(&js, replicas)).await?;
-    let book = streams::with_patience("receipt book", patience, || {
-        ReceiptBook::open(&js, replicas)
-    })
-    .await?;
     let devices = streams::with_patience("devices bucket", patience, || {
         natter_fabric::devices::Devices::open(&js, replicas)
     })
@@ -201,7 +212,18 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (resync_tx, _) = broadcast::channel(4);
+    let live = LiveHub::start(nats.clone(), stop_rx.clone());
+    let reads = Reads::start(nats.clone()).await?;
+    let opened = live::reconcile::start(
+        &nats,
+        live.clone(),
+        reads.clone(),
+        events_rx,
+        config.limits.reconcile_every(),
+        stop_rx.clone(),
+    )
+    .await?;
+    let wheel = Wheel::start(config.limits.ping_every(), stop_rx.clone());
     let sessions = tokio_util::task::TaskTracker::new();
     let app: App = Arc::new(Shared {
         nats: nats.clone(),
@@ -209,7 +231,7 @@ pub async fn run(
         msgs,
         inbox,
         groups: groups.clone(),
-        book,
+        marks: marks::MarkSink::default(),
         devices,
         media,
         verifier,
@@ -217,13 +239,16 @@ pub async fn run(
         send_limit,
         dev_secret,
         config,
-        resync: resync_tx.clone(),
+        live,
+        reads,
+        opened,
+        wheel,
         shutdown: stop_rx.clone(),
         sessions: sessions.clone(),
     });
-    resync::spawn(&nats, events_rx, resync_tx, stop_rx.clone()).await?;
     tokio::spawn(groups.watch(stop_rx.clone()));
     tokio::spawn(presence.run(stop_rx.clone()));
+    let marks_flushed = tokio::spawn(app.marks.clone().run(app.js.clone(), stop_rx.clone()));
 
     tokio::spawn(async move {
         shutdown.await;
@@ -241,6 +266,8 @@ pub async fn run(
     // Sockets close themselves with 1001 on shutdown, and leave presence as they go.
     sessions.close();
     let _ = tokio::time::timeout(serve::DRAIN, sessions.wait()).await;
+    // The last acks' group marks are stored before the process ends.
+    let _ = tokio::time::timeout(serve::DRAIN, marks_flushed).await;
     Ok(())
 }
 

@@ -6,5 +6,5 @@
 pub mod log;
 pub mod store;
 
-pub use log::{History, Mark, Marks, Page, ticks};
-pub use store::{Embedded, OrderedStore, Store, StoreError, Tikv};
+pub use log::{Batch, History, Page, SenderMarks, ticks};
+pub use store::{Durability, Embedded, OrderedStore, Store, StoreError, Tikv};

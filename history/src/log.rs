@@ -4,18 +4,25 @@
 //! Conversation ids (`dm:<a>:<b>`, `group:<g>`) never contain `/`, and message ids are
 //! UUIDv7 strings whose byte order is time order, so one conversation is one contiguous
 //! key range in time order: a page is a single bounded reverse scan (on TiKV, a walk over
-//! the conversation's region), and writing a message again (a redelivery) rewrites the same
+//! the conversation's region), and writing a message again (a replay) rewrites the same
 //! key with the same bytes.
 //!
-//! Receipt state lives next to the messages as two watermarks per member and conversation:
-//! `d/<conversation>/<user>` (the newest message delivered to one of their devices) and
-//! `r/<conversation>/<user>` (the newest they read). Both only move forward, and a message
-//! is delivered to (read by) a member when their watermark reached its id, so a page's
-//! ticks come from two reads per other member, however long the conversation.
+//! Other keys:
+//! - `i/<message id>` → its conversation, for group messages: "message info" finds a
+//!   message from its id alone. Ids are time-ordered, so retention is one range delete.
+//! - `td/<conversation>/<sender>` and `tr/<conversation>/<sender>`: how far the sender's
+//!   messages got with everyone else (delivered, read). They come from the receipts in
+//!   the sender's inbox, which are watermarks (one-on-one: the peer's; groups: the ones
+//!   that say `all`), and only move forward; a page's ticks are two reads, however long
+//!   the conversation and however large the group.
+//! - `c/<reader>`: where a tail reader of the inbox stream got to, written in the same
+//!   batch as what it read.
 
-use natter_schemas::{MessageItem, Ticks};
+use std::collections::BTreeMap;
 
-use crate::store::{OrderedStore, StoreError};
+use natter_schemas::{Conversation, MessageItem, ReceiptStatus, Ticks, ids::id_prefix_at};
+
+use crate::store::{Durability, OrderedStore, StoreError};
 
 /// Most messages one page may hold (the protocol's `limit` is 1..=100).
 pub const MAX_PAGE: usize = 100;
@@ -31,37 +38,54 @@ pub struct History<S> {
     store: S,
 }
 
-/// One member's watermarks in one conversation ("" before the first).
+/// How far one sender's messages in one conversation got with everyone else ("" before
+/// the first receipt).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Marks {
+pub struct SenderMarks {
     pub delivered: String,
     pub read: String,
 }
 
-/// Which watermark an event moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mark {
-    Delivered,
-    Read,
+/// What one pass of a tail reader writes together: messages, receipt watermarks, and
+/// where it got to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub messages: Vec<MessageItem>,
+    /// (conversation, sender, status, message id): the sender's messages up to the id
+    /// reached that status with everyone else.
+    pub marks: Vec<(String, String, ReceiptStatus, String)>,
+    /// (reader name, last inbox sequence read).
+    pub checkpoint: Option<(String, u64)>,
 }
 
-fn mark_key(mark: Mark, conv: &str, user: &str) -> Vec<u8> {
-    let kind = match mark {
-        Mark::Delivered => 'd',
-        Mark::Read => 'r',
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.marks.is_empty() && self.checkpoint.is_none()
+    }
+}
+
+fn mark_key(status: ReceiptStatus, conv: &str, sender: &str) -> Vec<u8> {
+    let kind = match status {
+        ReceiptStatus::Delivered => "td",
+        ReceiptStatus::Read => "tr",
     };
-    format!("{kind}/{conv}/{user}").into_bytes()
+    format!("{kind}/{conv}/{sender}").into_bytes()
 }
 
-/// The ticks of a message with id `id`, given the watermarks of every member but its
-/// sender: blue when all read it, double grey when all have it (reading implies having).
-pub fn ticks(id: &str, others: &[Marks]) -> Ticks {
-    if others.iter().all(|m| m.read.as_str() >= id) {
+fn index_key(id: &str) -> Vec<u8> {
+    format!("i/{id}").into_bytes()
+}
+
+fn checkpoint_key(reader: &str) -> Vec<u8> {
+    format!("c/{reader}").into_bytes()
+}
+
+/// The ticks of its sender's message `id`: blue when everyone else read it, double grey
+/// when everyone else has it (reading implies having).
+pub fn ticks(id: &str, marks: &SenderMarks) -> Ticks {
+    if marks.read.as_str() >= id {
         Ticks::Read
-    } else if others
-        .iter()
-        .all(|m| m.delivered.as_str() >= id || m.read.as_str() >= id)
-    {
+    } else if marks.delivered.as_str() >= id {
         Ticks::Delivered
     } else {
         Ticks::Sent
@@ -81,13 +105,6 @@ fn conversation_range(conv: &str) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// The prefix every UUIDv7 made at `ms` (milliseconds since the epoch) starts with:
-/// `tttttttt-tttt`, 48 bits of time in lowercase hex. Ids made earlier sort below it.
-pub fn id_prefix_at(ms: u64) -> String {
-    let hex = format!("{:012x}", ms & 0xFFFF_FFFF_FFFF);
-    format!("{}-{}", &hex[..8], &hex[8..])
-}
-
 impl<S: OrderedStore> History<S> {
     pub fn new(store: S) -> Self {
         Self { store }
@@ -97,16 +114,59 @@ impl<S: OrderedStore> History<S> {
         &self.store
     }
 
-    /// Writes messages (idempotent: the same message always makes the same entry).
-    pub async fn record(&self, messages: &[MessageItem]) -> Result<(), StoreError> {
-        let entries = messages
-            .iter()
-            .map(|m| {
-                let value = serde_json::to_vec(m).expect("messages serialize");
-                (message_key(&m.conv, &m.id), value)
-            })
-            .collect();
-        self.store.put_batch(entries).await
+    /// Writes a batch (idempotent: the same messages always make the same entries, and
+    /// watermarks only move forward; one writer per store).
+    pub async fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
+        let mut entries = Vec::with_capacity(batch.messages.len() * 2 + batch.marks.len() + 1);
+        for m in &batch.messages {
+            let value = serde_json::to_vec(m).expect("messages serialize");
+            entries.push((message_key(&m.conv, &m.id), value));
+            if matches!(Conversation::parse(&m.conv), Ok(Conversation::Group(_))) {
+                entries.push((index_key(&m.id), m.conv.clone().into_bytes()));
+            }
+        }
+        let mut furthest: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+        for (conv, sender, status, id) in batch.marks {
+            let slot = furthest
+                .entry(mark_key(status, &conv, &sender))
+                .or_default();
+            if id > *slot {
+                *slot = id;
+            }
+        }
+        for (key, id) in furthest {
+            let current = self.store.get(&key).await?;
+            if current.as_deref().is_none_or(|c| c < id.as_bytes()) {
+                entries.push((key, id.into_bytes()));
+            }
+        }
+        if let Some((reader, seq)) = batch.checkpoint {
+            entries.push((checkpoint_key(&reader), seq.to_string().into_bytes()));
+        }
+        self.store.put_batch(entries, durability).await
+    }
+
+    /// The last inbox sequence `reader` wrote (0 before its first batch).
+    pub async fn checkpoint(&self, reader: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .store
+            .get(&checkpoint_key(reader))
+            .await?
+            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// A group message by its id alone (for message info).
+    pub async fn group_message(&self, id: &str) -> Result<Option<MessageItem>, StoreError> {
+        let Some(conv) = self.store.get(&index_key(id)).await? else {
+            return Ok(None);
+        };
+        let conv = String::from_utf8_lossy(&conv).into_owned();
+        Ok(self
+            .store
+            .get(&message_key(&conv, id))
+            .await?
+            .and_then(|value| serde_json::from_slice(&value).ok()))
     }
 
     /// Up to `limit` messages of `conv` older than message `before` (the newest when
@@ -133,42 +193,24 @@ impl<S: OrderedStore> History<S> {
         Ok(Page { messages, more })
     }
 
-    /// Moves `user`'s watermark in `conv` to `id` unless it is already there or further.
-    /// (One writer per store: each history worker handles receipt events in order.)
-    pub async fn advance(
-        &self,
-        mark: Mark,
-        conv: &str,
-        user: &str,
-        id: &str,
-    ) -> Result<bool, StoreError> {
-        let key = mark_key(mark, conv, user);
-        let current = self.store.get(&key).await?;
-        if current.as_deref().is_some_and(|c| c >= id.as_bytes()) {
-            return Ok(false);
-        }
-        self.store
-            .put_batch(vec![(key, id.as_bytes().to_vec())])
-            .await?;
-        Ok(true)
-    }
-
-    /// `user`'s watermarks in `conv`.
-    pub async fn marks(&self, conv: &str, user: &str) -> Result<Marks, StoreError> {
-        let read = |mark| async move {
-            let value = self.store.get(&mark_key(mark, conv, user)).await?;
+    /// How far `sender`'s messages in `conv` got with everyone else.
+    pub async fn marks(&self, conv: &str, sender: &str) -> Result<SenderMarks, StoreError> {
+        let read = |status| async move {
+            let value = self.store.get(&mark_key(status, conv, sender)).await?;
             Ok::<_, StoreError>(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
         };
-        Ok(Marks {
-            delivered: read(Mark::Delivered).await?.unwrap_or_default(),
-            read: read(Mark::Read).await?.unwrap_or_default(),
+        Ok(SenderMarks {
+            delivered: read(ReceiptStatus::Delivered).await?.unwrap_or_default(),
+            read: read(ReceiptStatus::Read).await?.unwrap_or_default(),
         })
     }
 
     /// Deletes every message made before `cutoff_ms`, conversation by conversation (one
-    /// range delete each). Returns how many conversations it visited.
+    /// range delete each), and their index entries. Returns how many conversations it
+    /// visited.
     pub async fn forget_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
         let cutoff = id_prefix_at(cutoff_ms);
+        self.store.delete_range(b"i/", &index_key(&cutoff)).await?;
         let mut next = b"m/".to_vec();
         let mut visited = 0;
         loop {
@@ -203,36 +245,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn time_prefixes_order_like_uuid_v7_ids() {
-        let id = "01a2244d-5569-756b-bd19-44adcb231731";
-        let ms = 0x01a2244d5569;
-        assert!(id_prefix_at(ms).as_str() <= id);
-        assert!(id_prefix_at(ms + 1).as_str() > id);
-        assert_eq!(id_prefix_at(ms), "01a2244d-5569");
-    }
-
-    #[test]
-    fn ticks_need_every_other_member() {
-        let marks = |d: &str, r: &str| Marks {
+    fn ticks_come_from_the_sender_s_watermarks() {
+        let marks = |d: &str, r: &str| SenderMarks {
             delivered: d.into(),
             read: r.into(),
         };
-        assert_eq!(ticks("05", &[marks("04", "")]), Ticks::Sent);
-        assert_eq!(ticks("05", &[marks("05", "")]), Ticks::Delivered);
+        assert_eq!(ticks("05", &marks("04", "")), Ticks::Sent);
+        assert_eq!(ticks("05", &marks("05", "")), Ticks::Delivered);
         assert_eq!(
-            ticks("05", &[marks("", "07")]),
+            ticks("05", &marks("", "07")),
             Ticks::Read,
             "read implies delivered"
         );
-        assert_eq!(
-            ticks("05", &[marks("09", "09"), marks("05", "03")]),
-            Ticks::Delivered
-        );
-        assert_eq!(
-            ticks("05", &[marks("09", "09"), marks("", "")]),
-            Ticks::Sent
-        );
-        assert_eq!(ticks("05", &[]), Ticks::Read, "notes to yourself");
+        assert_eq!(ticks("05", &marks("09", "03")), Ticks::Delivered);
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! needs; fjall (an LSM tree) would write faster but brings compaction threads and a
 //! directory of files for no gain at one machine's message rates.
 //!
+//! Writes come in batches with a [`Durability`]: the embedded store commits a batch marked
+//! `Soon` without an fsync (redb's `Durability::None`), so a steady stream of small
+//! batches costs one fsync a second instead of one each.
+//!
 //! The TiKV backend uses the raw API (no transactions: history writes are idempotent puts
 //! of immutable messages, so last-writer-wins is exact).
 
@@ -25,12 +29,27 @@ pub enum StoreError {
     Tikv(String),
 }
 
+/// When a batch must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before `put_batch` returns.
+    Now,
+    /// With the next [`Durability::Now`] batch: visible to readers at once, lost with
+    /// the process until then. History writes a batch this way at most a second before a
+    /// durable one; the tail reader's checkpoint is in the same batches, so a crash
+    /// replays from the last durable checkpoint and rewrites the same keys.
+    Soon,
+}
+
 /// What history needs from a store: batched puts, point reads, bounded range scans in
 /// either direction, and range deletes (retention).
 pub trait OrderedStore: Send + Sync + 'static {
     /// Stores every entry, atomically where the backend can.
-    fn put_batch(&self, entries: Vec<Entry>)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_batch(
+        &self,
+        entries: Vec<Entry>,
+        durability: Durability,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
     /// Entries with `start <= key < end`, ascending (descending when `reverse`), at most
     /// `limit`.
@@ -57,10 +76,14 @@ pub enum Store {
 }
 
 impl OrderedStore for Store {
-    async fn put_batch(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+    async fn put_batch(
+        &self,
+        entries: Vec<Entry>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         match self {
-            Self::Embedded(s) => s.put_batch(entries).await,
-            Self::Tikv(s) => s.put_batch(entries).await,
+            Self::Embedded(s) => s.put_batch(entries, durability).await,
+            Self::Tikv(s) => s.put_batch(entries, durability).await,
         }
     }
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -125,9 +148,17 @@ impl Embedded {
 }
 
 impl OrderedStore for Embedded {
-    async fn put_batch(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+    async fn put_batch(
+        &self,
+        entries: Vec<Entry>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(embedded)?;
+            let mut tx = db.begin_write().map_err(embedded)?;
+            if durability == Durability::Soon {
+                tx.set_durability(redb::Durability::None)
+                    .map_err(embedded)?;
+            }
             {
                 let mut table = tx.open_table(TABLE).map_err(embedded)?;
                 for (key, value) in &entries {
@@ -234,7 +265,8 @@ impl Tikv {
 const TIKV_SCAN_MAX: usize = 10_240;
 
 impl OrderedStore for Tikv {
-    async fn put_batch(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+    /// Every raw put is durable when it returns.
+    async fn put_batch(&self, entries: Vec<Entry>, _: Durability) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }

@@ -3,8 +3,8 @@
 //! run on the machines this project is developed on, so there the TiKV test says it was
 //! not run, and nothing claims it passed.
 
-use natter_history::{Embedded, History, Mark, OrderedStore, Tikv};
-use natter_schemas::{Body, MessageItem};
+use natter_history::{Batch, Durability, Embedded, History, OrderedStore, SenderMarks, Tikv};
+use natter_schemas::{Body, MessageItem, ReceiptStatus};
 
 /// Every key this run writes starts with `prefix` (a shared TiKV cluster stays clean).
 async fn suite<S: OrderedStore>(store: S, prefix: &str) {
@@ -13,8 +13,8 @@ async fn suite<S: OrderedStore>(store: S, prefix: &str) {
         .iter()
         .map(|k| (key(k), k.as_bytes().to_vec()))
         .collect();
-    store.put_batch(entries).await.unwrap();
-    store.put_batch(Vec::new()).await.unwrap();
+    store.put_batch(entries, Durability::Soon).await.unwrap();
+    store.put_batch(Vec::new(), Durability::Now).await.unwrap();
     assert_eq!(store.get(&key("a2")).await.unwrap(), Some(b"a2".to_vec()));
     assert_eq!(store.get(&key("zz")).await.unwrap(), None);
 
@@ -40,7 +40,7 @@ async fn suite<S: OrderedStore>(store: S, prefix: &str) {
 
     // Overwrite is idempotent, delete_range removes exactly its range.
     store
-        .put_batch(vec![(key("a2"), b"a2".to_vec())])
+        .put_batch(vec![(key("a2"), b"a2".to_vec())], Durability::Now)
         .await
         .unwrap();
     store.delete_range(&key("a1"), &key("a3")).await.unwrap();
@@ -77,14 +77,20 @@ async fn history_suite<S: OrderedStore>(store: S, conv_prefix: &str) {
     let messages: Vec<MessageItem> = (0..250)
         .map(|i| message(&conv, i, 1_000 + i as u64))
         .collect();
+    let write = |messages: &[MessageItem]| {
+        history.write(
+            Batch {
+                messages: messages.to_vec(),
+                ..Batch::default()
+            },
+            Durability::Soon,
+        )
+    };
     for chunk in messages.chunks(64) {
-        history.record(chunk).await.unwrap();
+        write(chunk).await.unwrap();
     }
-    history.record(&messages[..10]).await.unwrap(); // a redelivery changes nothing
-    history
-        .record(&[message(&neighbour, 0, 5_000)])
-        .await
-        .unwrap();
+    write(&messages[..10]).await.unwrap(); // a replay changes nothing
+    write(&[message(&neighbour, 0, 5_000)]).await.unwrap();
 
     let mut seen = Vec::new();
     let mut before: Option<String> = None;
@@ -128,33 +134,65 @@ async fn history_suite<S: OrderedStore>(store: S, conv_prefix: &str) {
             .is_empty()
     );
 
-    // Watermarks only move forward, and each member has their own.
-    let reader = format!("{conv_prefix}b");
-    assert!(
-        history
-            .advance(Mark::Read, &conv, &reader, "0005")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !history
-            .advance(Mark::Read, &conv, &reader, "0003")
-            .await
-            .unwrap()
-    );
+    // A sender's watermarks only move forward; the checkpoint goes with them.
+    let sender = format!("{conv_prefix}a");
+    let mark = |status, id: &str| (conv.clone(), sender.clone(), status, id.to_owned());
+    let marks = |marks, checkpoint| Batch {
+        marks,
+        checkpoint: Some((format!("{conv_prefix}tail"), checkpoint)),
+        ..Batch::default()
+    };
     history
-        .advance(Mark::Delivered, &conv, &reader, "0007")
+        .write(
+            marks(
+                vec![
+                    mark(ReceiptStatus::Read, "0005"),
+                    mark(ReceiptStatus::Delivered, "0007"),
+                ],
+                10,
+            ),
+            Durability::Now,
+        )
         .await
         .unwrap();
-    let marks = history.marks(&conv, &reader).await.unwrap();
+    history
+        .write(
+            marks(vec![mark(ReceiptStatus::Read, "0003")], 11),
+            Durability::Soon,
+        )
+        .await
+        .unwrap();
     assert_eq!(
-        (marks.delivered.as_str(), marks.read.as_str()),
-        ("0007", "0005")
+        history.marks(&conv, &sender).await.unwrap(),
+        SenderMarks {
+            delivered: "0007".into(),
+            read: "0005".into()
+        }
     );
     assert_eq!(
         history.marks(&conv, "nobody").await.unwrap(),
-        Default::default()
+        SenderMarks::default()
     );
+    assert_eq!(
+        history
+            .checkpoint(&format!("{conv_prefix}tail"))
+            .await
+            .unwrap(),
+        11
+    );
+    assert_eq!(history.checkpoint("never").await.unwrap(), 0);
+
+    // Group messages can be found by id alone; one-on-one messages are not indexed.
+    let group = format!("group:{conv_prefix}g");
+    let in_group = message(&group, 1, 9_000);
+    write(std::slice::from_ref(&in_group)).await.unwrap();
+    assert_eq!(
+        history.group_message(&in_group.id).await.unwrap(),
+        Some(in_group)
+    );
+    let direct = message(&conv, 2, 9_001);
+    write(std::slice::from_ref(&direct)).await.unwrap();
+    assert_eq!(history.group_message(&direct.id).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -167,7 +205,7 @@ async fn the_embedded_store_passes_the_suite() {
     drop(std::fs::remove_dir_all(&dir));
     let store = Embedded::open(&dir).unwrap();
     store
-        .put_batch(vec![(b"k".to_vec(), b"v".to_vec())])
+        .put_batch(vec![(b"k".to_vec(), b"v".to_vec())], Durability::Now)
         .await
         .unwrap();
     drop(store);

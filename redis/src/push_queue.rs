@@ -5,7 +5,9 @@
 //! push, and a chatty conversation is one push every `min_interval`.
 //!
 //! Keys: `pq:<user>` hash {count, conv, from, text}; `pdue` user → when their window
-//! closes; `pl:<user>` when they were last notified. Whether the user is online is read
+//! closes; `pl:<user>` when they were last notified; `pn:<user>` the newest inbox sequence
+//! noted, so an item noted again (a reader replaying after a restart, or a second reader)
+//! counts once. Whether the user is online is read
 //! from presence's `p:<user>` in the same script, so a user who is online is never queued,
 //! and one who came online before their window closed is not notified.
 
@@ -58,10 +60,12 @@ impl PushQueue {
         }
     }
 
-    /// Records a message for `user`. `false` when the user is online (nothing queued).
+    /// Records a message for `user`, stored at inbox sequence `seq`. `false` when the user
+    /// is online, or this item (or a later one) was noted already: nothing queued.
     pub async fn note(
         &self,
         user: &str,
+        seq: u64,
         conv: &str,
         from: &str,
         text: &str,
@@ -72,6 +76,7 @@ impl PushQueue {
             key("pq"),
             format!("{}pdue", self.prefix),
             key("pl"),
+            key("pn"),
         ];
         let args = vec![
             user.to_owned(),
@@ -80,6 +85,7 @@ impl PushQueue {
             text.to_owned(),
             self.coalescing.window.as_millis().to_string(),
             self.coalescing.min_interval.as_millis().to_string(),
+            seq.to_string(),
         ];
         let count: i64 = self.note.run(&self.client, keys, args).await?;
         Ok(count > 0)
@@ -111,9 +117,13 @@ impl PushQueue {
     }
 }
 
-/// KEYS: p, pq, pdue, pl. ARGV: user, conv, from, text, window ms, min interval ms.
-/// Returns the pending count, or 0 when the user is online.
+/// KEYS: p, pq, pdue, pl, pn. ARGV: user, conv, from, text, window ms, min interval ms,
+/// inbox sequence. Returns the pending count, or 0 when the user is online or the item was
+/// noted before.
 const NOTE: &str = "
+local seq = tonumber(ARGV[7])
+if seq <= (tonumber(redis.call('GET', KEYS[5])) or 0) then return 0 end
+redis.call('SET', KEYS[5], seq, 'PX', 86400000)
 if redis.call('ZCOUNT', KEYS[1], now, '+inf') > 0 then return 0 end
 local count = redis.call('HINCRBY', KEYS[2], 'count', 1)
 redis.call('HSET', KEYS[2], 'conv', ARGV[2], 'from', ARGV[3], 'text', ARGV[4])

@@ -190,11 +190,25 @@ async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     let queue = PushQueue::new(redis_client.clone(), "t:", coalescing);
     let presence = Presence::new(redis_client, "t:", Duration::from_secs(30));
     presence.online("online-user", "s1", 8).await.unwrap();
-    assert!(!queue.note("online-user", "dm:a:b", "a", "").await.unwrap());
+    assert!(
+        !queue
+            .note("online-user", 1, "dm:a:b", "a", "")
+            .await
+            .unwrap()
+    );
     for i in 0..20 {
         assert!(
             queue
-                .note("bob", "dm:alice:bob", "alice", &format!("m{i}"))
+                .note("bob", 10 + i, "dm:alice:bob", "alice", &format!("m{i}"))
+                .await
+                .unwrap()
+        );
+    }
+    // A reader replaying (or a second reader) notes nothing twice.
+    for seq in [10, 29] {
+        assert!(
+            !queue
+                .note("bob", seq, "dm:alice:bob", "alice", "again")
                 .await
                 .unwrap()
         );
@@ -214,7 +228,7 @@ async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     assert!(queue.claim_due().await.unwrap().is_empty(), "claimed once");
     // The next message waits for min_interval (a minute) after that notification.
     queue
-        .note("bob", "dm:alice:bob", "alice", "later")
+        .note("bob", 30, "dm:alice:bob", "alice", "later")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;

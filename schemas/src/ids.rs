@@ -120,6 +120,14 @@ impl fmt::Display for Conversation {
     }
 }
 
+/// The prefix every message id (a UUIDv7) made at `ms` (milliseconds since the epoch)
+/// starts with: `tttttttt-tttt`, 48 bits of time in lowercase hex. Ids made earlier sort
+/// below it, so a time bound is an id bound.
+pub fn id_prefix_at(ms: u64) -> String {
+    let hex = format!("{:012x}", ms & 0xFFFF_FFFF_FFFF);
+    format!("{}-{}", &hex[..8], &hex[8..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +180,14 @@ mod tests {
         );
         assert!(Conversation::parse("group:g.x").is_err());
         assert!(Conversation::parse("chan:x").is_err());
+    }
+
+    #[test]
+    fn time_prefixes_order_like_uuid_v7_ids() {
+        let id = "01a2244d-5569-756b-bd19-44adcb231731";
+        let ms = 0x01a2244d5569;
+        assert!(id_prefix_at(ms).as_str() <= id);
+        assert!(id_prefix_at(ms + 1).as_str() > id);
+        assert_eq!(id_prefix_at(ms), "01a2244d-5569");
     }
 }

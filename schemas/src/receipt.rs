@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Millis;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptStatus {
     /// Two grey ticks: a device of `by` stored the message.
@@ -14,8 +14,8 @@ pub enum ReceiptStatus {
     Read,
 }
 
-/// An inbox item in the sender's inbox. A `delivered` receipt names one message; a `read`
-/// receipt is a watermark covering every earlier message of the conversation too.
+/// An inbox item in the sender's inbox: a watermark. It covers the message `id` names and
+/// every earlier message of the recipient's in `conv` (message ids compare as strings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReceiptItem {
     pub conv: String,
@@ -24,7 +24,7 @@ pub struct ReceiptItem {
     pub by: String,
     pub status: ReceiptStatus,
     pub ts: Millis,
-    /// Groups only: true once every member reached `status`.
+    /// Groups only, and always true there: every other member reached `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub all: Option<bool>,
 }

@@ -128,18 +128,11 @@ function applyMessage(state, me, item, viewing) {
 function applyReceipt(state, me, receipt) {
   const c = state.convs[receipt.conv];
   if (!c) return null;
-  if (c.kind === 'group') {
-    // Ticks in a group show what every member did: only the receipt completing the set.
-    if (!receipt.all) return c;
-    const m = c.messages.find((x) => x.id === receipt.id);
-    if (m) raise(m, receipt.status);
-    return c;
-  }
+  // Ticks in a group show what every member did: only receipts that say `all` count.
+  if (c.kind === 'group' && !receipt.all) return c;
+  // Every receipt is a watermark: it covers the message it names and each earlier one.
   for (const m of c.messages) {
-    if (m.from !== me || !m.id) continue;
-    // `read` is a watermark: it covers every earlier message too.
-    const covered = receipt.status === 'read' ? m.id <= receipt.id : m.id === receipt.id;
-    if (covered) raise(m, receipt.status);
+    if (m.from === me && m.id && m.id <= receipt.id) raise(m, receipt.status);
   }
   return c;
 }

@@ -1,4 +1,6 @@
-//! Fanout: every message in `MSGS` becomes one item in each recipient's inbox.
+//! Fanout: every group message in `MSGS` becomes one item in each member's inbox.
+//! (One-on-one messages are written into both inboxes by the gateway; records of them
+//! still in `MSGS` from before that change are fanned out to both sides here.)
 //!
 //! One durable consumer per `MSGS` partition (`fanout-<p>`). Each is a pinned-client
 //! consumer (priority group `fanout`): JetStream hands a partition to one worker process at
@@ -9,7 +11,9 @@
 //! The task takes whatever messages are ready (up to [`BATCH`]), publishes all their inbox
 //! items back to back on one connection (stored in that order), waits for every ack, and
 //! then acks each message. (Not `AckPolicy::All`: one message dropped on the way to the
-//! worker would be acked by its successor's ack and never fanned out.) A publish that failed is retried with the same
+//! worker would be acked by its successor's ack and never fanned out.) A task that did not
+//! see every earlier delivery (it just started or took over) first waits until every
+//! unacked one is in its hands ([`fence`]). A publish that failed is retried with the same
 //! `Nats-Msg-Id` until it is stored; during a stream leader election that retry can land
 //! after items published behind it, the one case where two items may swap in an inbox.
 //! Inbox items carry `Nats-Msg-Id = <message id>:<recipient>`, so a batch redelivered after
@@ -18,9 +22,10 @@
 //! Group messages go to the members as the `groups` bucket has them when the batch is
 //! fanned out (read once per group per batch, never from a cache), and only when the
 //! sender is still a member: a member removed before that gets nothing more, and a removed
-//! sender's late message reaches nobody. Before a group message reaches any inbox, its
-//! recipients go into the receipt book, for per-member receipts. Group changes are in the
-//! same partition as the group's messages, so members see them in the order they happened.
+//! sender's late message reaches nobody. Nothing is written before the inbox items (receipt
+//! state is kept from members' watermarks, `natter_fabric::watermarks`). Group changes are
+//! in the same partition as the group's messages, so members see them in the order they
+//! happened.
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
@@ -36,7 +41,6 @@ use futures_util::{StreamExt, future::join_all};
 use natter_fabric::{
     groups::{Group, Groups},
     publish_durable,
-    receipt_book::{MessageState, ReceiptBook},
     records::{MsgRecord, MsgsEntry},
     streams, subjects,
 };
@@ -57,7 +61,6 @@ const GROUP: &str = "fanout";
 pub async fn start(
     js: &jetstream::Context,
     groups: &Groups,
-    book: &ReceiptBook,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::MSGS).await?;
@@ -83,7 +86,6 @@ pub async fn start(
         let fanout = Fanout {
             js: js.clone(),
             groups: groups.clone(),
-            book: book.clone(),
         };
         let stop = stop.clone();
         tasks.push(Box::pin(async move {
@@ -98,7 +100,6 @@ pub async fn start(
 pub struct Fanout {
     pub js: jetstream::Context,
     pub groups: Groups,
-    pub book: ReceiptBook,
 }
 
 async fn partition(
@@ -117,6 +118,8 @@ async fn partition(
     let mut batches = messages.ready_chunks(BATCH);
     let stop = stopped(stop);
     tokio::pin!(stop);
+    // The consumer sequence of the last delivery this task handled.
+    let mut last_delivery: Option<u64> = None;
     loop {
         let batch = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -126,16 +129,19 @@ async fn partition(
             },
         };
         let started = std::time::Instant::now();
-        let mut messages = Vec::with_capacity(batch.len());
-        for next in batch {
-            match next {
-                Ok(message) => messages.push(message),
-                Err(err) => tracing::warn!(consumer = %name, error = %err, "fanout pull status"),
-            }
-        }
+        let mut messages = pulled(&name, batch);
         if messages.is_empty() {
             continue;
         }
+        let first = messages[0].info().map(|i| i.consumer_sequence).unwrap_or(0);
+        if last_delivery.is_none_or(|last| first > last + 1) {
+            messages = fence(&consumer, &name, &mut batches, messages).await;
+        }
+        last_delivery = messages
+            .iter()
+            .filter_map(|m| m.info().ok().map(|i| i.consumer_sequence))
+            .max()
+            .or(last_delivery);
         let entries: Vec<MsgsEntry> = messages
             .iter()
             .filter_map(|m| match serde_json::from_slice(&m.payload) {
@@ -154,6 +160,64 @@ async fn partition(
         }
         metrics::histogram!("natter_fanout_batch_seconds").record(started.elapsed().as_secs_f64());
     }
+}
+
+type Batches = futures_util::stream::ReadyChunks<jetstream::consumer::pull::Stream>;
+
+/// The messages of a pulled batch (pull status errors are logged).
+fn pulled(
+    name: &str,
+    batch: Vec<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>,
+) -> Vec<jetstream::Message> {
+    batch
+        .into_iter()
+        .filter_map(|next| {
+            next.map_err(|err| tracing::warn!(consumer = %name, error = %err, "fanout pull status"))
+                .ok()
+        })
+        .collect()
+}
+
+/// Keeps a partition in order when this task did not see every delivery before `held`
+/// (it just started, or took the partition over from a process that died, or a pull
+/// went astray): deliveries it did not handle and nobody acked come back after their ack
+/// wait, and they are older than what it holds. So it waits until every unacked delivery
+/// of the consumer is in its hands, then handles them all in stream order.
+async fn fence(
+    consumer: &jetstream::consumer::PullConsumer,
+    name: &str,
+    batches: &mut Batches,
+    mut held: Vec<jetstream::Message>,
+) -> Vec<jetstream::Message> {
+    let deadline = tokio::time::Instant::now() + 2 * ACK_WAIT;
+    let by_sequence = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).unwrap_or(0);
+    loop {
+        // Our own deliveries can come again too while we wait: count each message once.
+        held.sort_by_key(by_sequence);
+        held.dedup_by_key(|m| by_sequence(m));
+        match consumer.get_info().await {
+            Ok(info) if info.num_ack_pending <= held.len() => break,
+            Ok(info) => tracing::info!(
+                consumer = %name,
+                pending = info.num_ack_pending,
+                held = held.len(),
+                "waiting for another process's unacked deliveries before going on"
+            ),
+            Err(err) => tracing::warn!(consumer = %name, error = %err, "consumer info failed"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(consumer = %name, "unacked deliveries did not come back; going on");
+            break;
+        }
+        if let Ok(Some(batch)) = tokio::time::timeout(Duration::from_secs(1), batches.next()).await
+        {
+            held.extend(pulled(name, batch));
+        }
+    }
+    metrics::counter!("natter_fanout_fences_total").increment(1);
+    held.sort_by_key(by_sequence);
+    held.dedup_by_key(|m| by_sequence(m));
+    held
 }
 
 /// Items published before their acks are awaited. Partitions × this stays far below the
@@ -226,7 +290,7 @@ impl Fanout {
 
     /// Who gets a message: both sides of a one-on-one conversation, or every member of a
     /// group (the sender too, for their other devices). Nobody when the sender is not part
-    /// of the conversation. A group message's recipients go into the receipt book first.
+    /// of the conversation.
     async fn recipients(
         &self,
         record: &MsgRecord,
@@ -246,21 +310,6 @@ impl Fanout {
         if !group.is_member(&record.from) {
             return Vec::new();
         }
-        let state = MessageState {
-            conv: record.conv.clone(),
-            from: record.from.clone(),
-            recipients: group
-                .members
-                .iter()
-                .filter(|m| **m != record.from)
-                .cloned()
-                .collect(),
-            ..Default::default()
-        };
-        until_done("record receipt state", || {
-            self.book.record_message(&record.id, &state)
-        })
-        .await;
         group.members.clone()
     }
 }

@@ -1,32 +1,36 @@
 //! Natter's workers: background consumers of the durable streams.
 //!
-//! - [`fanout`]: `MSGS` → one item in each member's inbox (and the sender's own, for their
-//!   other devices), per partition in stream order; group membership is checked here.
-//! - [`receipts`]: `RCPT` → `delivered` / `read` receipts in the senders' inboxes; for
-//!   group messages, per-member state in the receipt book and "all" once everyone has it.
-//! - [`history`]: `MSGS` → the history store (embedded redb or TiKV); pages on request.
-//! - [`push`]: `INBOX` → notifications, coalesced per user, for users with no device
-//!   online (presence in Redis), through a provider (a signed webhook).
+//! - [`fanout`]: `MSGS` (group messages) → one item in each member's inbox (the sender's
+//!   too, for their other devices), per partition in stream order; membership is checked
+//!   here.
+//! - [`receipts`]: `RCPT` (members' group marks) → `all: true` receipts in the senders'
+//!   inboxes, from per-member watermarks checkpointed in KV.
+//! - [`tail`]: one R1, no-ack reader of all of `INBOX`, feeding history and push.
+//! - [`history`]: the history store (embedded redb or TiKV), written by the tail reader;
+//!   pages and message info on request.
+//! - [`push`]: notifications, coalesced per user, for users with no device online
+//!   (presence in Redis), through a provider (a signed webhook).
 //! - [`jetstream_stats`]: stream sizes and consumer backlogs as Prometheus gauges.
 //! - [`canary`]: a probe message through the whole path, timed end to end.
 //!
-//! Every worker is a durable pull consumer with explicit acks: run more processes to add
-//! throughput, kill any of them and another takes over its unacked work. Every publish
-//! carries a `Nats-Msg-Id` derived from what it is about, so redelivered work stores
-//! nothing twice.
+//! Fanout and receipts are durable pull consumers with explicit acks, one per partition,
+//! pinned to one process at a time: run more processes for standby capacity, kill any of
+//! them and another takes over its unacked work. Every publish carries a `Nats-Msg-Id`
+//! derived from what it is about, so redelivered work stores nothing twice. The tail
+//! reader keeps its own checkpoint (with the history it writes) instead of acks.
 
 pub mod canary;
 pub mod fanout;
 pub mod history;
 pub mod jetstream_stats;
-mod pull;
 pub mod push;
 pub mod receipts;
+pub mod tail;
 
 use std::{future::Future, pin::Pin, time::Duration};
 
 use async_nats::jetstream;
-use natter_fabric::{NatsSettings, groups::Groups, receipt_book::ReceiptBook, streams};
+use natter_fabric::{NatsSettings, groups::Groups, streams, watermarks::Checkpoints};
 use tokio::sync::{broadcast, watch};
 
 /// Which workers a process runs.
@@ -78,8 +82,8 @@ pub enum WorkerError {
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("cannot open the groups bucket: {0}")]
     Groups(#[from] natter_fabric::groups::GroupsError),
-    #[error("cannot open the receipt book: {0}")]
-    Book(#[from] natter_fabric::receipt_book::BookError),
+    #[error("cannot open the receipt checkpoints: {0}")]
+    Watermarks(#[from] natter_fabric::watermarks::WatermarksError),
     #[error("history store: {0}")]
     History(#[from] natter_history::StoreError),
     #[error("history workers need a store: --history-dir or --tikv-pd")]
@@ -130,6 +134,7 @@ pub async fn run(
     for zero in [
         "natter_workers_slow_consumer_total",
         "natter_fanout_retries_total",
+        "natter_tail_restarts_total",
     ] {
         metrics::counter!(zero).increment(0);
     }
@@ -157,8 +162,8 @@ pub async fn run(
         Groups::open(&js, nats.replicas)
     })
     .await?;
-    let book = streams::with_patience("receipt book", SETUP_PATIENCE, || {
-        ReceiptBook::open(&js, nats.replicas)
+    let checkpoints = streams::with_patience("receipt checkpoints", SETUP_PATIENCE, || {
+        Checkpoints::open(&js, nats.replicas)
     })
     .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -169,22 +174,36 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     if matches!(kind, Kind::Fanout | Kind::All) {
-        for task in fanout::start(&js, &groups, &book, stop_rx.clone()).await? {
+        for task in fanout::start(&js, &groups, stop_rx.clone()).await? {
             tasks.spawn(task);
         }
     }
     if matches!(kind, Kind::Receipts | Kind::All) {
-        tasks.spawn(receipts::start(&js, &book, stop_rx.clone()).await?);
-    }
-    if let Some(settings) = history.filter(|_| matches!(kind, Kind::History | Kind::All)) {
-        for task in history::start(&js, &client, &groups, &settings, stop_rx.clone()).await? {
+        for task in receipts::start(&js, &groups, &checkpoints, stop_rx.clone()).await? {
             tasks.spawn(task);
         }
+    }
+    let mut tail = tail::Tail {
+        name: "push".to_owned(),
+        history: None,
+        push: None,
+    };
+    if let Some(settings) = history.filter(|_| matches!(kind, Kind::History | Kind::All)) {
+        let (store, served) =
+            history::start(&client, &groups, &checkpoints, &settings, stop_rx.clone()).await?;
+        for task in served {
+            tasks.spawn(task);
+        }
+        tail.name = settings.instance;
+        tail.history = Some(natter_history::History::new(store));
     }
     if let Some(settings) = push.filter(|_| matches!(kind, Kind::Push | Kind::All)) {
-        for task in push::start(&js, nats.replicas, &settings, stop_rx.clone()).await? {
-            tasks.spawn(task);
-        }
+        let (noter, send) = push::start(&js, nats.replicas, &settings, stop_rx.clone()).await?;
+        tasks.spawn(send);
+        tail.push = Some(noter);
+    }
+    if tail.history.is_some() || tail.push.is_some() {
+        tasks.spawn(tail.run(js.clone(), stop_rx.clone()));
     }
     tasks.spawn({
         let (js, stop) = (js.clone(), stop_rx.clone());

@@ -1,9 +1,10 @@
 //! Push: notifies users who have no device online that messages are waiting.
 //!
-//! A durable consumer reads every new inbox item. A message from someone else, for a user
-//! with no live socket (presence in Redis), is noted in the push queue, which coalesces
-//! per user (see `natter_redis::push_queue`). A loop claims the notifications whose window
-//! closed and hands each to the provider of each of the user's registered devices
+//! The tail reader (`crate::tail`) hands every new inbox item to a [`Noter`]: a message
+//! from someone else, for a user with no live socket (presence in Redis), is noted in the
+//! push queue, which coalesces per user (see `natter_redis::push_queue`) and counts each
+//! inbox sequence once, however often it is noted. A loop claims the notifications whose
+//! window closed and hands each to the provider of each of the user's registered devices
 //! (`natter_fabric::devices`).
 //!
 //! Providers: [`Webhook`] (an HTTP POST of JSON, signed with HMAC-SHA256, retried with
@@ -12,29 +13,32 @@
 //! over HTTP/2 to api.push.apple.com; an FCM service account for OAuth2 tokens and the
 //! HTTP v1 API), so devices may only register the kinds a deployment delivers.
 //!
-//! Pushes are best effort: a notification whose every attempt failed is dropped (counted),
-//! and an inbox item noted twice after a redelivery counts twice in the message count.
-//! Message text goes into the payload only when `include_text` is set.
+//! Pushes are best effort: a note Redis did not take is retried (up to
+//! [`MAX_RETRYING`] notes wait), a notification whose every attempt failed is dropped
+//! (counted). Only messages stored in the last [`MAX_AGE`] are noted, so a reader catching
+//! up after downtime does not notify about the past. Message text goes into the payload
+//! only when `include_text` is set.
 
-use std::time::Duration;
-
-use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{AckPolicy, DeliverPolicy, pull},
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use async_nats::jetstream;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, future::join_all};
 use hmac::{KeyInit, Mac};
 use natter_fabric::{
     devices::{Devices, PushTarget},
     now_millis, streams,
 };
 use natter_redis::push_queue::{Coalescing, Pending, PushQueue};
-use natter_schemas::{Body, InboxItem};
+use natter_schemas::{Body, MessageItem};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::{SETUP_PATIENCE, WorkerError, stopped};
+use crate::{SETUP_PATIENCE, WorkerError};
 
 /// What a push worker needs beyond NATS.
 #[derive(Debug, Clone)]
@@ -54,8 +58,6 @@ pub struct WebhookSettings {
     pub secret: String,
 }
 
-/// Inbox items noted at once by one process.
-const CONCURRENCY: usize = 64;
 /// How often due notifications are claimed.
 const CLAIM_EVERY: Duration = Duration::from_millis(250);
 /// Notifications delivered at once.
@@ -67,123 +69,109 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest text put in a notification.
 const MAX_TEXT: usize = 200;
+/// Messages older than this when read are not noted.
+pub const MAX_AGE: Duration = Duration::from_secs(5 * 60);
+/// Notes waiting for Redis to come back; beyond this the oldest are dropped (counted).
+pub const MAX_RETRYING: usize = 10_000;
 
+/// Opens what notifying needs; returns the noter for the tail reader and the loop that
+/// delivers due notifications.
 pub async fn start(
     js: &jetstream::Context,
     replicas: usize,
     settings: &PushSettings,
     stop: watch::Receiver<bool>,
-) -> Result<Vec<crate::Task>, WorkerError> {
+) -> Result<(Noter, crate::Task), WorkerError> {
     let redis = natter_redis::connect(&settings.redis).await?;
     let queue = PushQueue::new(redis, &settings.redis.prefix, settings.coalescing);
     let devices = streams::with_patience("devices bucket", SETUP_PATIENCE, || {
         Devices::open(js, replicas)
     })
     .await?;
-    let stream = js.get_stream(streams::INBOX).await?;
-    // Only what arrives from now on: a first start does not notify about the past. Not
-    // `DeliverPolicy::New`: each replica of a new consumer takes "new" from its own
-    // moment of creation, and a leader that was created late skips what came before
-    // (seen as a lost push right after the cluster started).
-    let next = stream.cached_info().state.last_sequence + 1;
-    let config = pull::Config {
-        durable_name: Some("push".into()),
-        deliver_policy: DeliverPolicy::ByStartSequence {
-            start_sequence: next,
-        },
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        // Redelivered until noted (Redis may be down for a while), with growing waits.
-        max_deliver: -1,
-        max_ack_pending: 4_096,
-        ..Default::default()
-    };
-    let consumer: jetstream::consumer::PullConsumer =
-        streams::with_patience("push consumer", SETUP_PATIENCE, || {
-            stream.get_or_create_consumer("push", config.clone())
-        })
-        .await?;
     let provider = Provider::from_settings(settings);
-    let note: crate::Task = Box::pin(note_loop(
-        consumer,
-        queue.clone(),
-        settings.include_text,
-        stop.clone(),
-    ));
+    let noter = Noter {
+        queue: queue.clone(),
+        include_text: settings.include_text,
+        retrying: Arc::default(),
+    };
     let send: crate::Task = Box::pin(send_loop(queue, devices, provider, stop));
-    Ok(vec![note, send])
+    Ok((noter, send))
 }
 
-/// Notes every message for an offline recipient.
-async fn note_loop(
-    consumer: jetstream::consumer::PullConsumer,
+/// A message as the noter sees it: whose inbox, at which sequence.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub user: String,
+    pub seq: u64,
+    pub message: MessageItem,
+}
+
+/// Notes messages for offline users (see the module docs).
+#[derive(Clone)]
+pub struct Noter {
     queue: PushQueue,
     include_text: bool,
-    stop: watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
-    let messages = crate::pull::messages(consumer, crate::pull::BATCH);
-    let work = messages.for_each_concurrent(CONCURRENCY, |next| {
-        let queue = &queue;
-        async move {
-            let message = match next {
-                Ok(message) => message,
-                Err(err) => {
-                    tracing::warn!(error = %err, "push consumer hiccup");
-                    return;
-                }
-            };
-            let ack = match noted(queue, &message, include_text).await {
-                Ok(()) => AckKind::Ack,
-                Err(err) => {
-                    metrics::counter!("natter_push_note_failures_total").increment(1);
-                    tracing::debug!(error = %err, "push not noted; retrying");
-                    let attempt = message.info().map_or(1, |info| info.delivered).max(1);
-                    AckKind::Nak(Some(renote_after(attempt)))
-                }
-            };
-            if let Err(err) = message.ack_with(ack).await {
-                tracing::debug!(error = %err, "push ack failed; the item comes back");
+    retrying: Arc<Mutex<VecDeque<Note>>>,
+}
+
+impl Noter {
+    /// Notes every recent message for someone other than its sender, after any notes
+    /// still waiting for Redis. Returns when Redis answered or refused each.
+    pub async fn note_all(&self, notes: Vec<Note>) {
+        let now = now_millis();
+        let fresh = notes.into_iter().filter(|n| {
+            n.message.from != n.user
+                && now.saturating_sub(n.message.ts) <= MAX_AGE.as_millis() as u64
+        });
+        let todo: Vec<Note> = {
+            let mut retrying = self.retrying.lock().expect("push retry lock");
+            retrying.drain(..).chain(fresh).collect()
+        };
+        if todo.is_empty() {
+            return;
+        }
+        let results = join_all(todo.iter().map(|note| self.note(note))).await;
+        let failed: Vec<Note> = todo
+            .into_iter()
+            .zip(results)
+            .filter_map(|(note, ok)| (!ok).then_some(note))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        metrics::counter!("natter_push_note_failures_total").increment(failed.len() as u64);
+        let mut retrying = self.retrying.lock().expect("push retry lock");
+        retrying.extend(failed);
+        let over = retrying.len().saturating_sub(MAX_RETRYING);
+        if over > 0 {
+            retrying.drain(..over);
+            metrics::counter!("natter_push_notes_dropped_total").increment(over as u64);
+        }
+    }
+
+    /// Whether Redis took the note (queued, or not needed).
+    async fn note(&self, note: &Note) -> bool {
+        let m = &note.message;
+        let text = match (&m.body, self.include_text) {
+            (Body::Text { text }, true) => text.chars().take(MAX_TEXT).collect(),
+            _ => String::new(),
+        };
+        match self
+            .queue
+            .note(&note.user, note.seq, &m.conv, &m.from, &text)
+            .await
+        {
+            Ok(true) => {
+                metrics::counter!("natter_push_noted_total").increment(1);
+                true
+            }
+            Ok(false) => true,
+            Err(err) => {
+                tracing::debug!(error = %err, "push not noted; will retry");
+                false
             }
         }
-    });
-    tokio::select! {
-        _ = stopped(stop) => Ok(()),
-        _ = work => Err(WorkerError::ConsumerEnded("push".into())),
     }
-}
-
-/// How long before an item that could not be noted comes back: 1 s, doubling up to a
-/// minute.
-fn renote_after(attempt: i64) -> Duration {
-    let exponent = u32::try_from(attempt.clamp(1, 7) - 1).unwrap_or(0);
-    Duration::from_secs(2u64.pow(exponent)).min(Duration::from_secs(60))
-}
-
-async fn noted(
-    queue: &PushQueue,
-    message: &jetstream::Message,
-    include_text: bool,
-) -> Result<(), natter_redis::RedisError> {
-    let Some(user) = message.subject.strip_prefix("inbox.") else {
-        return Ok(());
-    };
-    let Ok(InboxItem::Msg(m)) = serde_json::from_slice::<InboxItem>(&message.payload) else {
-        return Ok(()); // receipts and group events do not notify
-    };
-    if m.from == user {
-        return Ok(()); // one's own message, echoed to one's other devices
-    }
-    let text = match (&m.body, include_text) {
-        (Body::Text { text }, true) => text.chars().take(MAX_TEXT).collect(),
-        _ => String::new(),
-    };
-    if queue.note(user, &m.conv, &m.from, &text).await? {
-        metrics::counter!("natter_push_noted_total").increment(1);
-        tracing::debug!(%user, "push noted");
-    } else {
-        tracing::debug!(%user, "recipient online; no push");
-    }
-    Ok(())
 }
 
 /// Claims due notifications and delivers them.

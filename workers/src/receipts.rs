@@ -1,300 +1,356 @@
-//! Receipts: device acks and read marks become receipt items in the senders' inboxes.
+//! Receipts of group messages: members' watermarks in, `all: true` receipts out.
 //!
-//! A `delivered` event names a range of the acking user's inbox; the worker reads that
-//! range by direct get and sends a `delivered` receipt for each message in it that someone
-//! else sent. A `read` event becomes one `read` receipt (a watermark) for the other side
-//! of the conversation. Receipt items carry `Nats-Msg-Id = rcpt:<message>:<by>:<status>`,
-//! so a redelivered event, or a second device acking the same message, stores nothing new
-//! within the duplicate window. Clients keep the highest status they saw per message.
+//! One-on-one receipts never come here: the gateway writes them straight into the other
+//! side's inbox. For groups, gateways collect members' marks ("a device of `by` has the
+//! group up to message X", "`by` read it up to Y") and store them per partition on
+//! `rcpt.<p>` (`natter_fabric::watermarks`). One durable consumer per partition
+//! (`receipts-<p>`), pinned to one process at a time like fanout's, folds them into each
+//! group's [`GroupWatermarks`] in memory and tells each sender, with one receipt saying
+//! `all: true`, when every other member (counted from when they joined) has their
+//! messages up to some id, and when everyone has read them. A sender is told about each
+//! message at most once per status; the receipt is a watermark covering their earlier
+//! messages too.
 //!
-//! Group messages are tracked per member in the receipt book (see
-//! `natter_fabric::receipt_book`): each member's first `delivered` and first `read` of a
-//! message becomes one receipt to the sender, and the one that completes the set says
-//! `all: true` (two ticks, then blue ticks). A `read` in a group is a watermark: it covers
-//! the member's earlier unread messages of that group, whoever sent them.
+//! State survives a worker: each group's watermarks are checkpointed in the KV bucket
+//! `receipts` at most every [`CHECKPOINT_EVERY`], and events are acked only once the
+//! checkpoint that includes them is stored. A worker that dies loses nothing: its
+//! successor loads the checkpoints and gets the unacked events again; marks only move
+//! forward, and receipts it sends again carry the same `Nats-Msg-Id`
+//! (`rall:<group>:<to>:<status>:<id>`). Two workers that briefly both hold a partition
+//! merge their checkpoints (compare-and-set, then the furthest of each).
 
-use std::{collections::BTreeSet, future::Future};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{
-    self, AckKind,
-    consumer::{AckPolicy, pull},
+    self,
+    consumer::{AckPolicy, PriorityPolicy, pull},
 };
 use bytes::Bytes;
 use futures_util::{StreamExt, future::join_all};
 use natter_fabric::{
-    Inbox, PublishFailed, now_millis, publish_durable,
-    receipt_book::{BookError, Marked, MessageState, ReceiptBook},
-    records::RcptEvent,
-    streams, subjects,
+    groups::Groups,
+    now_millis, publish_durable, streams, subjects,
+    watermarks::{AllReceipt, Checkpoints, GroupWatermarks, MarkBatch, Member, WatermarksError},
 };
-use natter_schemas::{Conversation, InboxItem, ReceiptItem, ReceiptStatus};
+use natter_schemas::{InboxItem, ReceiptItem, ReceiptStatus};
 use tokio::sync::watch;
 
-use crate::{SETUP_PATIENCE, WorkerError, stopped};
+use crate::{SETUP_PATIENCE, Task, WorkerError, stopped};
 
-/// How long a receipt event may stay unacked before JetStream redelivers it.
-pub const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Events handled per batch.
+const BATCH: usize = 256;
+/// Longest time between checkpoints (and so between an event and its ack).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Unacked events are redelivered after this; far above `CHECKPOINT_EVERY`.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// A pinned worker that stops pulling this long loses its partitions to a standby one.
+const PIN_TIMEOUT: Duration = Duration::from_secs(10);
+const GROUP: &str = "receipts";
+/// Groups whose state a partition task keeps in memory; beyond this, the ones untouched
+/// longest (and checkpointed) are dropped and loaded again when needed.
+const MAX_LOADED: usize = 10_000;
+/// Tries to store a checkpoint another worker keeps changing.
+const SAVE_ATTEMPTS: usize = 10;
 
-/// Events handled at once by one process.
-const CONCURRENCY: usize = 64;
-/// Most inbox items one `delivered` event may cover; a larger ack is read in this many
-/// items and the rest gets no receipts (a device acks as it goes, so this is not reached).
-const MAX_RANGE: usize = 10_000;
-
+/// Creates (or joins) the partition consumers and returns one task per partition.
 pub async fn start(
     js: &jetstream::Context,
-    book: &ReceiptBook,
+    groups: &Groups,
+    checkpoints: &Checkpoints,
     stop: watch::Receiver<bool>,
-) -> Result<impl Future<Output = Result<(), WorkerError>> + use<>, WorkerError> {
+) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::RCPT).await?;
-    let config = pull::Config {
-        durable_name: Some("receipts".into()),
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
-        max_ack_pending: 1_024,
-        ..Default::default()
-    };
-    let consumer: jetstream::consumer::PullConsumer =
-        streams::with_patience("receipts consumer", SETUP_PATIENCE, || {
-            stream.get_or_create_consumer("receipts", config.clone())
-        })
-        .await?;
-    let inbox = Inbox::open(js).await?;
-    let js = js.clone();
-    let book = book.clone();
-    Ok(async move {
-        let messages = crate::pull::messages(consumer, crate::pull::BATCH);
-        let work = messages.for_each_concurrent(CONCURRENCY, |next| {
-            let (js, inbox, book) = (&js, &inbox, &book);
-            async move {
-                let message = match next {
-                    Ok(message) => message,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "receipts consumer hiccup");
-                        return;
-                    }
-                };
-                let ack = match serde_json::from_slice::<RcptEvent>(&message.payload) {
-                    Ok(event) => match handle(js, inbox, book, event, redelivered(&message)).await {
-                        Ok(()) => AckKind::Ack,
-                        Err(err) => {
-                            tracing::warn!(error = %err, "receipt event failed; will be redelivered");
-                            AckKind::Nak(Some(std::time::Duration::from_secs(1)))
-                        }
-                    },
-                    Err(err) => {
-                        tracing::error!(error = %err, "unreadable receipt event; dropped");
-                        AckKind::Term
-                    }
-                };
-                if let Err(err) = message.ack_with(ack).await {
-                    tracing::warn!(error = %err, "ack failed; the event will be redelivered");
-                }
-            }
-        });
-        tokio::select! {
-            _ = stopped(stop) => Ok(()),
-            _ = work => Err(WorkerError::ConsumerEnded("receipts".into())),
-        }
-    })
+    let mut tasks: Vec<Task> = Vec::new();
+    for p in 0..subjects::PARTITIONS {
+        let name = format!("receipts-{p}");
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: subjects::rcpt(p),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: 20_000,
+            priority_policy: PriorityPolicy::PinnedClient,
+            priority_groups: vec![GROUP.to_owned()],
+            priority_timeout: PIN_TIMEOUT,
+            ..Default::default()
+        };
+        let consumer: jetstream::consumer::PullConsumer =
+            streams::with_patience(&name, SETUP_PATIENCE, || {
+                stream.create_consumer(config.clone())
+            })
+            .await?;
+        let partition = Partition {
+            js: js.clone(),
+            groups: groups.clone(),
+            checkpoints: checkpoints.clone(),
+            loaded: HashMap::new(),
+            unacked: Vec::new(),
+            checkpointed: Instant::now(),
+        };
+        let stop = stop.clone();
+        tasks.push(Box::pin(partition.run(name, consumer, stop)));
+    }
+    Ok(tasks)
+}
+
+/// One group's state as this task holds it.
+struct Loaded {
+    /// The checkpoint's revision it was loaded from or last saved as.
+    revision: Option<u64>,
+    state: GroupWatermarks,
+    dirty: bool,
+    touched: Instant,
+}
+
+struct Partition {
+    js: jetstream::Context,
+    groups: Groups,
+    checkpoints: Checkpoints,
+    loaded: HashMap<String, Loaded>,
+    /// Events handled but not acked: acked once their marks are checkpointed.
+    unacked: Vec<jetstream::Message>,
+    checkpointed: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReceiptError {
+enum ReceiptError {
     #[error(transparent)]
-    Inbox(#[from] natter_fabric::InboxError),
-    #[error(transparent)]
-    Publish(#[from] PublishFailed),
-    #[error(transparent)]
-    Book(#[from] BookError),
+    Watermarks(#[from] WatermarksError),
+    #[error("group store: {0}")]
+    Groups(#[from] natter_fabric::groups::GroupsError),
 }
 
-/// Most rounds of a group read catching deliveries that raced it.
-const READ_ROUNDS: usize = 8;
+impl Partition {
+    async fn run(
+        mut self,
+        name: String,
+        consumer: jetstream::consumer::PullConsumer,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        let messages = consumer
+            .stream()
+            .group(GROUP)
+            .max_messages_per_batch(BATCH)
+            .expires(PIN_TIMEOUT / 4)
+            .messages()
+            .await?;
+        let mut batches = messages.ready_chunks(BATCH);
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        let stop = stopped(stop);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tick.tick() => {}
+                next = batches.next() => match next {
+                    Some(batch) => {
+                        let messages = batch
+                            .into_iter()
+                            .filter_map(|next| {
+                                next.map_err(|err| {
+                                    tracing::warn!(consumer = %name, error = %err, "receipts pull status");
+                                })
+                                .ok()
+                            })
+                            .collect();
+                        self.handle(messages).await;
+                    }
+                    None => return Err(WorkerError::ConsumerEnded(name)),
+                },
+            }
+            if self.checkpointed.elapsed() >= CHECKPOINT_EVERY && !self.unacked.is_empty() {
+                self.checkpoint().await;
+            }
+        }
+    }
 
-/// Whether JetStream delivered this event before (a worker died or failed on it).
-fn redelivered(message: &jetstream::Message) -> bool {
-    message.info().is_ok_and(|info| info.delivered > 1)
-}
-
-/// `again`: the event was delivered before, so a worker may have stored its marks and died
-/// before publishing their receipts. Marks already in the book then still yield their
-/// receipts; the publishes carry the same `Nats-Msg-Id` as the first ones, so a receipt
-/// that did go out is not stored twice.
-async fn handle(
-    js: &jetstream::Context,
-    inbox: &Inbox,
-    book: &ReceiptBook,
-    event: RcptEvent,
-    again: bool,
-) -> Result<(), ReceiptError> {
-    let ts = now_millis();
-    let kind = match &event {
-        RcptEvent::Delivered { .. } => "delivered",
-        RcptEvent::Read { .. } => "read",
-    };
-    metrics::counter!("natter_receipts_events_total", "kind" => kind).increment(1);
-    let mut receipts: Vec<(String, ReceiptItem)> = Vec::new();
-    // Marks in the receipt book happen one by one; a mark stored is never "new" again, so
-    // the receipts of the marks made so far go out even when a later one fails (the event
-    // is then redelivered for the rest).
-    let marked = mark_all(inbox, book, event, ts, again, &mut receipts).await;
-    publish_all(js, receipts).await?;
-    marked
-}
-
-/// Records `event` in the receipt book (group messages) and collects the receipts it
-/// produces into `receipts` as it goes.
-async fn mark_all(
-    inbox: &Inbox,
-    book: &ReceiptBook,
-    event: RcptEvent,
-    ts: u64,
-    again: bool,
-    receipts: &mut Vec<(String, ReceiptItem)>,
-) -> Result<(), ReceiptError> {
-    match event {
-        RcptEvent::Delivered {
-            by, after, upto, ..
-        } => {
-            for stored in inbox.read_after(&by, after, upto, MAX_RANGE).await? {
-                let Ok(InboxItem::Msg(m)) = serde_json::from_slice(&stored.payload) else {
-                    continue;
-                };
-                if m.from == by {
+    /// Folds a batch of events in and sends the receipts they make due (worked out once
+    /// per group per batch: a 1,024-member group's acks arrive as a few hundred marks).
+    async fn handle(&mut self, messages: Vec<jetstream::Message>) {
+        let mut members: HashMap<String, Vec<Member>> = HashMap::new();
+        // Groups whose state moved, and whose mark moved it last.
+        let mut moved: HashMap<String, String> = HashMap::new();
+        let mut failed = Vec::new();
+        for message in messages {
+            let batch: MarkBatch = match serde_json::from_slice(&message.payload) {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::error!(error = %err, "unreadable receipt marks; dropped");
+                    self.unacked.push(message);
                     continue;
                 }
-                match Conversation::parse(&m.conv) {
-                    Ok(Conversation::Group(gid)) => {
-                        let covered = book.delivered_to(&gid, &by, &m.id).await?;
-                        if let Some((state, marked)) = book.mark(&m.id, &by, covered).await? {
-                            let marked = if again {
-                                marked.or_reached(&state, &by)
-                            } else {
-                                marked
-                            };
-                            receipts.extend(group_receipts(&m.id, &by, &state, marked, ts));
-                        }
-                    }
-                    _ => receipts.push((
-                        m.from,
-                        ReceiptItem {
-                            conv: m.conv,
-                            id: m.id,
-                            by: by.clone(),
-                            status: ReceiptStatus::Delivered,
-                            ts,
-                            all: None,
-                        },
-                    )),
+            };
+            metrics::counter!("natter_receipts_marks_total").increment(batch.marks.len() as u64);
+            match self.fold(batch, &mut members, &mut moved).await {
+                Ok(()) => self.unacked.push(message),
+                Err(err) => {
+                    tracing::warn!(error = %err, "receipt marks not applied; redelivered");
+                    failed.push(message);
                 }
             }
         }
-        RcptEvent::Read { by, conv, up_to } => match Conversation::parse(&conv) {
-            Ok(Conversation::Group(gid)) => {
-                group_read(book, &gid, &by, &up_to, ts, again, receipts).await?;
-            }
-            Ok(c) => {
-                if let Some(peer) = c.peer_of(&by).filter(|peer| *peer != by) {
-                    receipts.push((
-                        peer.to_owned(),
-                        ReceiptItem {
-                            conv,
-                            id: up_to,
-                            by,
-                            status: ReceiptStatus::Read,
-                            ts,
-                            all: None,
-                        },
-                    ));
+        let mut receipts = Vec::new();
+        for (gid, by) in moved {
+            if let (Some(loaded), Some(members)) = (self.loaded.get_mut(&gid), members.get(&gid)) {
+                for due in loaded.state.due(members, &by) {
+                    receipts.push((gid.clone(), due));
                 }
             }
-            Err(_) => {}
-        },
+        }
+        let unsent = send(&self.js, receipts).await;
+        if !unsent.is_empty() {
+            // Those groups go back to their checkpoint and every event since comes again,
+            // so the receipts are worked out and sent again.
+            for gid in &unsent {
+                self.loaded.remove(gid);
+            }
+            failed.append(&mut self.unacked);
+        }
+        for message in failed {
+            let nak = jetstream::AckKind::Nak(Some(Duration::from_secs(1)));
+            if let Err(err) = message.ack_with(nak).await {
+                tracing::debug!(error = %err, "nak failed; the event comes back after the ack wait");
+            }
+        }
     }
-    Ok(())
+
+    async fn fold(
+        &mut self,
+        batch: MarkBatch,
+        members: &mut HashMap<String, Vec<Member>>,
+        moved: &mut HashMap<String, String>,
+    ) -> Result<(), ReceiptError> {
+        for mark in batch.marks {
+            if !members.contains_key(&mark.group) {
+                let group = self.groups.get(&mark.group).await?;
+                let list = group
+                    .iter()
+                    .flat_map(|g| {
+                        g.members.iter().map(|user| Member {
+                            user: user.clone(),
+                            since_ms: g.member_since(user),
+                        })
+                    })
+                    .collect();
+                members.insert(mark.group.clone(), list);
+            }
+            let loaded = self.load(&mark.group).await?;
+            loaded.touched = Instant::now();
+            if loaded.state.apply(&mark) {
+                loaded.dirty = true;
+                moved.insert(mark.group.clone(), mark.by.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn load(&mut self, gid: &str) -> Result<&mut Loaded, ReceiptError> {
+        if !self.loaded.contains_key(gid) {
+            let (revision, state) = self.checkpoints.load(gid).await?;
+            self.loaded.insert(
+                gid.to_owned(),
+                Loaded {
+                    revision,
+                    state,
+                    dirty: false,
+                    touched: Instant::now(),
+                },
+            );
+        }
+        Ok(self.loaded.get_mut(gid).expect("inserted above"))
+    }
+
+    /// Stores every changed group's state, then acks the events it includes. A group
+    /// that cannot be stored keeps its events unacked (they come back after the ack wait).
+    async fn checkpoint(&mut self) {
+        self.checkpointed = Instant::now();
+        let mut all_saved = true;
+        for (gid, loaded) in self.loaded.iter_mut().filter(|(_, l)| l.dirty) {
+            match save(&self.checkpoints, gid, loaded).await {
+                Ok(()) => loaded.dirty = false,
+                Err(err) => {
+                    all_saved = false;
+                    tracing::warn!(error = %err, group = %gid, "receipt checkpoint not stored");
+                }
+            }
+        }
+        if !all_saved {
+            return;
+        }
+        for message in self.unacked.drain(..) {
+            if let Err(err) = message.ack().await {
+                tracing::debug!(error = %err, "ack failed; the event comes back and changes nothing");
+            }
+        }
+        if self.loaded.len() > MAX_LOADED {
+            let mut touched: Vec<Instant> = self.loaded.values().map(|l| l.touched).collect();
+            touched.sort_unstable();
+            let cutoff = touched[self.loaded.len() - MAX_LOADED];
+            self.loaded.retain(|_, l| l.dirty || l.touched >= cutoff);
+        }
+    }
 }
 
-async fn publish_all(
-    js: &jetstream::Context,
-    receipts: Vec<(String, ReceiptItem)>,
+/// Stores one group's state; on a conflict (another worker held the partition a moment)
+/// merges the stored state in and tries again.
+async fn save(
+    checkpoints: &Checkpoints,
+    gid: &str,
+    loaded: &mut Loaded,
 ) -> Result<(), ReceiptError> {
-    let publishes = receipts.into_iter().map(|(to, receipt)| async move {
-        let status = match receipt.status {
+    for _ in 0..SAVE_ATTEMPTS {
+        match checkpoints.save(gid, &loaded.state, loaded.revision).await {
+            Ok(revision) => {
+                loaded.revision = Some(revision);
+                return Ok(());
+            }
+            Err(WatermarksError::Conflict(_)) => {
+                metrics::counter!("natter_receipts_checkpoint_conflicts_total").increment(1);
+                let (revision, stored) = checkpoints.load(gid).await?;
+                loaded.state.merge(&stored);
+                loaded.revision = revision;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(WatermarksError::Conflict(gid.to_owned()).into())
+}
+
+/// Stores each receipt in its sender's inbox; returns the groups some receipt of which
+/// could not be stored.
+async fn send(js: &jetstream::Context, receipts: Vec<(String, AllReceipt)>) -> Vec<String> {
+    let ts = now_millis();
+    let stores = receipts.into_iter().map(|(gid, due)| async move {
+        let status = match due.status {
             ReceiptStatus::Delivered => "delivered",
             ReceiptStatus::Read => "read",
         };
-        let msg_id = format!("rcpt:{}:{}:{status}", receipt.id, receipt.by);
-        metrics::counter!("natter_receipts_sent_total", "status" => status).increment(1);
-        let item = Bytes::from(InboxItem::Receipt(receipt).to_json());
-        publish_durable(js, &subjects::inbox(&to), &msg_id, item).await
-    });
-    for result in join_all(publishes).await {
-        result?;
-    }
-    Ok(())
-}
-
-/// A member read a group up to `up_to`: marks that message and every earlier unread one
-/// delivered to them. Deliveries recorded while this runs are caught in another round.
-async fn group_read(
-    book: &ReceiptBook,
-    gid: &str,
-    by: &str,
-    up_to: &str,
-    ts: u64,
-    again: bool,
-    receipts: &mut Vec<(String, ReceiptItem)>,
-) -> Result<(), ReceiptError> {
-    let mut done = BTreeSet::new();
-    let mut todo = book.member(gid, by).await?.covered_by(up_to);
-    todo.push(up_to.to_owned());
-    for _ in 0..READ_ROUNDS {
-        for id in todo {
-            if let Some((state, marked)) = book.mark(&id, by, true).await? {
-                let marked = if again {
-                    marked.or_reached(&state, by)
-                } else {
-                    marked
-                };
-                receipts.extend(group_receipts(&id, by, &state, marked, ts));
+        let msg_id = format!("rall:{gid}:{}:{status}:{}", due.to, due.id);
+        let item = InboxItem::Receipt(ReceiptItem {
+            conv: format!("group:{gid}"),
+            id: due.id,
+            by: due.by,
+            status: due.status,
+            ts,
+            all: Some(true),
+        });
+        let payload = Bytes::from(item.to_json());
+        match publish_durable(js, &subjects::inbox(&due.to), &msg_id, payload).await {
+            Ok(_) => {
+                metrics::counter!("natter_receipts_sent_total", "status" => status).increment(1);
+                None
             }
-            done.insert(id);
+            Err(err) => {
+                tracing::warn!(error = %err, "group receipt not stored; its events come again");
+                Some(gid)
+            }
         }
-        todo = book.finish_read(gid, by, up_to, &done).await?;
-        if todo.is_empty() {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// The receipts one mark produces, for the message's sender.
-fn group_receipts(
-    id: &str,
-    by: &str,
-    state: &MessageState,
-    marked: Marked,
-    ts: u64,
-) -> Vec<(String, ReceiptItem)> {
-    [
-        (ReceiptStatus::Delivered, marked.delivered),
-        (ReceiptStatus::Read, marked.read),
-    ]
-    .into_iter()
-    .filter_map(|(status, all)| {
-        let all = all?;
-        Some((
-            state.from.clone(),
-            ReceiptItem {
-                conv: state.conv.clone(),
-                id: id.to_owned(),
-                by: by.to_owned(),
-                status,
-                ts,
-                all: Some(all),
-            },
-        ))
-    })
-    .collect()
+    });
+    let mut unsent: Vec<String> = join_all(stores).await.into_iter().flatten().collect();
+    unsent.sort();
+    unsent.dedup();
+    unsent
 }

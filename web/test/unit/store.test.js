@@ -45,15 +45,15 @@ describe('store', () => {
     }
   });
 
-  it('raises ticks and never lowers them; read covers earlier messages', () => {
+  it('raises ticks and never lowers them; a receipt covers earlier messages', () => {
     const state = store.emptyState();
-    for (const id of ['01', '02', '03']) store.applyItem(state, 'alice', msg(id, 'alice', id));
-    store.applyItem(state, 'alice', receipt('01', 'delivered'));
-    assert.deepEqual(statuses(state), ['delivered', 'sent', 'sent']);
-    store.applyItem(state, 'alice', receipt('02', 'read'));
-    assert.deepEqual(statuses(state), ['read', 'read', 'sent']);
+    for (const id of ['01', '02', '03', '04']) store.applyItem(state, 'alice', msg(id, 'alice', id));
     store.applyItem(state, 'alice', receipt('02', 'delivered'));
-    assert.deepEqual(statuses(state), ['read', 'read', 'sent']);
+    assert.deepEqual(statuses(state), ['delivered', 'delivered', 'sent', 'sent']);
+    store.applyItem(state, 'alice', receipt('03', 'read'));
+    assert.deepEqual(statuses(state), ['read', 'read', 'read', 'sent']);
+    store.applyItem(state, 'alice', receipt('03', 'delivered'));
+    assert.deepEqual(statuses(state), ['read', 'read', 'read', 'sent']);
   });
 
   it('shows group ticks only when every member got there', () => {
@@ -61,14 +61,15 @@ describe('store', () => {
     const conv = 'group:g1';
     store.applyItem(state, 'alice', { type: 'group_event', seq: 1, group: 'g1', event: 'created', members: ['alice', 'bob', 'cat'], by: 'alice', name: 'Climbing', ts: 1 });
     store.applyItem(state, 'alice', msg('01', 'alice', 'hi', conv));
+    store.applyItem(state, 'alice', msg('02', 'alice', 'later', conv));
     const groupReceipt = (status, all) => ({ ...receipt('01', status, { all }), conv });
     store.applyItem(state, 'alice', groupReceipt('delivered', false));
-    assert.deepEqual(statuses(state, conv), ['sent']);
+    assert.deepEqual(statuses(state, conv), ['sent', 'sent']);
     store.applyItem(state, 'alice', groupReceipt('delivered', true));
     store.applyItem(state, 'alice', groupReceipt('read', false));
-    assert.deepEqual(statuses(state, conv), ['delivered']);
+    assert.deepEqual(statuses(state, conv), ['delivered', 'sent']);
     store.applyItem(state, 'alice', groupReceipt('read', true));
-    assert.deepEqual(statuses(state, conv), ['read']);
+    assert.deepEqual(statuses(state, conv), ['read', 'sent']);
     assert.equal(state.convs[conv].name, 'Climbing');
   });
 

@@ -6,12 +6,13 @@
 //! - **live**: `live.<uid>` republishes, each naming the previous sequence of the same
 //!   inbox (`Nats-Last-Sequence`); a previous sequence above the cursor is a gap, filled
 //!   from the inbox before the live item is forwarded;
-//! - **reconcile**: the inbox's newest sequence, checked on a timer and on resync; items
-//!   above the cursor were republished but lost, and are fetched.
+//! - **reconcile**: the inbox's newest sequence, read by the gateway's reconciler (or by
+//!   the socket itself after its mailbox overflowed); items above the cursor were
+//!   republished but lost, and are fetched.
 //!
 //! Anything at or below the cursor was already sent and is dropped.
 
-use async_nats::Message;
+use bytes::Bytes;
 use natter_fabric::{Inbox, InboxError, StoredItem};
 
 /// Items fetched per direct-get page during catch-up.
@@ -26,16 +27,14 @@ pub(crate) enum DeliveryError {
 }
 
 pub(crate) struct Cursor {
-    user: String,
     /// The newest inbox sequence handed to the socket.
     last: u64,
     max_repair: usize,
 }
 
 impl Cursor {
-    pub fn new(user: &str, after: u64, max_repair: u64) -> Self {
+    pub fn new(after: u64, max_repair: u64) -> Self {
         Self {
-            user: user.to_owned(),
             last: after,
             max_repair: max_repair as usize,
         }
@@ -45,21 +44,26 @@ impl Cursor {
         self.last
     }
 
-    /// A cursor beyond the inbox's newest item (a stale device after the inbox was
-    /// recreated, or a bogus `after`) would silently drop every new item: it is moved back
-    /// to the newest item. Replicas may lag, so only the leader's answer moves it.
+    /// Given the inbox's `newest` sequence (read by a replica): a cursor beyond it (a
+    /// stale device after the inbox was recreated, or a bogus `after`) would silently
+    /// drop every new item, so it is moved back to the newest item. Replicas may lag, so
+    /// only the leader's answer moves it.
     ///
-    /// Returns the inbox's newest sequence: catch-up reads up to it and no further, since
-    /// anything stored later reaches the (already subscribed) socket live, and a replica
-    /// that had not seen an item yet is covered by the first reconcile. Knowing where to
-    /// stop saves the final "nothing after this" read, which halves the reads of a device
-    /// that reconnects with a short backlog (the reconnect storm).
-    pub async fn clamp_to_inbox(&mut self, inbox: &Inbox) -> Result<u64, InboxError> {
-        let newest = inbox.last_seq(&self.user).await?;
+    /// Returns where catch-up stops: anything stored later reaches the (already
+    /// subscribed) socket live, and a replica that had not seen an item yet is covered by
+    /// the reconcile a second after the socket opened. Knowing where to stop saves the
+    /// final "nothing after this" read, which halves the reads of a device that
+    /// reconnects with a short backlog (the reconnect storm).
+    pub async fn clamp_to_inbox(
+        &mut self,
+        user: &str,
+        newest: u64,
+        inbox: &Inbox,
+    ) -> Result<u64, InboxError> {
         if self.last == 0 || newest >= self.last {
             return Ok(newest);
         }
-        let newest = inbox.last_seq_from_leader(&self.user).await?;
+        let newest = inbox.last_seq_from_leader(user).await?;
         if newest < self.last {
             tracing::warn!(
                 after = self.last,
@@ -75,6 +79,7 @@ impl Cursor {
     /// when the device has everything up to it.
     pub async fn catch_up_page(
         &mut self,
+        user: &str,
         inbox: &Inbox,
         newest: u64,
     ) -> Result<Vec<StoredItem>, InboxError> {
@@ -82,7 +87,7 @@ impl Cursor {
             return Ok(Vec::new());
         }
         let items = inbox
-            .read_after(&self.user, self.last, newest, CATCH_UP_PAGE)
+            .read_after(user, self.last, newest, CATCH_UP_PAGE)
             .await?;
         self.advance(&items);
         Ok(items)
@@ -92,38 +97,39 @@ impl Cursor {
     /// followed by this one.
     pub async fn on_live(
         &mut self,
+        user: &str,
         inbox: &Inbox,
-        message: Message,
+        (seq, previous, payload): (u64, u64, Bytes),
     ) -> Result<Vec<StoredItem>, DeliveryError> {
-        let Some((seq, previous)) = sequences(&message) else {
-            tracing::warn!(subject = %message.subject, "live item without sequence headers");
-            return Ok(Vec::new());
-        };
         if seq <= self.last {
             return Ok(Vec::new());
         }
         let mut items = if previous > self.last {
-            self.fetch_up_to(inbox, previous).await?
+            self.fetch_up_to(user, inbox, previous).await?
         } else {
             Vec::new()
         };
-        items.push(StoredItem {
-            seq,
-            payload: message.payload,
-        });
+        items.push(StoredItem { seq, payload });
         self.advance(&items);
         Ok(items)
     }
 
-    /// Items stored but never seen live (republish lost), if any.
-    pub async fn reconcile(&mut self, inbox: &Inbox) -> Result<Vec<StoredItem>, DeliveryError> {
-        let newest = inbox.last_seq(&self.user).await?;
+    /// Items up to `newest` stored but never seen live (republish lost), if any.
+    pub async fn reconcile_to(
+        &mut self,
+        user: &str,
+        inbox: &Inbox,
+        newest: u64,
+    ) -> Result<Vec<StoredItem>, DeliveryError> {
         if newest <= self.last {
             return Ok(Vec::new());
         }
-        let items = self.fetch_up_to(inbox, newest).await?;
+        let items = self.fetch_up_to(user, inbox, newest).await?;
         if !items.is_empty() {
-            tracing::info!(user = %self.user, count = items.len(), "recovered items missing from live delivery");
+            tracing::info!(
+                count = items.len(),
+                "recovered items missing from live delivery"
+            );
         }
         self.advance(&items);
         Ok(items)
@@ -131,11 +137,12 @@ impl Cursor {
 
     async fn fetch_up_to(
         &self,
+        user: &str,
         inbox: &Inbox,
         up_to: u64,
     ) -> Result<Vec<StoredItem>, DeliveryError> {
         let items = inbox
-            .read_after(&self.user, self.last, up_to, self.max_repair + 1)
+            .read_after(user, self.last, up_to, self.max_repair + 1)
             .await?;
         if items.len() > self.max_repair {
             return Err(DeliveryError::TooFarBehind(self.max_repair));
@@ -148,14 +155,4 @@ impl Cursor {
             self.last = self.last.max(item.seq);
         }
     }
-}
-
-/// `Nats-Sequence` and `Nats-Last-Sequence` of a republished item.
-fn sequences(message: &Message) -> Option<(u64, u64)> {
-    let headers = message.headers.as_ref()?;
-    let number = |name: &str| headers.get(name)?.as_str().parse::<u64>().ok();
-    Some((
-        number("Nats-Sequence")?,
-        number("Nats-Last-Sequence").unwrap_or(0),
-    ))
 }

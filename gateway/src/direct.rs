@@ -1,0 +1,73 @@
+//! One-on-one messages, stored by the gateway straight into both inboxes.
+//!
+//! A one-on-one message needs two durable copies: the recipient's inbox item and the
+//! sender's (for their other devices). Going through `MSGS` and a fanout worker cost a
+//! third stored write and a replicated consumer delivery and ack per message, in series
+//! (../shared/NATS-NOTES.md: each R3 explicit-ack delivery is a Raft round of its own since
+//! nats-server 2.12). Here the gateway writes the two inbox items itself and answers `sent`
+//! once both are stored; group messages still go through `MSGS` and fanout.
+//!
+//! The copies are written one after the other, the recipient's first, each with its own
+//! `Nats-Msg-Id` (`<sender>:<client id>:<inbox owner>`), so a retry stores nothing twice.
+//! The sender's copy carries whatever the recipient's stored copy says: when a client
+//! re-sends an id whose first attempt stored only the recipient's copy (its gateway died
+//! in between), the duplicate ack names that copy's sequence, the gateway reads it back
+//! and writes the same message (same id and time) into the sender's inbox. Written in the
+//! other order, or both at once, such a retry could leave two different ids for one
+//! message. The recipient sees the message after one write; only `sent` waits for two.
+//! (ARCHITECTURE.md has the measurements behind this choice.)
+
+use bytes::Bytes;
+use natter_fabric::{InboxError, PublishFailed, publish_durable, records::MsgRecord, subjects};
+use natter_schemas::{InboxItem, MessageItem};
+
+use crate::App;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DirectError {
+    #[error(transparent)]
+    Publish(#[from] PublishFailed),
+    #[error("reading the stored original: {0}")]
+    Original(#[from] InboxError),
+    #[error("the stored original at {0} is not a message")]
+    NotAMessage(u64),
+}
+
+/// Stores `record` (a one-on-one message from `record.from` to `peer`) in both inboxes and
+/// returns the message as stored: the first attempt's when `client_id` was sent before.
+pub(crate) async fn store(
+    app: &App,
+    record: &MsgRecord,
+    peer: &str,
+    client_id: &str,
+) -> Result<MessageItem, DirectError> {
+    let sender = record.from.as_str();
+    let msg_id = |owner: &str| format!("{sender}:{client_id}:{owner}");
+    let payload = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
+    let first = publish_durable(
+        &app.js,
+        &subjects::inbox(peer),
+        &msg_id(peer),
+        payload.clone(),
+    )
+    .await?;
+    let (item, payload) = if first.duplicate {
+        original(app, first.sequence).await?
+    } else {
+        (record.to_item(), payload)
+    };
+    // A note to oneself has one copy.
+    if peer != sender {
+        publish_durable(&app.js, &subjects::inbox(sender), &msg_id(sender), payload).await?;
+    }
+    Ok(item)
+}
+
+/// The message stored at `seq` and its bytes.
+async fn original(app: &App, seq: u64) -> Result<(MessageItem, Bytes), DirectError> {
+    let stored = app.inbox.get(seq).await?;
+    match serde_json::from_slice::<InboxItem>(&stored.payload) {
+        Ok(InboxItem::Msg(item)) => Ok((item, stored.payload)),
+        _ => Err(DirectError::NotAMessage(seq)),
+    }
+}

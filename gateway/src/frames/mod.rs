@@ -1,0 +1,175 @@
+//! What the gateway does with each client frame: one file per frame kind (mirroring
+//! `schemas/src/`), dispatched from here. A handler checks the frame and either answers at
+//! once (a refusal, or `pong`) or returns work that answers later ([`Pending`]): the
+//! socket's loop runs those concurrently, up to `limits.max_inflight` of them.
+//!
+//! Refusals become `error` frames here, with their stable code from the schema's
+//! [`ErrorCode`], in one place ([`refuse`]).
+
+mod groups;
+mod history;
+mod presence;
+mod receipts;
+mod send;
+mod typing;
+
+use std::pin::Pin;
+
+use axum::extract::ws::Message;
+use futures_util::stream::FuturesUnordered;
+use natter_fabric::groups::{GroupsError, Refusal};
+use natter_schemas::{ClientFrame, Conversation, ErrorCode, ErrorFrame, Pong, ServerFrame};
+
+use crate::session::{End, Session};
+
+use groups::Membership;
+pub(crate) use history::HISTORY_TIMEOUT;
+
+/// Work a frame started that answers later (or not at all: `None`).
+pub(crate) type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+impl Session {
+    pub(crate) async fn on_client_message(
+        &mut self,
+        message: Message,
+        inflight: &mut FuturesUnordered<Pending>,
+    ) -> Result<(), End> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                let refusal = refuse(
+                    ErrorCode::BadFrame,
+                    "binary frames are not part of the protocol",
+                    None,
+                );
+                return self.write(refusal.to_json()).await;
+            }
+            Message::Close(_) => return Err(End::Peer),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        let frame = match ClientFrame::parse(text.as_str()) {
+            Ok(frame) => frame,
+            Err(err) => {
+                let reference = reference_of(text.as_str());
+                let refusal = refuse(ErrorCode::BadFrame, &format!("bad frame: {err}"), reference);
+                return self.write(refusal.to_json()).await;
+            }
+        };
+        let reference = frame.reference().map(str::to_owned);
+        metrics::counter!("natter_gateway_frames_total", "type" => frame.kind()).increment(1);
+        if let ClientFrame::PresenceSubscribe(subscribe) = frame {
+            return self.on_presence_subscribe(subscribe).await;
+        }
+        match self.on_frame(frame) {
+            Ok(Some(pending)) => {
+                inflight.push(pending);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(Refused(code, message)) => {
+                self.write(refuse(code, &message, reference).to_json())
+                    .await
+            }
+            Err(Answer(frame)) => self.write(frame.to_json()).await,
+        }
+    }
+
+    /// Handles one parsed frame. `Ok(Some(_))` is work that answers later.
+    fn on_frame(&mut self, frame: ClientFrame) -> Result<Option<Pending>, Reply> {
+        match frame {
+            ClientFrame::Send(send) => self.on_send(send).map(Some),
+            ClientFrame::Ack(ack) => self.on_ack(ack.seq),
+            ClientFrame::Read(read) => self.on_read(&read.conv, &read.up_to, read.r#ref).map(Some),
+            ClientFrame::Ping(ping) => Err(Answer(ServerFrame::Pong(Pong { r#ref: ping.r#ref }))),
+            ClientFrame::GroupCreate(create) => self.on_group_create(create).map(Some),
+            ClientFrame::GroupAdd(change) => self.on_group_change(change, Membership::Add),
+            ClientFrame::GroupRemove(change) => self.on_group_change(change, Membership::Remove),
+            ClientFrame::GroupLeave(leave) => self.on_group_leave(leave).map(Some),
+            ClientFrame::History(request) => self.on_history(request).map(Some),
+            ClientFrame::Typing(typing) => self.on_typing(typing).map(Some),
+            ClientFrame::PresenceSubscribe(_) => unreachable!("answered before on_frame"),
+        }
+    }
+
+    /// Refuses a one-on-one conversation the user is not part of; for a group, the id
+    /// whose membership the answer must check first (an asynchronous read).
+    pub(super) fn group_to_check(&self, conv: &Conversation) -> Result<Option<String>, Reply> {
+        match conv {
+            Conversation::Group(gid) => Ok(Some(gid.clone())),
+            direct if direct.peer_of(&self.user).is_none() => Err(Refused(
+                ErrorCode::Forbidden,
+                "not a member of this conversation".into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A refused action (group, membership, media), as the `error` frame it becomes.
+pub(crate) struct Denied(pub(crate) ErrorCode, pub(crate) String);
+
+impl Denied {
+    pub(crate) fn with_ref(self, reference: Option<String>) -> ServerFrame {
+        refuse(self.0, &self.1, reference)
+    }
+}
+
+impl From<Denied> for Reply {
+    fn from(Denied(code, message): Denied) -> Self {
+        Refused(code, message)
+    }
+}
+
+impl From<Refusal> for Denied {
+    fn from(refusal: Refusal) -> Self {
+        let code = match refusal {
+            Refusal::NotMember | Refusal::NotAdmin => ErrorCode::Forbidden,
+            Refusal::TooMany { .. } => ErrorCode::LimitExceeded,
+            Refusal::BadName => ErrorCode::BadRequest,
+            Refusal::BadMember(_) => ErrorCode::BadId,
+        };
+        Self(code, refusal.to_string())
+    }
+}
+
+impl From<GroupsError> for Denied {
+    fn from(err: GroupsError) -> Self {
+        match err {
+            GroupsError::Refused(refusal) => refusal.into(),
+            other => {
+                tracing::warn!(error = %other, "group store failed");
+                Self(
+                    ErrorCode::Unavailable,
+                    "groups are unavailable; try again".into(),
+                )
+            }
+        }
+    }
+}
+
+/// An immediate answer to a frame: a refusal or a direct reply.
+pub(crate) enum Reply {
+    Refused(ErrorCode, String),
+    Answer(ServerFrame),
+}
+pub(crate) use Reply::{Answer, Refused};
+
+pub(crate) fn bad_id(err: natter_schemas::IdError) -> Reply {
+    Refused(ErrorCode::BadId, err.to_string())
+}
+
+pub(crate) fn refuse(code: ErrorCode, message: &str, reference: Option<String>) -> ServerFrame {
+    metrics::counter!("natter_gateway_errors_total", "code" => code.as_str()).increment(1);
+    ServerFrame::Error(ErrorFrame {
+        code,
+        message: message.to_owned(),
+        r#ref: reference,
+        retry_after_ms: None,
+    })
+}
+
+/// The `ref` of a frame that did not parse, when it is at least a JSON object with one.
+fn reference_of(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value.get("ref")?.as_str().map(str::to_owned)
+}

@@ -1,0 +1,162 @@
+//! `send`: a message into a conversation, answered with `sent` once it is durable.
+//!
+//! One-on-one messages go straight into both inboxes (`crate::direct`); group messages into
+//! `MSGS`, for the fanout workers. Every send first takes a token from the sender's rate
+//! limit, and a media message must be one the sender may share.
+
+use bytes::Bytes;
+use natter_fabric::{now_millis, publish_durable, records::MsgRecord, subjects};
+use natter_schemas::{
+    Conversation, ErrorCode, ErrorFrame, Sent, ServerFrame, Target, ids::check_id,
+};
+
+use super::{Pending, Refused, Reply, bad_id, refuse};
+use crate::{
+    App,
+    access::{require_member, share_media},
+    session::Session,
+};
+
+impl Session {
+    pub(super) fn on_send(&mut self, send: natter_schemas::Send) -> Result<Pending, Reply> {
+        check_id(&send.id, "message id").map_err(bad_id)?;
+        let target = Target::parse(&send.to).map_err(bad_id)?;
+        send.body
+            .check()
+            .map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
+        if let Some(reply_to) = &send.reply_to {
+            check_id(reply_to, "reply_to").map_err(bad_id)?;
+        }
+        let conv = Conversation::of_send(&self.user, &target);
+        let record = MsgRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            conv: conv.to_string(),
+            from: self.user.clone(),
+            device: self.device.clone(),
+            ts: now_millis(),
+            body: send.body,
+            reply_to: send.reply_to,
+        };
+        let app = self.app.clone();
+        let reference = send.r#ref;
+        let client_id = send.id;
+        let started = std::time::Instant::now();
+        let lease = self.send_lease.clone();
+        Ok(Box::pin(async move {
+            if let Some(refusal) = over_send_limit(&app, &record.from, &lease, &reference).await {
+                return Some(refusal);
+            }
+            if let Target::Group(gid) = &target
+                && let Err(refusal) = require_member(&app, gid, &record.from).await
+            {
+                return Some(refusal.with_ref(reference));
+            }
+            if let Some(media) = record.body.media()
+                && let Err(refusal) = share_media(&app, &record.from, &record.conv, media).await
+            {
+                return Some(refusal.with_ref(reference));
+            }
+            let stored = match &target {
+                Target::User(peer) => crate::direct::store(&app, &record, peer, &client_id)
+                    .await
+                    .map(|item| (item.id, item.ts))
+                    .map_err(|err| err.to_string()),
+                Target::Group(_) => store_in_msgs(&app, &conv, record, &client_id).await,
+            };
+            Some(match stored {
+                Ok((id, ts)) => {
+                    metrics::histogram!("natter_gateway_send_to_sent_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    ServerFrame::Sent(Sent {
+                        r#ref: reference,
+                        id,
+                        conv: conv.to_string(),
+                        ts,
+                    })
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "send not stored");
+                    refuse(
+                        ErrorCode::Unavailable,
+                        "message not stored; retry with the same id",
+                        reference,
+                    )
+                }
+            })
+        }))
+    }
+}
+
+/// Stores a group message in `MSGS` for the fanout workers; its id and time as stored
+/// (the first attempt's when the client id was sent before).
+async fn store_in_msgs(
+    app: &App,
+    conv: &Conversation,
+    record: MsgRecord,
+    client_id: &str,
+) -> Result<(String, u64), String> {
+    let subject = subjects::msg(conv);
+    let msg_id = format!("{}:{client_id}", record.from);
+    let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialize"));
+    let ack = publish_durable(&app.js, &subject, &msg_id, payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !ack.duplicate {
+        return Ok((record.id, record.ts));
+    }
+    let stored = app
+        .msgs
+        .get_raw_message(ack.sequence)
+        .await
+        .map_err(|e| format!("cannot read the original of a re-sent message: {e}"))?;
+    let original: MsgRecord = serde_json::from_slice(&stored.payload)
+        .map_err(|e| format!("the original of a re-sent message is unreadable: {e}"))?;
+    Ok((original.id, original.ts))
+}
+
+/// Send tokens a socket takes from its user's bucket at once: one Redis round trip per
+/// this many sends, at the price of up to this many minus one tokens held by a socket.
+const SEND_LEASE: u32 = 4;
+
+/// A refusal when `user` is over their send rate. A token this socket leased earlier costs
+/// nothing; otherwise a few are leased from Redis. Fails open: when Redis does not answer,
+/// the send goes through (counted in `natter_gateway_rate_limit_unchecked_total`).
+async fn over_send_limit(
+    app: &App,
+    user: &str,
+    lease: &tokio::sync::Mutex<u32>,
+    reference: &Option<String>,
+) -> Option<ServerFrame> {
+    use natter_redis::rate_limit::Lease;
+    let limiter = app.send_limit.as_ref()?;
+    let mut leased = lease.lock().await;
+    if *leased > 0 {
+        *leased -= 1;
+        return None;
+    }
+    match limiter.take(user, SEND_LEASE).await {
+        Ok(Lease::Granted(n)) => {
+            *leased = n - 1;
+            None
+        }
+        Ok(Lease::Limited { retry_after_ms }) => {
+            Some(rate_limited(retry_after_ms, reference.clone()))
+        }
+        Err(err) => {
+            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
+            tracing::debug!(error = %err, "rate limit not checked; allowing");
+            None
+        }
+    }
+}
+
+/// `rate_limited`, with when to try again.
+fn rate_limited(retry_after_ms: u64, reference: Option<String>) -> ServerFrame {
+    metrics::counter!("natter_gateway_errors_total", "code" => "rate_limited").increment(1);
+    ServerFrame::Error(ErrorFrame {
+        code: ErrorCode::RateLimited,
+        message: format!("too many messages; retry in {retry_after_ms} ms"),
+        r#ref: reference,
+        retry_after_ms: Some(retry_after_ms),
+    })
+}

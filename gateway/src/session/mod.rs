@@ -1,0 +1,291 @@
+//! One socket: a `select!` loop over client frames, its mailbox (live inbox items,
+//! notices, reconcile results), the answers of work its frames started, keepalive and
+//! shutdown. What each frame does is in `crate::frames`; how items reach the socket is in
+//! `deliver` (here) and `crate::live`.
+//!
+//! Everything the loop holds is bounded: at most `max_inflight` frames' work waits at once
+//! (beyond that the loop stops reading the socket), the mailbox is bounded in bytes
+//! (overflow is repaired from the inbox), and a write that does not finish within
+//! `write_timeout` closes the socket with 1013 so the client resumes later with `after`.
+
+mod deliver;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
+use bytes::Bytes;
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{FuturesUnordered, SplitSink, SplitStream},
+};
+use tokio::time::{Instant, timeout};
+use tracing::Instrument;
+
+use crate::{
+    App,
+    frames::Pending,
+    live::{Attached, cursor::Cursor, mailbox::Mailbox, wheel::Slot},
+    presence::Registration,
+    receipts::Unacked,
+};
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why a socket ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The client closed or went away.
+    Peer,
+    /// The gateway is shutting down (1001).
+    Shutdown,
+    /// The client does not keep up, or is too far behind (1013).
+    Behind(String),
+    /// The client stopped answering keepalives.
+    Silent,
+    /// NATS or the inbox failed under us (1011).
+    Internal(String),
+    /// The client broke the WebSocket protocol: a frame over the size limit (1009),
+    /// text that is not UTF-8 (1007), or another protocol error (1002).
+    Broken(u16, String),
+}
+
+/// Why a socket could not be opened (answered 503 instead of the upgrade).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("subscribing to the inbox: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("subscribing to the inbox: {0}")]
+    Flush(#[from] crate::live::FlushFailed),
+    #[error("reading the inbox: {0}")]
+    Read(#[from] crate::live::reads::ReadError),
+    #[error("reading the inbox: {0}")]
+    Inbox(#[from] natter_fabric::InboxError),
+}
+
+/// A socket's delivery, settled before its upgrade is answered: its place on its user's
+/// live subscription, and the cursor checked against the inbox.
+///
+/// Before, not after: the client may send (or have a friend send) the moment it sees its
+/// socket open. A resume point beyond the inbox is moved back to the inbox's newest item,
+/// and that must be the newest item from before the socket opened, or a message stored in
+/// between would count as one the device already has and never reach it.
+pub(crate) struct Opening {
+    cursor: Cursor,
+    /// Where catch-up stops (see [`Cursor::clamp_to_inbox`]).
+    newest: u64,
+    mailbox: Arc<Mailbox>,
+    attached: Attached,
+}
+
+/// Attaches a socket of `user` to their live subscription, then settles its cursor at
+/// `after`.
+pub(crate) async fn open(app: &App, user: &str, after: u64) -> Result<Opening, OpenError> {
+    // Live first, so nothing stored meanwhile is missed; items that arrive during
+    // catch-up wait in the mailbox and are de-duplicated by sequence.
+    let mailbox = Arc::new(Mailbox::with_sent(after));
+    let attached = app.live.attach(user, mailbox.clone()).await?;
+    app.live.flushed().await?;
+    let newest = app.reads.newest(user).await?;
+    let mut cursor = Cursor::new(after, app.config.limits.max_gap_repair);
+    let newest = cursor.clamp_to_inbox(user, newest, &app.inbox).await?;
+    mailbox.set_sent(cursor.last());
+    // Interest reaches the stream leader's server a moment after the subscription: an
+    // item stored in that moment is not republished here. The reconciler checks in a
+    // second.
+    app.opened.note(user);
+    Ok(Opening {
+        cursor,
+        newest,
+        mailbox,
+        attached,
+    })
+}
+
+/// Serves one authenticated socket until it ends; `registration` is its place in presence
+/// (admitted before the upgrade), `opening` its delivery (from [`open`]).
+pub(crate) async fn serve(
+    app: App,
+    user: String,
+    device: String,
+    registration: Registration,
+    opening: Opening,
+    socket: WebSocket,
+) {
+    let span = tracing::info_span!("socket", %user, %device);
+    serve_in_span(app, user, device, registration, opening, socket)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_in_span(
+    app: App,
+    user: String,
+    device: String,
+    registration: Registration,
+    opening: Opening,
+    socket: WebSocket,
+) {
+    let (sink, stream) = socket.split();
+    let Opening {
+        cursor,
+        newest,
+        mailbox,
+        attached,
+    } = opening;
+    let slot = app.wheel.slot();
+    let mut session = Session {
+        presence: Some(registration),
+        // The client's `after`, or the inbox's newest item when `after` was beyond it.
+        acked: cursor.last(),
+        unacked: Unacked::default(),
+        cursor,
+        mailbox,
+        _attached: attached,
+        send_lease: Arc::default(),
+        app,
+        user,
+        device,
+        sink,
+    };
+    metrics::counter!("natter_gateway_connections_total").increment(1);
+    let sockets = metrics::gauge!("natter_gateway_sockets");
+    sockets.increment(1.0);
+    let end = session.run(stream, slot, newest).await;
+    sockets.decrement(1.0);
+    // Out of presence now (offline if it was the user's last socket), before the close.
+    drop(session.presence.take());
+    metrics::counter!("natter_gateway_disconnects_total", "reason" => end.label()).increment(1);
+    let (code, reason) = match &end {
+        End::Peer => {
+            tracing::debug!("client closed");
+            return;
+        }
+        End::Shutdown => (close_code::AWAY, "gateway shutting down".to_owned()),
+        End::Behind(why) => (close_code::AGAIN, why.clone()),
+        End::Silent => (close_code::POLICY, "no keepalive answer".to_owned()),
+        End::Internal(why) => {
+            tracing::warn!(error = %why, "socket ended by an internal error");
+            (close_code::ERROR, "internal error, reconnect".to_owned())
+        }
+        End::Broken(code, why) => (*code, why.clone()),
+    };
+    tracing::info!(?end, "closing socket");
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    let _ = timeout(Duration::from_secs(1), session.sink.send(close)).await;
+}
+
+impl End {
+    /// Why a read from the client failed: its fault (closed with the matching code) or the
+    /// connection's (nothing left to close).
+    fn from_read_error(err: axum::Error) -> Self {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let err = err.into_inner();
+        let Some(ws) = err.downcast_ref::<WsError>() else {
+            tracing::debug!(error = %err, "socket read failed");
+            return End::Peer;
+        };
+        match ws {
+            WsError::Capacity(why) => End::Broken(close_code::SIZE, why.to_string()),
+            WsError::Utf8(_) => End::Broken(close_code::INVALID, "text is not UTF-8".into()),
+            WsError::Protocol(why) => End::Broken(close_code::PROTOCOL, why.to_string()),
+            other => {
+                tracing::debug!(error = %other, "socket read failed");
+                End::Peer
+            }
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Shutdown => "shutdown",
+            Self::Behind(_) => "behind",
+            Self::Silent => "silent",
+            Self::Internal(_) => "internal",
+            Self::Broken(..) => "broken",
+        }
+    }
+}
+
+/// One socket's state; the frame handlers (`crate::frames`) work on it too.
+pub(crate) struct Session {
+    pub(crate) app: App,
+    /// This socket in presence (taken when the socket ends).
+    pub(crate) presence: Option<Registration>,
+    pub(crate) user: String,
+    pub(crate) device: String,
+    sink: Sink,
+    pub(crate) cursor: Cursor,
+    /// Where the dispatcher and the reconciler leave this socket's live traffic.
+    mailbox: Arc<Mailbox>,
+    /// This socket's place on its user's live subscription (detached when dropped).
+    _attached: Attached,
+    /// Highest inbox sequence this device acked.
+    pub(crate) acked: u64,
+    /// Messages sent to this socket and not acked yet: what its next ack makes delivered.
+    pub(crate) unacked: Unacked,
+    /// Send tokens this socket took from the user's bucket and has not spent yet. Sends
+    /// in flight take turns on it, so only one of them asks Redis at a time.
+    pub(crate) send_lease: Arc<tokio::sync::Mutex<u32>>,
+}
+
+impl Session {
+    async fn run(&mut self, mut stream: SplitStream<WebSocket>, slot: Slot, newest: u64) -> End {
+        let limits = self.app.config.limits.clone();
+        if let Err(end) = self.catch_up(newest).await {
+            return end;
+        }
+        let mut shutdown = self.app.shutdown.clone();
+        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mailbox = self.mailbox.clone();
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.changed() => Err(End::Shutdown),
+                frame = stream.next(), if inflight.len() < limits.max_inflight => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(message)) => self.on_client_message(message, &mut inflight).await,
+                        Some(Err(err)) => Err(End::from_read_error(err)),
+                        None => Err(End::Peer),
+                    }
+                }
+                Some(reply) = inflight.next(), if !inflight.is_empty() => match reply {
+                    Some(frame) => self.write(frame.to_json()).await,
+                    None => Ok(()),
+                },
+                _ = mailbox.ready() => self.on_mailbox().await,
+                _ = slot.tick() => {
+                    if last_heard.elapsed() > limits.ping_every() * 3 {
+                        Err(End::Silent)
+                    } else {
+                        self.send(Message::Ping(Bytes::new())).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    pub(crate) async fn write(&mut self, text: String) -> Result<(), End> {
+        self.send(Message::Text(text.into())).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        match timeout(
+            self.app.config.limits.write_timeout(),
+            self.sink.send(message),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Peer),
+            Err(_) => Err(End::Behind("client too slow to read".to_owned())),
+        }
+    }
+}
