@@ -1,27 +1,23 @@
 //! Scenario `ceiling`: how close Natter gets to the physical limit of its fabric. In one
 //! run it first drives Natter's one-on-one path (`dm`) at the offered rate, then does as
-//! many JetStream writes as Natter confirmed messages, directly with async-nats: the same
-//! 3-node cluster, an R3 file stream, payloads of the same size, `in_flight` unacknowledged
-//! publishes at a time (no gateway, no worker, no WebSocket). The report gives both rates
-//! and Natter's messages/s as a ratio of the raw writes/s.
+//! many JetStream writes as Natter confirmed messages with `raw write`'s writer: the same
+//! 3-node cluster, an R3 file stream, payloads of the same size, `in_flight`
+//! unacknowledged publishes at a time (no gateway, no worker, no WebSocket). The report
+//! gives both rates, Natter's messages/s as a ratio of the raw writes/s and, when the
+//! nats-servers are watched, Natter's server CPU per message in W (server CPU per raw
+//! write).
 //!
-//! Each Natter message is itself several replicated writes (the message, the recipient's
-//! and the sender's inbox items, the receipt event and receipt), so the ratio also shows
-//! what that design costs against a single write.
-//!
-//! The raw writer logs in as NATS user `bench` (nats/accounts.conf), which may only create,
-//! write and delete its own stream `BENCH`.
+//! The raw side takes as long as Natter's count of writes takes, often under 2 s, so its
+//! rate swings from run to run; `bench/run-all.sh` uses `raw write` for ≥ 5 s before and
+//! after the Natter steps instead.
 
-use std::time::Instant;
-
-use anyhow::Context;
-use async_nats::jetstream::{self, stream};
-use futures_util::{StreamExt, stream::FuturesUnordered};
 use serde::Serialize;
 
 use crate::{
-    dm,
-    report::{DmReport, Latency, histogram},
+    cpu::Watch,
+    dm, raw,
+    raw::write::{Amount, WriteReport, WriteSpec},
+    report::DmReport,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -46,106 +42,54 @@ pub struct Options {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RawReport {
-    pub writes: u64,
-    pub seconds: f64,
-    pub writes_per_s: f64,
-    pub publish_to_ack_ms: Latency,
-}
-
-#[derive(Debug, Serialize)]
 pub struct CeilingReport {
     pub natter: DmReport,
-    pub raw_jetstream: RawReport,
+    pub raw_jetstream: WriteReport,
     /// Natter's delivered messages/s over the raw writes/s.
     pub ratio: f64,
+    /// nats-servers' CPU per Natter message over their CPU per raw write (W).
+    pub nats_cpu_per_message_in_w: Option<f64>,
 }
 
 impl CeilingReport {
     pub fn table(&self) -> Vec<String> {
-        vec![
-            DmReport::header().into(),
-            self.natter.row(),
-            format!(
-                "raw JetStream R3: {} writes at {:.0}/s (publish → ack p50 {:.2} ms, p99 {:.2} ms)",
-                self.raw_jetstream.writes,
-                self.raw_jetstream.writes_per_s,
-                self.raw_jetstream.publish_to_ack_ms.p50,
-                self.raw_jetstream.publish_to_ack_ms.p99
-            ),
-            format!("Natter / raw = {:.3}", self.ratio),
-        ]
+        let mut lines = vec![DmReport::header().into(), self.natter.row()];
+        lines.extend(self.natter.cpu.iter().flat_map(|cpu| cpu.table()));
+        lines.extend(self.raw_jetstream.table());
+        lines.extend(self.raw_jetstream.cpu.table());
+        lines.push(format!("Natter / raw = {:.3}", self.ratio));
+        if let Some(w) = self.nats_cpu_per_message_in_w {
+            lines.push(format!("nats-servers' CPU per Natter message = {w:.1} W"));
+        }
+        lines
     }
 }
 
+/// A ceiling run, measuring only the load tool's CPU.
 pub async fn run(options: &Options) -> anyhow::Result<CeilingReport> {
-    let natter = dm::run(&options.dm).await?;
+    run_watched(options, &Watch::default()).await
+}
+
+pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<CeilingReport> {
+    let natter = dm::run_watched(&options.dm, watch).await?;
     eprintln!("{}", natter.row());
-    let raw = raw_writes(options, natter.confirmed.max(1)).await?;
+    let client = raw::connect(&options.nats, &options.nats_user, &options.nats_password).await?;
+    let spec = WriteSpec {
+        amount: Amount::Writes(natter.confirmed.max(1)),
+        in_flight: options.in_flight,
+        payload: options.payload,
+    };
+    let raw = raw::write::run(&client, &spec, watch).await?;
+    let per_message = natter
+        .cpu
+        .as_ref()
+        .and_then(|cpu| cpu.nats_servers_ms_per_message);
     Ok(CeilingReport {
         ratio: natter.delivered_per_s / raw.writes_per_s.max(1e-9),
+        nats_cpu_per_message_in_w: per_message
+            .zip(raw.cpu.nats_servers_ms_per_message)
+            .map(|(natter, w)| natter / w.max(1e-9)),
         natter,
         raw_jetstream: raw,
-    })
-}
-
-async fn raw_writes(options: &Options, writes: u64) -> anyhow::Result<RawReport> {
-    let client = async_nats::ConnectOptions::with_user_and_password(
-        options.nats_user.clone(),
-        options.nats_password.clone(),
-    )
-    // The servers advertise cluster addresses this client must not try (see fabric).
-    .ignore_discovered_servers()
-    .connect(
-        options
-            .nats
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<Vec<async_nats::ServerAddr>, _>>()
-            .context("--nats: comma-separated nats:// URLs")?,
-    )
-    .await
-    .context("connect to NATS as the bench user")?;
-    let js = jetstream::new(client);
-    // Same shape as Natter's streams: R3, file storage, the cluster's sync policy.
-    let _ = js.delete_stream("BENCH").await;
-    js.create_stream(stream::Config {
-        name: "BENCH".into(),
-        subjects: vec!["bench.>".into()],
-        num_replicas: 3,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .context("create stream BENCH")?;
-
-    let payload = bytes::Bytes::from(vec![b'x'; options.payload]);
-    let mut latency = histogram();
-    let mut pending = FuturesUnordered::new();
-    let started = Instant::now();
-    let mut acked = 0u64;
-    for i in 0..writes {
-        if pending.len() >= options.in_flight {
-            let at: Instant = pending.next().await.context("pending")??;
-            latency.saturating_record(at.elapsed().as_micros() as u64);
-            acked += 1;
-        }
-        let at = Instant::now();
-        let ack = js
-            .publish(format!("bench.u{}", i % 1000), payload.clone())
-            .await?;
-        pending.push(async move { ack.await.map(|_| at) });
-    }
-    while let Some(done) = pending.next().await {
-        latency.saturating_record(done?.elapsed().as_micros() as u64);
-        acked += 1;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    js.delete_stream("BENCH").await.context("delete BENCH")?;
-    Ok(RawReport {
-        writes: acked,
-        seconds,
-        writes_per_s: acked as f64 / seconds,
-        publish_to_ack_ms: Latency::of(&latency),
     })
 }

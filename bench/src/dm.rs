@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
+    cpu::{Watch, WatchArgs},
     net::{self, Socket, Sources},
     report::{DmReport, DmStats, RunShape},
 };
@@ -47,10 +48,13 @@ pub struct Options {
 
 impl Options {
     pub fn secret(&self) -> String {
-        self.secret
-            .clone()
-            .unwrap_or_else(|| natter_gateway::config::DEV_JWT_SECRET.to_owned())
+        secret_or_dev(self.secret.as_deref())
     }
+}
+
+/// The given HS256 secret, or the development secret a `--dev` gateway accepts.
+pub fn secret_or_dev(secret: Option<&str>) -> String {
+    secret.unwrap_or(natter_auth::DEV_JWT_SECRET).to_owned()
 }
 
 /// After the sending window, how long the tool waits for the last deliveries.
@@ -60,7 +64,7 @@ const ACK_EVERY: Duration = Duration::from_millis(20);
 
 /// Mints a one-hour development token for `user`.
 pub fn token(secret: &str, user: &str) -> anyhow::Result<String> {
-    Ok(natter_gateway::auth::mint_hs256(
+    Ok(natter_auth::mint_hs256(
         secret.as_bytes(),
         user,
         None,
@@ -70,8 +74,14 @@ pub fn token(secret: &str, user: &str) -> anyhow::Result<String> {
     )?)
 }
 
-/// One `dm` run.
+/// One `dm` run, measuring only the load tool's CPU.
 pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
+    run_watched(options, &Watch::default()).await
+}
+
+/// One `dm` run, with the CPU of the watched processes from the first send until the last
+/// delivery (or the drain limit), per delivered message.
+pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<DmReport> {
     net::raise_fd_limit();
     let gateway = net::addr(&options.gateway)?;
     let secret = options.secret();
@@ -105,6 +115,7 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
         )));
     }
     let started_us = origin.elapsed().as_micros() as u64;
+    let window = watch.start()?;
     for s in senders {
         s.await??;
     }
@@ -116,11 +127,12 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu = window.finish(stats.deliveries.load(Ordering::Relaxed), "message");
     let _ = stop_tx.send(true);
     for r in receivers {
         r.await??;
     }
-    Ok(stats
+    let mut report = stats
         .report(RunShape {
             system: options.system.clone(),
             pairs: options.pairs,
@@ -129,7 +141,9 @@ pub async fn run(options: &Options) -> anyhow::Result<DmReport> {
             started_us,
             deadline_us: deadline.duration_since(origin).as_micros() as u64,
         })
-        .await)
+        .await;
+    report.cpu = Some(cpu);
+    Ok(report)
 }
 
 async fn send(
@@ -237,6 +251,8 @@ pub struct SweepOptions {
         default_value = "250,500,1000,2000,3000,4000,5000,6000"
     )]
     pub rates: Vec<u64>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,15 +271,23 @@ pub fn kept_up(run: &DmReport) -> bool {
 }
 
 pub async fn sweep(options: &SweepOptions) -> anyhow::Result<SweepReport> {
+    let watch = options.watch.watch()?;
     let mut runs = Vec::new();
     let mut peak: f64 = 0.0;
     for &rate in &options.rates {
-        let run = run(&Options {
-            rate,
-            ..options.dm.clone()
-        })
+        let run = run_watched(
+            &Options {
+                rate,
+                ..options.dm.clone()
+            },
+            &watch,
+        )
         .await?;
         eprintln!("{}", run.row());
+        run.cpu
+            .iter()
+            .flat_map(|c| c.table())
+            .for_each(|l| eprintln!("{l}"));
         let ok = kept_up(&run);
         if ok {
             peak = peak.max(run.delivered_per_s);
@@ -274,10 +298,13 @@ pub async fn sweep(options: &SweepOptions) -> anyhow::Result<SweepReport> {
         }
     }
     let half_peak = if peak > 0.0 {
-        let half = run(&Options {
-            rate: (peak / 2.0).round() as u64,
-            ..options.dm.clone()
-        })
+        let half = run_watched(
+            &Options {
+                rate: (peak / 2.0).round() as u64,
+                ..options.dm.clone()
+            },
+            &watch,
+        )
         .await?;
         eprintln!("{} (half of peak)", half.row());
         Some(half)

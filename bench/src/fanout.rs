@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
+    cpu::{CpuReport, Watch},
     dm::token,
     net::{self, Socket, Sources},
     report::{Latency, histogram},
@@ -47,6 +48,8 @@ pub struct FanoutReport {
     pub send_to_last_member_ms: Latency,
     /// Per member and round: send → that member has it.
     pub send_to_each_member_ms: Latency,
+    /// Over the rounds; per member delivery.
+    pub cpu: CpuReport,
 }
 
 impl FanoutReport {
@@ -56,13 +59,15 @@ impl FanoutReport {
             self.send_to_last_member_ms,
             self.send_to_each_member_ms,
         );
-        vec![
+        let mut lines = vec![
             "members  rounds  complete  sent p50/p99 ms  last member p50/p99 ms  each member p50/p99 ms".into(),
             format!(
                 "{:>7} {:>7} {:>9} {:>7.1} / {:<7.1} {:>11.1} / {:<10.1} {:>11.1} / {:<8.1}",
                 self.members, self.rounds, self.complete_rounds, s.p50, s.p99, l.p50, l.p99, e.p50, e.p99
             ),
-        ]
+        ];
+        lines.extend(self.cpu.table());
+        lines
     }
 }
 
@@ -71,13 +76,17 @@ type Arrival = (usize, u64);
 
 const ROUND_LIMIT: Duration = Duration::from_secs(30);
 
+/// A fanout run, measuring only the load tool's CPU.
 pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
+    run_watched(options, &Watch::default()).await
+}
+
+/// A fanout run, with the CPU of the watched processes over the rounds, per member
+/// delivery (comparable with `raw fan`'s per item).
+pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<FanoutReport> {
     net::raise_fd_limit();
     anyhow::ensure!(options.members >= 2, "a group needs at least 2 members");
-    let secret = options
-        .secret
-        .clone()
-        .unwrap_or_else(|| natter_gateway::config::DEV_JWT_SECRET.to_owned());
+    let secret = crate::dm::secret_or_dev(options.secret.as_deref());
     let gateways = options
         .gateways
         .iter()
@@ -138,6 +147,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
     let recipients = options.members - 1;
     let (mut sent, mut last, mut each) = (histogram(), histogram(), histogram());
     let (mut complete, mut doubled) = (0, 0u64);
+    let window = watch.start()?;
     for round in 0..options.rounds {
         let at = origin.elapsed().as_micros() as u64;
         let answer = net::ask(
@@ -172,6 +182,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let cpu = window.finish(each.len(), "delivery");
     // Anything still arriving now was delivered twice.
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), arrivals.recv()).await {
         doubled += 1;
@@ -187,6 +198,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutReport> {
         send_to_sent_ms: Latency::of(&sent),
         send_to_last_member_ms: Latency::of(&last),
         send_to_each_member_ms: Latency::of(&each),
+        cpu,
     })
 }
 

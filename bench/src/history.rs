@@ -37,10 +37,7 @@ pub struct Options {
 
 pub async fn run(options: &Options) -> anyhow::Result<Value> {
     let (gateway, messages, pages) = (&options.gateway, options.messages.max(100), options.pages);
-    let secret = &options
-        .secret
-        .clone()
-        .unwrap_or_else(|| natter_gateway::config::DEV_JWT_SECRET.to_owned());
+    let secret = &crate::dm::secret_or_dev(options.secret.as_deref());
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let (a, b) = (format!("hist-{run}-a"), format!("hist-{run}-b"));
     let mut socket = net::connect(

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
+    cpu,
     dm::token,
     net::{self, Sources},
     shard::{self, Orders, Shard, ShardOptions},
@@ -43,6 +44,10 @@ pub struct Options {
     /// HS256 secret of the gateways (default: the development secret).
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Label of the servers in the report: `natter`, or `control` when the addresses are
+    /// `control-server` processes (idle-control).
+    #[arg(long, default_value = "natter")]
+    pub system: String,
 }
 
 /// Handshakes in flight per load process.
@@ -210,6 +215,7 @@ pub struct ProcessFigures {
 
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
+    pub system: String,
     pub gateways: Vec<GatewayFigures>,
     pub connected: u64,
     pub failed: u64,
@@ -228,10 +234,7 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
         options.gateways.len(),
         gateway_pids.len()
     );
-    let secret = options
-        .secret
-        .clone()
-        .unwrap_or_else(|| natter_gateway::config::DEV_JWT_SECRET.to_owned());
+    let secret = crate::dm::secret_or_dev(options.secret.as_deref());
     let others: Vec<(String, u32)> = options
         .watch
         .iter()
@@ -293,7 +296,7 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
         .collect();
     let cpu_before: Vec<f64> = watched
         .iter()
-        .map(|&p| shard::cpu_seconds(p))
+        .map(|&p| cpu::seconds(p))
         .collect::<anyhow::Result<_>>()?;
     let rest_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(options.rest_seconds)).await;
@@ -301,7 +304,7 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
     let cpu: Vec<f64> = watched
         .iter()
         .zip(&cpu_before)
-        .map(|(&p, b)| Ok((shard::cpu_seconds(p)? - b) / wall * 100.0))
+        .map(|(&p, b)| Ok((cpu::seconds(p)? - b) / wall * 100.0))
         .collect::<anyhow::Result<_>>()?;
 
     let mut gateways = Vec::new();
@@ -360,6 +363,7 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleReport> {
         .map(|g| g.rss_after_bytes.saturating_sub(g.rss_before_bytes))
         .sum();
     Ok(IdleReport {
+        system: options.system.clone(),
         connected: total,
         failed: gateways.iter().map(|g| g.failed).sum(),
         rss_per_user_bytes: growth as f64 / total.max(1) as f64,

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::CpuReport;
+
 /// A histogram of microseconds, 1 µs to 10 minutes, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
@@ -77,6 +79,10 @@ pub struct DmReport {
     /// Send → confirmation (Natter: `sent`, i.e. stored in JetStream R3).
     pub send_to_confirmed_ms: Latency,
     pub send_to_deliver_ms: Latency,
+    /// CPU of the watched processes over the run, per delivered message (`dm`; absent in
+    /// reports of older runs and of the XMPP peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuReport>,
 }
 
 impl DmReport {
@@ -150,6 +156,7 @@ impl DmStats {
             drain_s: last_us.saturating_sub(shape.deadline_us) as f64 / 1e6,
             send_to_confirmed_ms: self.confirm_latency.latency().await,
             send_to_deliver_ms: self.deliver_latency.latency().await,
+            cpu: None,
         }
     }
 }

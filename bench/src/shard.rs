@@ -133,19 +133,6 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
-/// CPU time a process has used so far (user + system), in seconds.
-pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is not running"))?;
-    // The command name may hold spaces; fields after its closing parenthesis are plain.
-    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    // USER_HZ is 100 on every Linux that exposes /proc to user space.
-    Ok(ticks as f64 / 100.0)
-}
-
 /// Parses a comma-separated list of PIDs.
 pub fn pids(list: &str) -> anyhow::Result<Vec<u32>> {
     list.split(',')
