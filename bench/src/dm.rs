@@ -87,18 +87,24 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<DmR
     let secret = options.secret();
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let sources = Sources::new(0, options.pairs * 2);
-    let origin = Instant::now();
     let stats = Arc::new(DmStats::default());
     let interval = Duration::from_secs_f64(options.pairs as f64 / options.rate.max(1) as f64);
-    let deadline = origin + Duration::from_secs(options.seconds);
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
+    // Every socket first, then every sender at once: the run's rate is the offered one
+    // from its first send, and the report's window starts there.
+    let mut pairs = Vec::with_capacity(options.pairs);
     for i in 0..options.pairs {
         let (a, b) = (format!("bench-{run}-a{i}"), format!("bench-{run}-b{i}"));
         let rx = net::connect(gateway, sources.pick(), &token(&secret, &b)?, "bench", None).await?;
         let tx = net::connect(gateway, sources.pick(), &token(&secret, &a)?, "bench", None).await?;
+        pairs.push((rx, tx, b));
+    }
+    let origin = Instant::now();
+    let deadline = origin + Duration::from_secs(options.seconds);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for (rx, tx, b) in pairs {
         receivers.push(tokio::spawn(receive(
             rx,
             origin,
@@ -114,7 +120,7 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<DmR
             stats.clone(),
         )));
     }
-    let started_us = origin.elapsed().as_micros() as u64;
+    let started_us = 0;
     let window = watch.start()?;
     for s in senders {
         s.await??;
@@ -157,9 +163,14 @@ async fn send(
     let (mut sink, mut stream) = socket.split();
     let reader_stats = stats.clone();
     let reader = tokio::spawn(async move {
-        while let Ok(Some(Ok(Message::Text(text)))) =
+        // Until the socket has been quiet for 5 s (every `sent` is in by then) or closes;
+        // the gateway's keepalive pings are answered by the socket itself.
+        while let Ok(Some(Ok(message))) =
             tokio::time::timeout(Duration::from_secs(5), stream.next()).await
         {
+            let Message::Text(text) = message else {
+                continue;
+            };
             let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
             match frame["type"].as_str() {
                 Some("sent") => {

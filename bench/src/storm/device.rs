@@ -285,9 +285,10 @@ async fn catch_up(
     outcome.done = Some(storm.elapsed());
     // Stay a little while, so anything sent twice would still arrive and be counted.
     let linger = Instant::now() + Duration::from_secs(2);
-    while let Ok(Some(Ok(Message::Text(text)))) =
-        tokio::time::timeout_at(linger.into(), socket.next()).await
-    {
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(linger.into(), socket.next()).await {
+        let Message::Text(text) = message else {
+            continue;
+        };
         if let Ok(frame) = serde_json::from_str::<Value>(text.as_str())
             && frame["type"] == "msg"
         {
