@@ -144,6 +144,9 @@ impl NatsCluster {
             .arg(&node.config)
             .arg("--store_dir")
             .arg(&node.store)
+            // Three servers on one machine: one Go scheduler thread each, as scripts/up runs
+            // them.
+            .env("GOMAXPROCS", "1")
             .stdout(Stdio::null())
             .stderr(log);
         self.nodes[i].child = Some(spawn_bound(&mut command));

@@ -369,7 +369,7 @@ async fn a_group_of_1024_members_puts_each_message_into_every_inbox_exactly_once
         .await;
     assert_eq!(refused["code"], "limit_exceeded", "{refused}");
 
-    // Every inbox store is republished on live.<uid>: watch them all to time the fanout.
+    // Every inbox store is republished on live.<uid>.i: watch them all to time the fanout.
     let mut settings =
         natter_e2e::system::nats_settings(&system().nats_urls, "gateway", "e2e-watch-live");
     settings.subscription_capacity = 64 * 1024;
@@ -377,7 +377,7 @@ async fn a_group_of_1024_members_puts_each_message_into_every_inbox_exactly_once
     let watcher = natter_fabric::connect(&settings, events, Duration::from_secs(10))
         .await
         .unwrap();
-    let mut live = watcher.subscribe("live.*").await.unwrap();
+    let mut live = watcher.subscribe("live.*.i").await.unwrap();
     watcher.flush().await.unwrap();
 
     let started = Instant::now();

@@ -20,7 +20,7 @@ async fn subscriptions_share_one_channel_and_end_one_by_one() {
     let client = system::nats_as("gateway", "e2e-live-dispatch").await;
     let (sink, mut shared) = mpsc::channel(64);
     let (amy, bob) = (unique("amy"), unique("bob"));
-    let subject = |user: &str| format!("live.{user}");
+    let subject = |user: &str| format!("live.{user}.n");
     let amy_sid = client
         .subscribe_with_sender(subject(&amy), sink.clone())
         .await
@@ -38,7 +38,7 @@ async fn subscriptions_share_one_channel_and_end_one_by_one() {
             .await
             .unwrap();
     }
-    let mut got = vec![next(&mut shared).await, next(&mut shared).await];
+    let mut got = [next(&mut shared).await, next(&mut shared).await];
     got.sort_by(|a, b| a.subject.cmp(&b.subject));
     let mut want = [subject(&amy), subject(&bob)];
     want.sort();
@@ -49,8 +49,12 @@ async fn subscriptions_share_one_channel_and_end_one_by_one() {
         want
     );
     assert!(got.iter().all(|m| {
-        m.payload
-            .ends_with(m.subject.trim_start_matches("live.").as_bytes())
+        m.payload.ends_with(
+            m.subject
+                .trim_start_matches("live.")
+                .trim_end_matches(".n")
+                .as_bytes(),
+        )
     }));
 
     client.unsubscribe_id(amy_sid).await.unwrap();

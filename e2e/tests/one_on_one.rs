@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use natter_e2e::{Client, client::token, system, system::http_get, unique};
+use natter_schemas::{Conversation, ids};
 use serde_json::{Value, json};
 
 fn is_receipt(status: &'static str, id: Value) -> impl Fn(&Value) -> bool {
@@ -202,6 +203,18 @@ async fn bad_frames_get_an_error_and_the_socket_keeps_working() {
         let error = a.wait_for("error", |f| f["type"] == "error").await;
         assert_eq!(error["code"], *code, "{frame} → {error}");
         assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    // A read mark must name a message id no later than now: a watermark is kept for good.
+    let conv = Conversation::direct(&alice, &bob).to_string();
+    let future = format!(
+        "{}-7000-8000-000000000000",
+        ids::id_prefix_at(u64::MAX >> 20)
+    );
+    for up_to in ["m", "zzzz-future-0", future.as_str()] {
+        a.send_json(json!({"type": "read", "conv": conv, "up_to": up_to, "ref": "r"}))
+            .await;
+        let error = a.wait_for("error", |f| f["type"] == "error").await;
+        assert_eq!(error["code"], "bad_request", "{up_to} → {error}");
     }
     a.send_json(json!({"type": "ping", "ref": "p"})).await;
     let pong = a.wait_for("pong", |f| f["type"] == "pong").await;
@@ -414,7 +427,7 @@ async fn each_nats_user_is_refused_what_its_process_does_not_need() {
 
     // The workers user cannot listen to live deliveries.
     let workers = nats_as("workers").await;
-    let mut eavesdrop = workers.subscribe(format!("live.{bob}")).await.unwrap();
+    let mut eavesdrop = workers.subscribe(format!("live.{bob}.*")).await.unwrap();
     a.send_text(&bob, "not for workers' ears").await;
     let mut b = Client::connect(1, &bob, "phone", 0).await;
     b.wait_for_text("not for workers' ears").await; // stored and delivered

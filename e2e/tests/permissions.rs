@@ -7,9 +7,9 @@
 //! - The gateway user cannot delete or purge streams, delete an inbox item, or create
 //!   consumers on `INBOX` or `MSGS` (it could read every inbox or the whole log).
 //! - The gateway user may write inboxes (it stores one-on-one messages and receipts there
-//!   itself) and publish notices on `live.*`, but an inbox item it publishes there is not
-//!   passed to sockets (only JetStream's republishes carry sequences), and it cannot
-//!   write group receipt state.
+//!   itself) and publish notices on `live.<uid>.n`, but not items on `live.<uid>.i` (only
+//!   JetStream republishes there), an item published as a notice is passed to no socket,
+//!   and it cannot write group receipt state.
 //! - The gateway user cannot listen to inboxes, the message log, receipt marks, receipt
 //!   state, or history requests (it could impersonate a history worker).
 //! - The workers user cannot listen to live deliveries or typing notices.
@@ -265,16 +265,19 @@ async fn the_gateway_user_may_write_inboxes_but_not_forge_a_live_delivery_or_rec
     let mut b = Client::connect(0, &bob, "phone", 0).await;
     let mut gateway = Nats::connect("gateway").await;
 
-    // Gateways publish typing and presence notices on `live.<uid>`, so NATS lets the
-    // gateway user publish there; an inbox item published there (no `Nats-Sequence`: it
-    // did not come from the inbox) is not passed to any socket.
+    // Items come on `live.<uid>.i` from JetStream only; the gateway user publishes notices
+    // on `live.<uid>.n`, and an inbox item published there is passed to no socket.
+    gateway
+        .refused_publish(
+            &subjects::live_item(&bob),
+            inbox_item(&alice, &bob, "forged live item"),
+        )
+        .await;
     gateway
         .client
         .publish(
-            subjects::live(&bob),
-            inbox_item(&alice, &bob, "forged live item")
-                .to_string()
-                .into(),
+            subjects::notice(&bob),
+            inbox_item(&alice, &bob, "forged notice").to_string().into(),
         )
         .await
         .unwrap();
@@ -452,7 +455,7 @@ async fn the_workers_user_cannot_post_messages_ask_for_pages_or_forge_typing_rec
         .await;
     workers
         .refused_publish(
-            &subjects::live(&bob),
+            &subjects::notice(&bob),
             json!({"type": "typing", "conv": conv.to_string(), "from": alice, "state": "start"}),
         )
         .await;
@@ -466,7 +469,7 @@ async fn the_workers_user_cannot_post_messages_ask_for_pages_or_forge_typing_rec
         .await;
     workers
         .refused_publish(
-            &subjects::live(&bob),
+            &subjects::live_item(&bob),
             inbox_item(&alice, &bob, "forged live item"),
         )
         .await;

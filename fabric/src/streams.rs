@@ -3,7 +3,7 @@
 //! | stream | subjects | why |
 //! | --- | --- | --- |
 //! | `MSGS` | `msg.<p>.>` | group messages and group changes, in order per partition, for fanout |
-//! | `INBOX` | `inbox.<uid>` | each user's durable inbox, republished to `live.<uid>`; a one-on-one message is stored here directly (both sides' copies) |
+//! | `INBOX` | `inbox.<uid>` | each user's durable inbox, republished to `live.<uid>.i`; a one-on-one message is stored here directly (both sides' copies) |
 //! | `RCPT` | `rcpt.<p>` | group receipt marks collected by gateways, for the receipts worker of partition `p` |
 //!
 //! All are file-backed and replicated (`replicas`, 3 on the local cluster). The duplicate
@@ -50,7 +50,7 @@ pub fn inbox(replicas: usize) -> Config {
         allow_direct: true,
         republish: Some(Republish {
             source: "inbox.*".to_owned(),
-            destination: "live.{{wildcard(1)}}".to_owned(),
+            destination: "live.{{wildcard(1)}}.i".to_owned(),
             headers_only: false,
         }),
         ..base(INBOX, "inbox.*", replicas, INBOX_MAX_AGE)

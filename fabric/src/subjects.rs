@@ -48,12 +48,23 @@ pub fn inbox(uid: &str) -> String {
     format!("inbox.{uid}")
 }
 
-/// Everything live for a user's connected devices, on the one subject the gateways holding
-/// their sockets subscribe to: `INBOX` republishes their items here (with
-/// `Nats-Sequence`), and gateways publish typing and presence notices here (core NATS,
-/// never stored).
+/// Everything live for a user's connected devices, which a gateway holding their sockets
+/// subscribes to with this one subject: `live.<uid>.i` (`INBOX` republishes their items
+/// there, with `Nats-Sequence`) and `live.<uid>.n` (typing and presence notices, published
+/// by gateways over core NATS, never stored). Two subjects, so NATS permissions can let
+/// gateways publish notices but not items; one subscription.
 pub fn live(uid: &str) -> String {
-    format!("live.{uid}")
+    format!("live.{uid}.*")
+}
+
+/// Where gateways publish typing and presence notices for `uid`'s devices.
+pub fn notice(uid: &str) -> String {
+    format!("live.{uid}.n")
+}
+
+/// Where `INBOX` republishes `uid`'s items (the stream does it: see `streams::inbox`).
+pub fn live_item(uid: &str) -> String {
+    format!("live.{uid}.i")
 }
 
 /// Where gateways put the group receipt marks of partition `p` (the partition of the

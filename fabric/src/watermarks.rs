@@ -210,6 +210,18 @@ impl GroupWatermarks {
         }
     }
 
+    /// Forgets whoever is no longer a member (their marks and what waits for them): the
+    /// state stays the size of the group, however many come and go.
+    pub fn keep_only(&mut self, members: &[Member]) {
+        let current: std::collections::HashSet<&str> =
+            members.iter().map(|m| m.user.as_str()).collect();
+        self.delivered
+            .retain(|user, _| current.contains(user.as_str()));
+        self.read.retain(|user, _| current.contains(user.as_str()));
+        self.senders
+            .retain(|user, _| current.contains(user.as_str()));
+    }
+
     /// How far `member` got, counting reading as having and joining as having everything
     /// sent before.
     fn reached(&self, member: &Member, status: ReceiptStatus) -> String {
@@ -456,6 +468,18 @@ mod tests {
         );
         assert_eq!(g.status_of(&members[1], &old), "delivered");
         assert_eq!(g.status_of(&members[0], &old), "sent");
+    }
+
+    #[test]
+    fn those_who_left_are_forgotten() {
+        let mut g = GroupWatermarks::default();
+        g.apply(&delivered("bob", "05", &[("amy", "05")]));
+        g.apply(&read("gone", "05"));
+        g.apply(&delivered("gone", "06", &[("left", "06")]));
+        g.keep_only(&[member("amy"), member("bob")]);
+        assert_eq!(g.delivered.keys().collect::<Vec<_>>(), ["bob"]);
+        assert!(g.read.is_empty());
+        assert_eq!(g.senders.keys().collect::<Vec<_>>(), ["amy"]);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! once both are stored; group messages still go through `MSGS` and fanout.
 //!
 //! The copies are written one after the other, the recipient's first, each with its own
-//! `Nats-Msg-Id` (`<sender>:<client id>:<inbox owner>`), so a retry stores nothing twice.
+//! `Nats-Msg-Id` (`<sender>:<client id>` and `<sender>:<client id>:own`), so a retry
+//! stores nothing twice.
 //! The sender's copy carries whatever the recipient's stored copy says: when a client
 //! re-sends an id whose first attempt stored only the recipient's copy (its gateway died
 //! in between), the duplicate ack names that copy's sequence, the gateway reads it back
@@ -34,7 +35,9 @@ pub(crate) enum DirectError {
 }
 
 /// Stores `record` (a one-on-one message from `record.from` to `peer`) in both inboxes and
-/// returns the message as stored: the first attempt's when `client_id` was sent before.
+/// returns the message as stored: the first attempt's when `client_id` was sent before (a
+/// client id is the sender's: reused for another conversation within the duplicate window,
+/// it answers with the first message, as for any re-send).
 pub(crate) async fn store(
     app: &App,
     record: &MsgRecord,
@@ -42,14 +45,11 @@ pub(crate) async fn store(
     client_id: &str,
 ) -> Result<MessageItem, DirectError> {
     let sender = record.from.as_str();
-    let msg_id = |owner: &str| format!("{sender}:{client_id}:{owner}");
     let payload = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
-    let first = publish_durable(
-        &app.js,
-        &subjects::inbox(peer),
-        &msg_id(peer),
-        payload.clone(),
-    )
+    let first = timed("recipient", async {
+        let msg_id = format!("{sender}:{client_id}");
+        publish_durable(&app.js, &subjects::inbox(peer), &msg_id, payload.clone()).await
+    })
     .await?;
     let (item, payload) = if first.duplicate {
         original(app, first.sequence).await?
@@ -57,10 +57,23 @@ pub(crate) async fn store(
         (record.to_item(), payload)
     };
     // A note to oneself has one copy.
-    if peer != sender {
-        publish_durable(&app.js, &subjects::inbox(sender), &msg_id(sender), payload).await?;
+    if item.conv != format!("dm:{sender}:{sender}") {
+        timed("sender", async {
+            let msg_id = format!("{sender}:{client_id}:own");
+            publish_durable(&app.js, &subjects::inbox(sender), &msg_id, payload).await
+        })
+        .await?;
     }
     Ok(item)
+}
+
+/// A store, timed in `natter_gateway_direct_store_seconds{copy}`.
+async fn timed<T>(copy: &'static str, store: impl Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let stored = store.await;
+    metrics::histogram!("natter_gateway_direct_store_seconds", "copy" => copy)
+        .record(started.elapsed().as_secs_f64());
+    stored
 }
 
 /// The message stored at `seq` and its bytes.

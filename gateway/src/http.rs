@@ -120,8 +120,9 @@ async fn websocket(
                 ),
             )
         })?;
-    let opening = session::open(&app, &identity.user, after)
+    let opening = tokio::time::timeout(OPEN_TIMEOUT, session::open(&app, &identity.user, after))
         .await
+        .map_err(|_| unavailable("the inbox did not answer in time"))?
         .map_err(unavailable)?;
     Ok(upgrade
         .read_buffer_size(1024)
@@ -142,6 +143,10 @@ async fn websocket(
             ))
         }))
 }
+
+/// How long a socket's subscription, flush and inbox read may take before the upgrade is
+/// refused (503; the client retries).
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// With an allow-list configured, a browser's socket (it sends `Origin`) must come from a
 /// listed page, so another site cannot open sockets with a user's token. Clients that send

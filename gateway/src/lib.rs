@@ -248,7 +248,9 @@ pub async fn run(
     });
     tokio::spawn(groups.watch(stop_rx.clone()));
     tokio::spawn(presence.run(stop_rx.clone()));
-    let marks_flushed = tokio::spawn(app.marks.clone().run(app.js.clone(), stop_rx.clone()));
+    // Receipts go out until the sockets have closed (their last acks count too).
+    let (marks_stop, marks_stopped) = watch::channel(false);
+    let marks_flushed = tokio::spawn(app.marks.clone().run(app.js.clone(), marks_stopped));
 
     tokio::spawn(async move {
         shutdown.await;
@@ -266,7 +268,8 @@ pub async fn run(
     // Sockets close themselves with 1001 on shutdown, and leave presence as they go.
     sessions.close();
     let _ = tokio::time::timeout(serve::DRAIN, sessions.wait()).await;
-    // The last acks' group marks are stored before the process ends.
+    // The last acks' receipts are stored before the process ends.
+    let _ = marks_stop.send(true);
     let _ = tokio::time::timeout(serve::DRAIN, marks_flushed).await;
     Ok(())
 }

@@ -5,6 +5,10 @@ use anyhow::Context;
 use clap::Parser;
 use natter_gateway::config::Cli;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     natter_fabric::process::init_tracing();

@@ -2,7 +2,7 @@
 //! with a heartbeat, tells watchers when a user comes or goes, and sweeps up users whose
 //! gateway died.
 //!
-//! Watchers hear about changes on `live.<watcher>`, the subject the gateway holding their
+//! Watchers hear about changes on `live.<watcher>.n`, the subject the gateway holding their
 //! sockets already subscribes to for their inbox items and typing notices: a change costs one publish per watcher and no
 //! subscription per followed user. Redis being down only degrades presence: sockets stay
 //! up, and the next heartbeat after Redis returns re-asserts every live socket and every
@@ -223,7 +223,7 @@ impl PresenceHub {
             if let Err(err) = self
                 .inner
                 .nats
-                .publish(subjects::live(watcher), payload.clone())
+                .publish(subjects::notice(watcher), payload.clone())
                 .await
             {
                 tracing::debug!(error = %err, "presence change not relayed");

@@ -16,8 +16,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use natter_fabric::watermarks::{GroupMark, SenderMark};
-use natter_schemas::{Conversation, ReceiptItem, ReceiptStatus};
-use serde::Deserialize;
+use natter_schemas::{Conversation, ReceiptItem, ReceiptStatus, inbox::Sender};
 
 /// Messages sent to a socket and not acked yet, tracked one by one.
 pub(crate) const MAX_TRACKED: usize = 1024;
@@ -61,24 +60,10 @@ pub(crate) struct Acked {
 
 impl Unacked {
     /// Notes an inbox item sent to the socket, if it is someone else's message.
-    pub fn track(&mut self, me: &str, seq: u64, stored: &[u8]) {
-        #[derive(Deserialize)]
-        struct Probe {
-            #[serde(rename = "type")]
-            kind: Box<str>,
-            #[serde(default)]
-            id: Box<str>,
-            #[serde(default)]
-            conv: Box<str>,
-            #[serde(default)]
-            from: Box<str>,
-        }
-        let Ok(probe) = serde_json::from_slice::<Probe>(stored) else {
+    pub fn track(&mut self, me: &str, seq: u64, message: Option<Sender>) {
+        let Some(message) = message.filter(|m| &*m.from != me) else {
             return;
         };
-        if &*probe.kind != "msg" || &*probe.from == me {
-            return;
-        }
         if self.recent.len() >= MAX_TRACKED
             && let Some(oldest) = self.recent.pop_front()
         {
@@ -86,9 +71,9 @@ impl Unacked {
         }
         self.recent.push_back(Sent {
             seq,
-            conv: probe.conv,
-            from: probe.from,
-            id: probe.id,
+            conv: message.conv,
+            from: message.from,
+            id: message.id,
         });
     }
 
@@ -212,20 +197,23 @@ impl Unacked {
 mod tests {
     use super::*;
 
-    fn msg(conv: &str, from: &str, id: &str) -> Vec<u8> {
-        format!(r#"{{"type":"msg","id":"{id}","conv":"{conv}","from":"{from}","ts":1,"body":{{"kind":"text","text":"x"}}}}"#)
-            .into_bytes()
+    fn msg(conv: &str, from: &str, id: &str) -> Option<Sender> {
+        Some(Sender {
+            id: id.into(),
+            conv: conv.into(),
+            from: from.into(),
+        })
     }
 
     #[test]
     fn an_ack_covers_what_was_sent_up_to_it_once() {
         let mut u = Unacked::default();
-        u.track("bob", 1, &msg("dm:amy:bob", "amy", "01"));
-        u.track("bob", 2, &msg("dm:amy:bob", "bob", "02"));
-        u.track("bob", 3, br#"{"type":"receipt","conv":"dm:amy:bob","id":"02","by":"amy","status":"read","ts":1}"#);
-        u.track("bob", 4, &msg("dm:amy:bob", "amy", "04"));
-        u.track("bob", 5, &msg("group:g", "cat", "05"));
-        u.track("bob", 6, &msg("group:g", "amy", "06"));
+        u.track("bob", 1, msg("dm:amy:bob", "amy", "01"));
+        u.track("bob", 2, msg("dm:amy:bob", "bob", "02"));
+        u.track("bob", 3, None); // a receipt
+        u.track("bob", 4, msg("dm:amy:bob", "amy", "04"));
+        u.track("bob", 5, msg("group:g", "cat", "05"));
+        u.track("bob", 6, msg("group:g", "amy", "06"));
         let acked = u.ack("bob", 4, 9);
         assert_eq!(acked.direct.len(), 1, "one watermark: {acked:?}");
         assert_eq!(acked.direct[0].0, "amy");
@@ -250,7 +238,7 @@ mod tests {
             u.track(
                 &format!("u{}", seq % 3),
                 seq,
-                &msg(&conv, "amy", &format!("{seq:06}")),
+                msg(&conv, "amy", &format!("{seq:06}")),
             );
         }
         assert_eq!(u.recent.len(), MAX_TRACKED);

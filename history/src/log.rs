@@ -140,10 +140,21 @@ impl<S: OrderedStore> History<S> {
                 entries.push((key, id.into_bytes()));
             }
         }
-        if let Some((reader, seq)) = batch.checkpoint {
-            entries.push((checkpoint_key(&reader), seq.to_string().into_bytes()));
+        let checkpoint = batch
+            .checkpoint
+            .map(|(reader, seq)| (checkpoint_key(&reader), seq.to_string().into_bytes()));
+        match checkpoint {
+            // Where a batch is not all or nothing, progress is recorded after what it covers.
+            Some(checkpoint) if !self.store.atomic_batches() => {
+                self.store.put_batch(entries, durability).await?;
+                self.store.put_batch(vec![checkpoint], durability).await
+            }
+            Some(checkpoint) => {
+                entries.push(checkpoint);
+                self.store.put_batch(entries, durability).await
+            }
+            None => self.store.put_batch(entries, durability).await,
         }
-        self.store.put_batch(entries, durability).await
     }
 
     /// The last inbox sequence `reader` wrote (0 before its first batch).

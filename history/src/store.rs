@@ -60,6 +60,11 @@ pub trait OrderedStore: Send + Sync + 'static {
         limit: usize,
         reverse: bool,
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+    /// Whether a batch is stored all or nothing (else a caller that must not record
+    /// progress before the data stores them in two steps).
+    fn atomic_batches(&self) -> bool {
+        true
+    }
     /// Removes every key with `start <= key < end`.
     fn delete_range(
         &self,
@@ -108,6 +113,12 @@ impl OrderedStore for Store {
         match self {
             Self::Embedded(s) => s.delete_range(start, end).await,
             Self::Tikv(s) => s.delete_range(start, end).await,
+        }
+    }
+    fn atomic_batches(&self) -> bool {
+        match self {
+            Self::Embedded(s) => s.atomic_batches(),
+            Self::Tikv(s) => s.atomic_batches(),
         }
     }
 }
@@ -265,6 +276,11 @@ impl Tikv {
 const TIKV_SCAN_MAX: usize = 10_240;
 
 impl OrderedStore for Tikv {
+    /// A raw batch put spans regions: not all or nothing.
+    fn atomic_batches(&self) -> bool {
+        false
+    }
+
     /// Every raw put is durable when it returns.
     async fn put_batch(&self, entries: Vec<Entry>, _: Durability) -> Result<(), StoreError> {
         if entries.is_empty() {

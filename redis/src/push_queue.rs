@@ -17,6 +17,8 @@ use crate::{Client, RedisError, Script, as_u64};
 
 /// Most notifications one [`PushQueue::claim_due`] hands out.
 const CLAIM_BATCH: usize = 200;
+/// Most messages noted by one script call.
+const NOTE_BATCH: usize = 500;
 
 /// What a user is told about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,18 @@ pub struct Pending {
     pub from: String,
     /// Its text, when the deployment puts text in notifications (empty otherwise).
     pub text: String,
+}
+
+/// One message to note.
+#[derive(Debug, Clone, Copy)]
+pub struct Note<'a> {
+    pub user: &'a str,
+    /// Its inbox sequence (each is counted once).
+    pub seq: u64,
+    pub conv: &'a str,
+    pub from: &'a str,
+    /// Its text when notifications carry text, else empty.
+    pub text: &'a str,
 }
 
 /// How notifications are coalesced.
@@ -70,25 +84,39 @@ impl PushQueue {
         from: &str,
         text: &str,
     ) -> Result<bool, RedisError> {
-        let key = |kind: &str| format!("{}{kind}:{user}", self.prefix);
-        let keys = vec![
-            key("p"),
-            key("pq"),
-            format!("{}pdue", self.prefix),
-            key("pl"),
-            key("pn"),
-        ];
-        let args = vec![
-            user.to_owned(),
-            conv.to_owned(),
-            from.to_owned(),
-            text.to_owned(),
-            self.coalescing.window.as_millis().to_string(),
-            self.coalescing.min_interval.as_millis().to_string(),
-            seq.to_string(),
-        ];
-        let count: i64 = self.note.run(&self.client, keys, args).await?;
-        Ok(count > 0)
+        let note = Note {
+            user,
+            seq,
+            conv,
+            from,
+            text,
+        };
+        Ok(self.note_all(&[note]).await? > 0)
+    }
+
+    /// Records several messages in one script call (a tail reader's batch); how many were
+    /// queued (the others' users were online, or they were noted before).
+    pub async fn note_all(&self, notes: &[Note<'_>]) -> Result<u64, RedisError> {
+        let mut total = 0;
+        for chunk in notes.chunks(NOTE_BATCH) {
+            let keys = vec![format!("{}pdue", self.prefix)];
+            let mut args = Vec::with_capacity(3 + chunk.len() * 5);
+            args.push(self.prefix.clone());
+            args.push(self.coalescing.window.as_millis().to_string());
+            args.push(self.coalescing.min_interval.as_millis().to_string());
+            for note in chunk {
+                args.extend([
+                    note.user.to_owned(),
+                    note.seq.to_string(),
+                    note.conv.to_owned(),
+                    note.from.to_owned(),
+                    note.text.to_owned(),
+                ]);
+            }
+            let queued: i64 = self.note.run(&self.client, keys, args).await?;
+            total += queued.max(0) as u64;
+        }
+        Ok(total)
     }
 
     /// Takes the notifications whose window has closed, for users still offline. Each is
@@ -117,23 +145,34 @@ impl PushQueue {
     }
 }
 
-/// KEYS: p, pq, pdue, pl, pn. ARGV: user, conv, from, text, window ms, min interval ms,
-/// inbox sequence. Returns the pending count, or 0 when the user is online or the item was
-/// noted before.
+/// KEYS: pdue. ARGV: prefix, window ms, min interval ms, then for each note: user, inbox
+/// sequence, conv, from, text. For each: skipped when its sequence was noted before
+/// (`pn:<user>`) or the user is online (`p:<user>`); otherwise counted in `pq:<user>`, and
+/// the user is scheduled in `pdue` when this opens their window. Returns how many were
+/// queued.
 const NOTE: &str = "
-local seq = tonumber(ARGV[7])
-if seq <= (tonumber(redis.call('GET', KEYS[5])) or 0) then return 0 end
-redis.call('SET', KEYS[5], seq, 'PX', 86400000)
-if redis.call('ZCOUNT', KEYS[1], now, '+inf') > 0 then return 0 end
-local count = redis.call('HINCRBY', KEYS[2], 'count', 1)
-redis.call('HSET', KEYS[2], 'conv', ARGV[2], 'from', ARGV[3], 'text', ARGV[4])
-redis.call('PEXPIRE', KEYS[2], 86400000)
-if count == 1 then
-  local last = tonumber(redis.call('GET', KEYS[4])) or 0
-  local due = math.max(now + tonumber(ARGV[5]), last + tonumber(ARGV[6]))
-  redis.call('ZADD', KEYS[3], 'NX', due, ARGV[1])
+local prefix = ARGV[1]
+local window, min_interval = tonumber(ARGV[2]), tonumber(ARGV[3])
+local queued = 0
+for i = 4, #ARGV, 5 do
+  local user, seq = ARGV[i], tonumber(ARGV[i + 1])
+  local pn = prefix .. 'pn:' .. user
+  if seq > (tonumber(redis.call('GET', pn)) or 0) then
+    redis.call('SET', pn, seq, 'PX', 86400000)
+    if redis.call('ZCOUNT', prefix .. 'p:' .. user, now, '+inf') == 0 then
+      local q = prefix .. 'pq:' .. user
+      local count = redis.call('HINCRBY', q, 'count', 1)
+      redis.call('HSET', q, 'conv', ARGV[i + 2], 'from', ARGV[i + 3], 'text', ARGV[i + 4])
+      redis.call('PEXPIRE', q, 86400000)
+      if count == 1 then
+        local last = tonumber(redis.call('GET', prefix .. 'pl:' .. user)) or 0
+        redis.call('ZADD', KEYS[1], 'NX', math.max(now + window, last + min_interval), user)
+      end
+      queued = queued + 1
+    end
+  end
 end
-return count
+return queued
 ";
 
 /// KEYS: pdue. ARGV: batch, prefix, how long to remember a notification (ms). Returns

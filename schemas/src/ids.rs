@@ -128,6 +128,22 @@ pub fn id_prefix_at(ms: u64) -> String {
     format!("{}-{}", &hex[..8], &hex[8..])
 }
 
+/// When message id `id` was made (milliseconds since the epoch), if it is one: a UUIDv7
+/// in its canonical text form (lowercase hex, dashes at 8, 13, 18, 23).
+pub fn message_time(id: &str) -> Option<u64> {
+    let bytes = id.as_bytes();
+    let shaped = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+        })
+        && bytes[14] == b'7';
+    if !shaped {
+        return None;
+    }
+    u64::from_str_radix(&format!("{}{}", &id[..8], &id[9..13]), 16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +196,20 @@ mod tests {
         );
         assert!(Conversation::parse("group:g.x").is_err());
         assert!(Conversation::parse("chan:x").is_err());
+    }
+
+    #[test]
+    fn message_ids_tell_when_they_were_made() {
+        let id = "01a2244d-5569-756b-bd19-44adcb231731";
+        assert_eq!(message_time(id), Some(0x01a2244d5569));
+        assert_eq!(
+            message_time(&id_prefix_at(5)[..]),
+            None,
+            "a prefix is not an id"
+        );
+        assert_eq!(message_time("zzzz"), None);
+        assert_eq!(message_time(&id.replace('7', "4")), None, "not a v7");
+        assert_eq!(message_time(&id.to_uppercase()), None);
     }
 
     #[test]

@@ -117,9 +117,17 @@ export function applyItem(state, me, item, { viewing } = {}) {
 function applyMessage(state, me, item, viewing) {
   const c = conversation(state, me, item.conv);
   if (c.messages.some((m) => m.id === item.id)) return c;
-  const message = { id: item.id, from: item.from, ts: item.ts, body: item.body };
+  let message = { id: item.id, from: item.from, ts: item.ts, body: item.body };
   if (item.reply_to) message.reply_to = item.reply_to;
-  if (item.from === me) message.status = 'sent';
+  if (item.from === me) {
+    message.status = 'sent';
+    // One's own message can come back through the inbox before its `sent` (both copies
+    // are stored before `sent` is answered): the oldest pending one with the same body is
+    // that message and takes its id, so it never shows twice. Should it be another
+    // device's look-alike instead, this device's own copy still arrives under its own id.
+    const twin = c.messages.findIndex((m) => !m.id && m.status === 'pending' && sameBody(m.body, item.body));
+    if (twin >= 0) message = { ...c.messages.splice(twin, 1)[0], ...message };
+  }
   insert(c, message);
   if (item.from !== me && item.conv !== viewing) c.unread += 1;
   return c;
@@ -211,6 +219,10 @@ export function oldestId(c) {
 /** Total unread over every conversation (for the title). */
 export function totalUnread(state) {
   return Object.values(state.convs).reduce((n, c) => n + c.unread, 0);
+}
+
+function sameBody(a, b) {
+  return ['kind', 'text', 'media_id', 'caption'].every((k) => (a?.[k] ?? null) === (b?.[k] ?? null));
 }
 
 function raise(message, status) {

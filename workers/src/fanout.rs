@@ -37,7 +37,7 @@ use async_nats::{
     },
 };
 use bytes::Bytes;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::{StreamExt, stream::FuturesOrdered};
 use natter_fabric::{
     groups::{Group, Groups},
     publish_durable,
@@ -152,7 +152,22 @@ async fn partition(
                 }
             })
             .collect();
-        fanout.fan_out(&entries).await;
+        // A big batch (many messages to big groups) can take longer than the ack wait:
+        // tell the server it is in progress, or it hands the batch out again meanwhile.
+        let fanned = fanout.fan_out(&entries);
+        tokio::pin!(fanned);
+        let mut progress =
+            tokio::time::interval_at(tokio::time::Instant::now() + ACK_WAIT / 2, ACK_WAIT / 2);
+        loop {
+            tokio::select! {
+                () = &mut fanned => break,
+                _ = progress.tick() => {
+                    for message in &messages {
+                        let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                    }
+                }
+            }
+        }
         for message in &messages {
             if let Err(err) = message.ack().await {
                 tracing::warn!(error = %err, "ack failed; the message will be redelivered");
@@ -192,8 +207,15 @@ async fn fence(
     let deadline = tokio::time::Instant::now() + 2 * ACK_WAIT;
     let by_sequence = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).unwrap_or(0);
     loop {
-        // Our own deliveries can come again too while we wait: count each message once.
-        held.sort_by_key(by_sequence);
+        // Our own deliveries can come again too while we wait: count each message once,
+        // keeping its newest delivery (the one whose ack counts).
+        held.sort_by_key(|m| {
+            let info = m.info().ok();
+            (
+                info.as_ref().map_or(0, |i| i.stream_sequence),
+                std::cmp::Reverse(info.map_or(0, |i| i.consumer_sequence)),
+            )
+        });
         held.dedup_by_key(|m| by_sequence(m));
         match consumer.get_info().await {
             Ok(info) if info.num_ack_pending <= held.len() => break,
@@ -220,15 +242,17 @@ async fn fence(
     held
 }
 
-/// Items published before their acks are awaited. Partitions × this stays far below the
-/// 5,000 unacked publishes async-nats allows a connection, so a partition never waits for
-/// a slot that another partition holds.
-pub const WINDOW: usize = 128;
+/// Items a partition keeps published and not yet acked (a sliding window: the next item
+/// goes out as the oldest one's ack comes back). Partitions × this stays below the 5,000
+/// unacked publishes async-nats allows a connection, so a partition never waits for a
+/// slot that another partition holds.
+pub const WINDOW: usize = 256;
 
 impl Fanout {
     /// Puts every entry into every recipient's inbox, in order, and returns once all are
-    /// stored. Publishes go out in windows whose acks are awaited together; a failed one
-    /// is retried, in order, until it is stored.
+    /// stored. Publishes go out back to back on one connection (so they are stored in that
+    /// order) with up to [`WINDOW`] awaiting their acks; a failed one is retried until it
+    /// is stored, when its ack comes back.
     pub async fn fan_out(&self, entries: &[MsgsEntry]) {
         let now = natter_fabric::now_millis();
         let mut groups: HashMap<String, Option<Arc<Group>>> = HashMap::new();
@@ -261,30 +285,36 @@ impl Fanout {
         }
         metrics::counter!("natter_fanout_messages_total").increment(messages);
         metrics::counter!("natter_fanout_items_total").increment(items.len() as u64);
-        for window in items.chunks(WINDOW) {
-            let mut acks = Vec::with_capacity(window.len());
-            for (subject, msg_id, item) in window {
-                let mut headers = HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-                acks.push(
-                    self.js
-                        .publish_with_headers(subject.clone(), headers, item.clone())
-                        .await,
-                );
+        let mut acks = FuturesOrdered::new();
+        for (i, (subject, msg_id, item)) in items.iter().enumerate() {
+            if acks.len() >= WINDOW
+                && let Some((j, stored)) = acks.next().await
+            {
+                self.retry_unless(stored, &items[j]).await;
             }
-            let stored = join_all(acks.into_iter().map(|ack| async move {
-                match ack {
+            let mut headers = HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, item.clone())
+                .await;
+            acks.push_back(async move {
+                let stored = match ack {
                     Ok(ack) => ack.await.is_ok(),
                     Err(_) => false,
-                }
-            }))
-            .await;
-            for ((subject, msg_id, item), stored) in window.iter().zip(stored) {
-                if !stored {
-                    metrics::counter!("natter_fanout_retries_total").increment(1);
-                    store_until_done(&self.js, subject, msg_id, item.clone()).await;
-                }
-            }
+                };
+                (i, stored)
+            });
+        }
+        while let Some((j, stored)) = acks.next().await {
+            self.retry_unless(stored, &items[j]).await;
+        }
+    }
+
+    async fn retry_unless(&self, stored: bool, (subject, msg_id, item): &(String, String, Bytes)) {
+        if !stored {
+            metrics::counter!("natter_fanout_retries_total").increment(1);
+            store_until_done(&self.js, subject, msg_id, item.clone()).await;
         }
     }
 

@@ -95,6 +95,10 @@ struct FileConfig {
     nats: Option<NatsSettings>,
 }
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     natter_fabric::process::init_tracing();

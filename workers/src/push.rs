@@ -27,7 +27,7 @@ use std::{
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
 use natter_fabric::{
     devices::{Devices, PushTarget},
@@ -130,46 +130,41 @@ impl Noter {
         if todo.is_empty() {
             return;
         }
-        let results = join_all(todo.iter().map(|note| self.note(note))).await;
-        let failed: Vec<Note> = todo
-            .into_iter()
-            .zip(results)
-            .filter_map(|(note, ok)| (!ok).then_some(note))
+        let texts: Vec<String> = todo.iter().map(|n| self.text_of(&n.message)).collect();
+        let notes: Vec<natter_redis::push_queue::Note> = todo
+            .iter()
+            .zip(&texts)
+            .map(|(n, text)| natter_redis::push_queue::Note {
+                user: &n.user,
+                seq: n.seq,
+                conv: &n.message.conv,
+                from: &n.message.from,
+                text,
+            })
             .collect();
-        if failed.is_empty() {
-            return;
-        }
-        metrics::counter!("natter_push_note_failures_total").increment(failed.len() as u64);
-        let mut retrying = self.retrying.lock().expect("push retry lock");
-        retrying.extend(failed);
-        let over = retrying.len().saturating_sub(MAX_RETRYING);
-        if over > 0 {
-            retrying.drain(..over);
-            metrics::counter!("natter_push_notes_dropped_total").increment(over as u64);
+        match self.queue.note_all(&notes).await {
+            Ok(queued) => {
+                metrics::counter!("natter_push_noted_total").increment(queued);
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "pushes not noted; will retry");
+                metrics::counter!("natter_push_note_failures_total").increment(todo.len() as u64);
+                let mut retrying = self.retrying.lock().expect("push retry lock");
+                retrying.extend(todo);
+                let over = retrying.len().saturating_sub(MAX_RETRYING);
+                if over > 0 {
+                    retrying.drain(..over);
+                    metrics::counter!("natter_push_notes_dropped_total").increment(over as u64);
+                }
+            }
         }
     }
 
-    /// Whether Redis took the note (queued, or not needed).
-    async fn note(&self, note: &Note) -> bool {
-        let m = &note.message;
-        let text = match (&m.body, self.include_text) {
+    /// What a notification may say of `message`.
+    fn text_of(&self, message: &MessageItem) -> String {
+        match (&message.body, self.include_text) {
             (Body::Text { text }, true) => text.chars().take(MAX_TEXT).collect(),
             _ => String::new(),
-        };
-        match self
-            .queue
-            .note(&note.user, note.seq, &m.conv, &m.from, &text)
-            .await
-        {
-            Ok(true) => {
-                metrics::counter!("natter_push_noted_total").increment(1);
-                true
-            }
-            Ok(false) => true,
-            Err(err) => {
-                tracing::debug!(error = %err, "push not noted; will retry");
-                false
-            }
         }
     }
 }

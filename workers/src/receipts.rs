@@ -87,7 +87,7 @@ pub async fn start(
             groups: groups.clone(),
             checkpoints: checkpoints.clone(),
             loaded: HashMap::new(),
-            unacked: Vec::new(),
+            unacked: HashMap::new(),
             checkpointed: Instant::now(),
         };
         let stop = stop.clone();
@@ -101,6 +101,8 @@ struct Loaded {
     /// The checkpoint's revision it was loaded from or last saved as.
     revision: Option<u64>,
     state: GroupWatermarks,
+    /// The members as last read: the state is cut down to them before it is saved.
+    members: Vec<Member>,
     dirty: bool,
     touched: Instant,
 }
@@ -110,8 +112,9 @@ struct Partition {
     groups: Groups,
     checkpoints: Checkpoints,
     loaded: HashMap<String, Loaded>,
-    /// Events handled but not acked: acked once their marks are checkpointed.
-    unacked: Vec<jetstream::Message>,
+    /// Events handled but not acked (by stream sequence): acked once their marks are
+    /// checkpointed.
+    unacked: HashMap<u64, jetstream::Message>,
     checkpointed: Instant,
 }
 
@@ -179,13 +182,13 @@ impl Partition {
                 Ok(batch) => batch,
                 Err(err) => {
                     tracing::error!(error = %err, "unreadable receipt marks; dropped");
-                    self.unacked.push(message);
+                    self.hold(message);
                     continue;
                 }
             };
             metrics::counter!("natter_receipts_marks_total").increment(batch.marks.len() as u64);
             match self.fold(batch, &mut members, &mut moved).await {
-                Ok(()) => self.unacked.push(message),
+                Ok(()) => self.hold(message),
                 Err(err) => {
                     tracing::warn!(error = %err, "receipt marks not applied; redelivered");
                     failed.push(message);
@@ -207,7 +210,7 @@ impl Partition {
             for gid in &unsent {
                 self.loaded.remove(gid);
             }
-            failed.append(&mut self.unacked);
+            failed.extend(self.unacked.drain().map(|(_, m)| m));
         }
         for message in failed {
             let nak = jetstream::AckKind::Nak(Some(Duration::from_secs(1)));
@@ -237,14 +240,23 @@ impl Partition {
                     .collect();
                 members.insert(mark.group.clone(), list);
             }
+            let group_members = members[&mark.group].clone();
             let loaded = self.load(&mark.group).await?;
             loaded.touched = Instant::now();
+            loaded.members = group_members;
             if loaded.state.apply(&mark) {
                 loaded.dirty = true;
                 moved.insert(mark.group.clone(), mark.by.clone());
             }
         }
         Ok(())
+    }
+
+    /// Keeps an event to ack after the next checkpoint; an event delivered again (its ack
+    /// wait passed while a checkpoint kept failing) is held once, as its newest delivery.
+    fn hold(&mut self, message: jetstream::Message) {
+        let seq = message.info().map_or(0, |i| i.stream_sequence);
+        self.unacked.insert(seq, message);
     }
 
     async fn load(&mut self, gid: &str) -> Result<&mut Loaded, ReceiptError> {
@@ -255,6 +267,7 @@ impl Partition {
                 Loaded {
                     revision,
                     state,
+                    members: Vec::new(),
                     dirty: false,
                     touched: Instant::now(),
                 },
@@ -280,7 +293,7 @@ impl Partition {
         if !all_saved {
             return;
         }
-        for message in self.unacked.drain(..) {
+        for (_, message) in self.unacked.drain() {
             if let Err(err) = message.ack().await {
                 tracing::debug!(error = %err, "ack failed; the event comes back and changes nothing");
             }
@@ -311,6 +324,7 @@ async fn save(
                 metrics::counter!("natter_receipts_checkpoint_conflicts_total").increment(1);
                 let (revision, stored) = checkpoints.load(gid).await?;
                 loaded.state.merge(&stored);
+                loaded.state.keep_only(&loaded.members);
                 loaded.revision = revision;
             }
             Err(err) => return Err(err.into()),

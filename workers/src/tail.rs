@@ -20,7 +20,9 @@
 //! - when the stream of messages ends (the consumer was deleted).
 //!
 //! Each consumer is a named ephemeral with an inactivity threshold, so one left behind on
-//! a server that comes back is removed by the server. No ordered consumer: async-nats's
+//! a server that comes back is removed by the server. With no acks, a delivery lost on its
+//! way (the worker's own server connection dropped) is never sent again: deliveries are
+//! numbered, and a jump makes the consumer again from the last item handled. No ordered consumer: async-nats's
 //! recreates itself from the stream's start when it had delivered nothing yet.
 //!
 //! Writes are group commits: each batch is committed without an fsync, and one commit a
@@ -179,6 +181,10 @@ impl Reader {
             .await?;
         let mut batches = messages.ready_chunks(BATCH);
         let mut tick = tokio::time::interval(DURABLE_EVERY);
+        // The consumer sequence of the last delivery handled: deliveries are numbered 1, 2,
+        // … and with no acks, one lost on the way (its server connection dropped; the pull
+        // stream quietly pulls again) is never sent again, so a jump is a gap to read again.
+        let mut delivered = 0;
         loop {
             let batch = tokio::select! {
                 _ = stop.changed() => return Ok(Ended::Stop),
@@ -195,7 +201,20 @@ impl Reader {
             let mut lost = false;
             for next in batch {
                 match next {
-                    Ok(message) => items.push(message),
+                    Ok(message) => {
+                        let sequence = message.info().map_or(0, |i| i.consumer_sequence);
+                        if sequence != delivered + 1 {
+                            tracing::warn!(
+                                expected = delivered + 1,
+                                got = sequence,
+                                "inbox tail deliveries skipped; reading again from the last item"
+                            );
+                            lost = true;
+                            break;
+                        }
+                        delivered = sequence;
+                        items.push(message);
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "inbox tail pull failed");
                         lost = true;
@@ -250,22 +269,29 @@ impl Reader {
             return Ok(());
         }
         metrics::counter!("natter_tail_items_total").increment(last - self.last);
-        if let Some(noter) = &self.tail.push {
-            noter.note_all(notes).await;
-        }
-        if let Some(history) = &self.tail.history {
-            let messages = batch.messages.len() as u64;
-            batch.checkpoint = Some((self.tail.name.clone(), last));
-            let durability = if self.durable_at.elapsed() >= DURABLE_EVERY {
-                Durability::Now
-            } else {
-                Durability::Soon
-            };
-            let started = Instant::now();
-            write_until_done(history, batch, durability).await;
-            metrics::histogram!("natter_history_write_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("natter_history_messages_total").increment(messages);
+        let durability = if self.durable_at.elapsed() >= DURABLE_EVERY {
+            Durability::Now
+        } else {
+            Durability::Soon
+        };
+        let note = async {
+            if let Some(noter) = &self.tail.push {
+                noter.note_all(notes).await;
+            }
+        };
+        let write = async {
+            if let Some(history) = &self.tail.history {
+                let messages = batch.messages.len() as u64;
+                batch.checkpoint = Some((self.tail.name.clone(), last));
+                let started = Instant::now();
+                write_until_done(history, batch, durability).await;
+                metrics::histogram!("natter_history_write_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("natter_history_messages_total").increment(messages);
+            }
+        };
+        tokio::join!(note, write);
+        if self.tail.history.is_some() {
             self.written(durability);
         }
         self.last = last;

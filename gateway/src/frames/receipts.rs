@@ -1,14 +1,18 @@
 //! `ack` and `read`: what a device has and what its user read, turned into receipts for
-//! the senders (`crate::receipts` for acks; `crate::marks` for groups).
+//! the senders (`crate::receipts` works out what an ack covers; `crate::marks` collects
+//! and stores them).
 
-use bytes::Bytes;
-use natter_fabric::{now_millis, publish_durable, subjects, watermarks::GroupMark};
+use natter_fabric::{now_millis, watermarks::GroupMark};
 use natter_schemas::{
-    Conversation, ErrorCode, InboxItem, ReceiptItem, ReceiptStatus, ids::check_id,
+    Conversation, ErrorCode, ReceiptItem, ReceiptStatus,
+    ids::{check_id, message_time},
 };
 
 use super::{Pending, Refused, Reply, bad_id};
 use crate::{access::require_member, session::Session};
+
+/// How far ahead of this gateway's clock a message id may be (another gateway's clock).
+const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
 impl Session {
     pub(super) fn on_ack(&mut self, seq: u64) -> Result<Option<Pending>, Reply> {
@@ -29,37 +33,10 @@ impl Session {
         for mark in acked.marks {
             self.app.marks.add(mark);
         }
-        if acked.direct.is_empty() {
-            return Ok(None);
+        for (to, receipt) in acked.direct {
+            self.app.marks.add_receipt(to, receipt);
         }
-        Ok(Some(self.store_receipts(acked.direct)))
-    }
-
-    /// Stores one-on-one receipts in the other sides' inboxes, off the socket's path.
-    fn store_receipts(&self, receipts: Vec<(String, ReceiptItem)>) -> Pending {
-        let app = self.app.clone();
-        Box::pin(async move {
-            for (to, receipt) in receipts {
-                let status = match receipt.status {
-                    ReceiptStatus::Delivered => "delivered",
-                    ReceiptStatus::Read => "read",
-                };
-                // Two devices of one user acking the same message store one receipt.
-                let msg_id = format!(
-                    "rcpt:{}:{}:{status}:{}",
-                    receipt.conv, receipt.by, receipt.id
-                );
-                let item = Bytes::from(InboxItem::Receipt(receipt).to_json());
-                match publish_durable(&app.js, &subjects::inbox(&to), &msg_id, item).await {
-                    Ok(_) => {
-                        metrics::counter!("natter_gateway_receipts_total", "status" => status)
-                            .increment(1);
-                    }
-                    Err(err) => tracing::warn!(error = %err, "receipt not stored"),
-                }
-            }
-            None
-        })
+        Ok(None)
     }
 
     pub(super) fn on_read(
@@ -71,6 +48,14 @@ impl Session {
         let conv = Conversation::parse(conv).map_err(bad_id)?;
         check_id(up_to, "up_to").map_err(bad_id)?;
         let group = self.group_to_check(&conv)?;
+        // A read is a watermark kept for good (history ticks, group receipts): it must name
+        // a message id, made no later than now.
+        if message_time(up_to).is_none_or(|made| made > now_millis() + MAX_CLOCK_SKEW_MS) {
+            return Err(Refused(
+                ErrorCode::BadRequest,
+                "up_to must be a message id".into(),
+            ));
+        }
         let Some(gid) = group else {
             // One-on-one: a `read` receipt (a watermark) for the other side.
             let Some(peer) = conv.peer_of(&self.user).filter(|p| *p != self.user) else {
@@ -84,7 +69,8 @@ impl Session {
                 ts: now_millis(),
                 all: None,
             };
-            return Ok(self.store_receipts(vec![(peer.to_owned(), receipt)]));
+            self.app.marks.add_receipt(peer.to_owned(), receipt);
+            return Ok(Box::pin(async { None }));
         };
         let (app, user) = (self.app.clone(), self.user.clone());
         let senders = self.unacked.senders_up_to(&conv.to_string(), up_to);

@@ -28,12 +28,12 @@ impl Session {
             check_id(reply_to, "reply_to").map_err(bad_id)?;
         }
         let conv = Conversation::of_send(&self.user, &target);
-        let record = MsgRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+        let mut record = MsgRecord {
+            id: String::new(),
             conv: conv.to_string(),
             from: self.user.clone(),
             device: self.device.clone(),
-            ts: now_millis(),
+            ts: 0,
             body: send.body,
             reply_to: send.reply_to,
         };
@@ -56,21 +56,27 @@ impl Session {
             {
                 return Some(refusal.with_ref(reference));
             }
+            // The id is stamped last, just before the store: ids order the messages of a
+            // conversation, and receipts are watermarks over them, so an id made before
+            // slower checks could be stored after a later one and counted as received
+            // while it was not.
+            record.id = uuid::Uuid::now_v7().to_string();
+            record.ts = now_millis();
             let stored = match &target {
                 Target::User(peer) => crate::direct::store(&app, &record, peer, &client_id)
                     .await
-                    .map(|item| (item.id, item.ts))
+                    .map(|item| (item.id, item.conv, item.ts))
                     .map_err(|err| err.to_string()),
                 Target::Group(_) => store_in_msgs(&app, &conv, record, &client_id).await,
             };
             Some(match stored {
-                Ok((id, ts)) => {
+                Ok((id, conv, ts)) => {
                     metrics::histogram!("natter_gateway_send_to_sent_seconds")
                         .record(started.elapsed().as_secs_f64());
                     ServerFrame::Sent(Sent {
                         r#ref: reference,
                         id,
-                        conv: conv.to_string(),
+                        conv,
                         ts,
                     })
                 }
@@ -87,14 +93,14 @@ impl Session {
     }
 }
 
-/// Stores a group message in `MSGS` for the fanout workers; its id and time as stored
-/// (the first attempt's when the client id was sent before).
+/// Stores a group message in `MSGS` for the fanout workers; its id, conversation and time
+/// as stored (the first attempt's when the client id was sent before).
 async fn store_in_msgs(
     app: &App,
     conv: &Conversation,
     record: MsgRecord,
     client_id: &str,
-) -> Result<(String, u64), String> {
+) -> Result<(String, String, u64), String> {
     let subject = subjects::msg(conv);
     let msg_id = format!("{}:{client_id}", record.from);
     let payload = Bytes::from(serde_json::to_vec(&record).expect("records serialize"));
@@ -102,7 +108,7 @@ async fn store_in_msgs(
         .await
         .map_err(|e| e.to_string())?;
     if !ack.duplicate {
-        return Ok((record.id, record.ts));
+        return Ok((record.id, record.conv, record.ts));
     }
     let stored = app
         .msgs
@@ -111,7 +117,7 @@ async fn store_in_msgs(
         .map_err(|e| format!("cannot read the original of a re-sent message: {e}"))?;
     let original: MsgRecord = serde_json::from_slice(&stored.payload)
         .map_err(|e| format!("the original of a re-sent message is unreadable: {e}"))?;
-    Ok((original.id, original.ts))
+    Ok((original.id, original.conv, original.ts))
 }
 
 /// Send tokens a socket takes from its user's bucket at once: one Redis round trip per

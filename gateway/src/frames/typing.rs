@@ -38,7 +38,7 @@ impl Session {
             for other in &others {
                 if let Err(err) = app
                     .nats
-                    .publish(subjects::live(other), payload.clone())
+                    .publish(subjects::notice(other), payload.clone())
                     .await
                 {
                     tracing::debug!(error = %err, "typing notice not relayed");

@@ -1,10 +1,10 @@
 //! One NATS subscription per online user per gateway, and one dispatcher for all of them.
 //!
 //! NATS interest routing is how a user's live traffic finds the gateway holding their
-//! sockets: this gateway subscribes to `live.<uid>` while it holds at least one socket of
+//! sockets: this gateway subscribes to `live.<uid>.*` while it holds at least one socket of
 //! that user, and nowhere is there a table of who is connected where. Inbox items
-//! (republished by JetStream) and typing and presence notices (published by gateways) both
-//! come on that subject.
+//! (republished by JetStream on `live.<uid>.i`) and typing and presence notices (published
+//! by gateways on `live.<uid>.n`) both come through that one subscription.
 //!
 //! What is shared: every live subscription delivers into one channel
 //! (`subscribe_with_sender`, vendor/async-nats/NATTER-PATCH.md), read by one dispatcher
@@ -25,13 +25,13 @@ use std::{
 
 use async_nats::Message;
 use natter_fabric::subjects;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OnceCell, mpsc, watch};
 
 use super::mailbox::{Live, Mailbox};
 
 /// Live messages waiting for the dispatcher, for all sockets together. Beyond this NATS
 /// drops them (a slow-consumer event, which makes every socket check its inbox).
-pub(crate) const DISPATCH_CAPACITY: usize = 64 * 1024;
+pub(crate) const DISPATCH_CAPACITY: usize = 16 * 1024;
 
 /// This gateway's live subscriptions and the sockets they feed.
 #[derive(Clone)]
@@ -54,8 +54,9 @@ struct User {
     /// Tells this user's entry from a later one (after the last socket left and a new
     /// one came).
     generation: u64,
-    /// The subscription id, once the subscribe command went out.
-    sid: Option<u64>,
+    /// The subscription id, once the subscribe command went out. Every socket attaching
+    /// waits for it; when subscribing fails, the next socket to attach tries again.
+    sid: Arc<OnceCell<u64>>,
     sockets: Vec<Arc<Mailbox>>,
 }
 
@@ -105,39 +106,30 @@ impl LiveHub {
             user: user.into(),
             mailbox: mailbox.clone(),
         };
-        let generation = {
+        let (generation, sid) = {
             let mut users = self.inner.users.lock().expect("live users lock");
-            if let Some(entry) = users.get_mut(user) {
-                entry.sockets.push(mailbox);
-                return Ok(attached);
-            }
-            let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
-            users.insert(
-                user.into(),
-                User {
-                    generation,
-                    sid: None,
-                    sockets: vec![mailbox],
-                },
-            );
-            generation
+            let entry = users.entry(user.into()).or_insert_with(|| User {
+                generation: self.inner.next_generation.fetch_add(1, Ordering::Relaxed),
+                sid: Arc::default(),
+                sockets: Vec::new(),
+            });
+            entry.sockets.push(mailbox);
+            (entry.generation, entry.sid.clone())
         };
-        let subscribed = self
-            .inner
-            .nats
-            .subscribe_with_sender(subjects::live(user), self.inner.sink.clone())
-            .await;
-        let sid = match subscribed {
-            Ok(sid) => sid,
-            Err(err) => return Err(err), // dropping `attached` removes the entry
-        };
-        let mut users = self.inner.users.lock().expect("live users lock");
-        match users.get_mut(user) {
-            Some(entry) if entry.generation == generation => entry.sid = Some(sid),
-            // Every socket left while subscribing.
-            _ => {
-                let _ = self.inner.unsubscribe.send(sid);
-            }
+        let subscribed = sid
+            .get_or_try_init(|| {
+                self.inner
+                    .nats
+                    .subscribe_with_sender(subjects::live(user), self.inner.sink.clone())
+            })
+            .await?; // dropping `attached` takes this socket out again
+        let users = self.inner.users.lock().expect("live users lock");
+        if users
+            .get(user)
+            .is_none_or(|entry| entry.generation != generation)
+        {
+            // Every socket left while subscribing: nobody will end this subscription.
+            let _ = self.inner.unsubscribe.send(*subscribed);
         }
         Ok(attached)
     }
@@ -150,8 +142,8 @@ impl LiveHub {
         entry.sockets.retain(|m| !Arc::ptr_eq(m, mailbox));
         if entry.sockets.is_empty() {
             let entry = users.remove(user).expect("present above");
-            if let Some(sid) = entry.sid {
-                let _ = self.inner.unsubscribe.send(sid);
+            if let Some(sid) = entry.sid.get() {
+                let _ = self.inner.unsubscribe.send(*sid);
             }
         }
     }
@@ -193,10 +185,14 @@ impl LiveHub {
                     None => return,
                 },
             };
-            let Some(user) = message.subject.strip_prefix("live.") else {
+            let Some((user, kind)) = message
+                .subject
+                .strip_prefix("live.")
+                .and_then(|rest| rest.rsplit_once('.'))
+            else {
                 continue;
             };
-            let Some(live) = parse(&message) else {
+            let Some(live) = parse(kind, &message) else {
                 continue;
             };
             let users = self.inner.users.lock().expect("live users lock");
@@ -209,20 +205,26 @@ impl LiveHub {
     }
 }
 
-/// An inbox item (republished by JetStream: it carries `Nats-Sequence`), a notice (a
-/// `typing` or `presence` frame), or nothing (anything else is not passed to a socket:
-/// only the inbox makes items).
-fn parse(message: &Message) -> Option<Live> {
+/// An inbox item (`live.<uid>.i`, republished by JetStream: it carries `Nats-Sequence`),
+/// a notice (`live.<uid>.n`: a `typing` or `presence` frame), or nothing: anything else is
+/// passed to no socket.
+fn parse(kind: &str, message: &Message) -> Option<Live> {
     let number = |name: &str| {
         let value = message.headers.as_ref()?.get(name)?;
         value.as_str().parse::<u64>().ok()
     };
-    if let Some(seq) = number("Nats-Sequence") {
+    if kind == "i"
+        && let Some(seq) = number("Nats-Sequence")
+    {
         return Some(Live::Item {
             seq,
             prev: number("Nats-Last-Sequence").unwrap_or(0),
             payload: message.payload.clone(),
         });
+    }
+    if kind != "n" {
+        metrics::counter!("natter_gateway_live_refused_total").increment(1);
+        return None;
     }
     #[derive(serde::Deserialize)]
     struct Probe<'a> {

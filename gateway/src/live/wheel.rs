@@ -3,9 +3,9 @@
 //! A timer per socket is a timer entry and a wakeup per socket per period, and memory in
 //! every socket's task. Here one task walks [`SLOTS`] slots, one each `period / SLOTS`;
 //! each socket waits on the slot it was given when it opened (round robin), so the
-//! sockets' pings are spread over the period instead of all at once. A tick that comes
-//! while its socket is busy is missed, and the next one comes a period later: keepalive
-//! tolerates that (a socket is dropped only after three silent periods).
+//! sockets' pings are spread over the period instead of all at once. A slot is a `watch`
+//! counter, so a tick that comes while its socket is busy is not missed: the socket sees
+//! it as soon as it waits again.
 
 use std::{
     sync::{
@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// How many groups the sockets' ticks are spread over.
 pub(crate) const SLOTS: usize = 64;
@@ -23,13 +23,14 @@ pub(crate) const SLOTS: usize = 64;
 /// The gateway's keepalive timer.
 #[derive(Clone)]
 pub(crate) struct Wheel {
-    slots: Arc<[Notify]>,
+    slots: Arc<[watch::Sender<u64>]>,
     next: Arc<AtomicUsize>,
 }
 
 /// One socket's place on the wheel.
 pub(crate) struct Slot {
-    slots: Arc<[Notify]>,
+    ticks: watch::Receiver<u64>,
+    #[cfg(test)]
     index: usize,
 }
 
@@ -37,7 +38,7 @@ impl Wheel {
     /// Starts turning: every socket's slot comes up once per `period`, until `stop`.
     pub fn start(period: Duration, mut stop: watch::Receiver<bool>) -> Self {
         let wheel = Self {
-            slots: (0..SLOTS).map(|_| Notify::new()).collect(),
+            slots: (0..SLOTS).map(|_| watch::Sender::new(0)).collect(),
             next: Arc::default(),
         };
         let slots = wheel.slots.clone();
@@ -47,7 +48,7 @@ impl Wheel {
             for index in (0..SLOTS).cycle() {
                 tokio::select! {
                     _ = stop.changed() => return,
-                    _ = tick.tick() => slots[index].notify_waiters(),
+                    _ = tick.tick() => slots[index].send_modify(|n| *n += 1),
                 }
             }
         });
@@ -55,17 +56,24 @@ impl Wheel {
     }
 
     pub fn slot(&self) -> Slot {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % SLOTS;
+        let mut ticks = self.slots[index].subscribe();
+        ticks.mark_unchanged();
         Slot {
-            slots: self.slots.clone(),
-            index: self.next.fetch_add(1, Ordering::Relaxed) % SLOTS,
+            ticks,
+            #[cfg(test)]
+            index,
         }
     }
 }
 
 impl Slot {
-    /// Resolves the next time this slot comes up.
-    pub async fn tick(&self) {
-        self.slots[self.index].notified().await;
+    /// Resolves when this slot has come up since the last time it did (at once if that
+    /// happened while the socket was busy); pending forever once the wheel stops.
+    pub async fn tick(&mut self) {
+        if self.ticks.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -78,7 +86,7 @@ mod tests {
         let (_stop, stopped) = watch::channel(false);
         let period = Duration::from_secs(SLOTS as u64);
         let wheel = Wheel::start(period, stopped);
-        let slots: Vec<Slot> = (0..3).map(|_| wheel.slot()).collect();
+        let mut slots: Vec<Slot> = (0..3).map(|_| wheel.slot()).collect();
         assert_eq!(
             slots.iter().map(|s| s.index).collect::<Vec<_>>(),
             [0, 1, 2],
@@ -94,5 +102,10 @@ mod tests {
         let again = tokio::time::Instant::now();
         slots[2].tick().await;
         assert_eq!(again.elapsed(), period, "then once a period");
+        // A tick while the socket was busy is not lost.
+        tokio::time::sleep(period * 2).await;
+        let busy = tokio::time::Instant::now();
+        slots[2].tick().await;
+        assert_eq!(busy.elapsed(), Duration::ZERO, "seen at once");
     }
 }

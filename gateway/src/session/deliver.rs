@@ -2,6 +2,7 @@
 //! (live items, notices, the reconciler's newest sequences), each through the cursor so a
 //! device sees every item once and in order.
 
+use axum::extract::ws::Message;
 use natter_fabric::{StoredItem, now_millis};
 use natter_schemas::inbox::message_ts;
 
@@ -23,14 +24,15 @@ impl Session {
             }
             metrics::counter!("natter_gateway_items_delivered_total", "path" => "catch_up")
                 .increment(items.len() as u64);
-            self.write_items(&items).await?;
+            self.write_items(items).await?;
         }
     }
 
-    /// Everything the mailbox holds, in order; then a repair from the inbox if the
-    /// mailbox had to drop items.
+    /// Everything the mailbox holds, in order, written to the socket in one go; then a
+    /// repair from the inbox if the mailbox had to drop items.
     pub(super) async fn on_mailbox(&mut self) -> Result<(), End> {
         let drained = self.mailbox.drain();
+        let mut out = Vec::with_capacity(drained.items.len());
         for live in drained.items {
             match live {
                 Live::Item { seq, prev, payload } => {
@@ -38,10 +40,10 @@ impl Session {
                         .cursor
                         .on_live(&self.user, &self.app.inbox, (seq, prev, payload))
                         .await;
-                    self.forward(items, true).await?;
+                    self.take(items, true, &mut out)?;
                 }
                 Live::Notice(notice) => match String::from_utf8(notice.to_vec()) {
-                    Ok(text) => self.write(text).await?,
+                    Ok(text) => out.push(Out::Notice(text)),
                     Err(_) => tracing::warn!("a notice that is not UTF-8; dropped"),
                 },
                 Live::Newest(newest) => {
@@ -49,32 +51,35 @@ impl Session {
                         .cursor
                         .reconcile_to(&self.user, &self.app.inbox, newest)
                         .await;
-                    self.forward(items, false).await?;
+                    self.take(items, false, &mut out)?;
                 }
             }
         }
         if drained.repair {
             metrics::counter!("natter_gateway_mailbox_repairs_total").increment(1);
+            // The newest sequence comes from a replica, which may lag: check again soon.
+            self.app.opened.note(&self.user);
             match self.app.inbox.last_seq(&self.user).await {
                 Ok(newest) => {
                     let items = self
                         .cursor
                         .reconcile_to(&self.user, &self.app.inbox, newest)
                         .await;
-                    self.forward(items, false).await?;
+                    self.take(items, false, &mut out)?;
                 }
                 Err(err) => self.retry_later(&err),
             }
         }
-        Ok(())
+        self.write_out(out).await
     }
 
-    /// Writes what a live item (`live`: the item last, any repaired gap before it) or a
-    /// reconcile produced.
-    async fn forward(
+    /// Adds what a live item (`live`: the item last, any repaired gap before it) or a
+    /// reconcile produced to `out`.
+    fn take(
         &mut self,
         items: Result<Vec<StoredItem>, DeliveryError>,
         live: bool,
+        out: &mut Vec<Out>,
     ) -> Result<(), End> {
         match items {
             Ok(items) => {
@@ -87,9 +92,8 @@ impl Session {
                     .increment((items.len() - recovered) as u64);
                 metrics::counter!("natter_gateway_items_delivered_total", "path" => "recovered")
                     .increment(recovered as u64);
-                self.write_items(&items).await?;
                 // End to end for messages delivered live: from the gateway that accepted the
-                // send (its `ts`) to this write. Catch-up items would measure offline time.
+                // send (its `ts`) to now. Catch-up items would measure offline time.
                 if let Some(ts) = items
                     .last()
                     .filter(|_| live)
@@ -99,6 +103,7 @@ impl Session {
                     metrics::histogram!("natter_gateway_send_to_deliver_seconds")
                         .record(millis as f64 / 1000.0);
                 }
+                out.extend(items.into_iter().map(Out::Item));
                 Ok(())
             }
             Err(DeliveryError::TooFarBehind(n)) => Err(End::Behind(format!(
@@ -117,15 +122,52 @@ impl Session {
         self.app.opened.note(&self.user);
     }
 
-    async fn write_items(&mut self, items: &[StoredItem]) -> Result<(), End> {
-        for item in items {
-            self.unacked.track(&self.user, item.seq, &item.payload);
-            match natter_schemas::inbox::with_seq(item.seq, &item.payload) {
-                Some(frame) => self.write(frame).await?,
-                None => tracing::error!(seq = item.seq, "inbox item is not a JSON object; skipped"),
+    async fn write_items(&mut self, items: Vec<StoredItem>) -> Result<(), End> {
+        self.write_out(items.into_iter().map(Out::Item).collect())
+            .await
+    }
+
+    /// Writes inbox items (noting what each ack will cover) and notices, in order, one
+    /// flush per [`WRITE_CHUNK`] bytes.
+    async fn write_out(&mut self, out: Vec<Out>) -> Result<(), End> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut frames = Vec::with_capacity(out.len());
+        let mut bytes = 0;
+        for next in out {
+            if bytes >= WRITE_CHUNK {
+                self.send_all(std::mem::take(&mut frames)).await?;
+                bytes = 0;
+            }
+            match next {
+                Out::Item(item) => match natter_schemas::inbox::frame(item.seq, &item.payload) {
+                    Some(framed) => {
+                        bytes += framed.frame.len();
+                        self.unacked.track(&self.user, item.seq, framed.message);
+                        frames.push(Message::Text(framed.frame.into()));
+                    }
+                    None => {
+                        tracing::error!(seq = item.seq, "inbox item is not a JSON object; skipped")
+                    }
+                },
+                Out::Notice(text) => {
+                    bytes += text.len();
+                    frames.push(Message::Text(text.into()));
+                }
             }
         }
+        self.send_all(frames).await?;
         self.mailbox.set_sent(self.cursor.last());
         Ok(())
     }
+}
+
+/// Bytes of frames written per flush (each flush has its own write deadline).
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// What goes out to the socket.
+pub(super) enum Out {
+    Item(StoredItem),
+    Notice(String),
 }

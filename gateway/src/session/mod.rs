@@ -233,7 +233,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>, slot: Slot, newest: u64) -> End {
+    async fn run(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut slot: Slot,
+        newest: u64,
+    ) -> End {
         let limits = self.app.config.limits.clone();
         if let Err(end) = self.catch_up(newest).await {
             return end;
@@ -277,12 +282,20 @@ impl Session {
     }
 
     async fn send(&mut self, message: Message) -> Result<(), End> {
-        match timeout(
-            self.app.config.limits.write_timeout(),
-            self.sink.send(message),
-        )
-        .await
-        {
+        self.send_all(std::iter::once(message)).await
+    }
+
+    /// Writes `messages` and flushes once (one syscall for a burst of items, not one
+    /// each), within `write_timeout` for them all.
+    async fn send_all(&mut self, messages: impl IntoIterator<Item = Message>) -> Result<(), End> {
+        let sink = &mut self.sink;
+        let write = async move {
+            for message in messages {
+                sink.feed(message).await?;
+            }
+            sink.flush().await
+        };
+        match timeout(self.app.config.limits.write_timeout(), write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Peer),
             Err(_) => Err(End::Behind("client too slow to read".to_owned())),

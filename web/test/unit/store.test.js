@@ -45,6 +45,25 @@ describe('store', () => {
     }
   });
 
+  it('shows one\'s own message once while its echo has come and its sent has not', () => {
+    const state = store.emptyState();
+    store.addOutgoing(state, 'alice', CONV, { clientId: 'c1', body: text('hi'), ts: 1 });
+    store.addOutgoing(state, 'alice', CONV, { clientId: 'c2', body: text('there'), ts: 1 });
+    store.applyItem(state, 'alice', msg('05', 'alice', 'hi'));
+    const shown = () => state.convs[CONV].messages.map((m) => [m.id, m.body.text, m.status]);
+    assert.deepEqual(shown(), [['05', 'hi', 'sent'], [undefined, 'there', 'pending']]);
+    store.markSent(state, 'alice', { clientId: 'c1', id: '05', conv: CONV, ts: 2 });
+    store.markSent(state, 'alice', { clientId: 'c2', id: '06', conv: CONV, ts: 2 });
+    store.applyItem(state, 'alice', msg('06', 'alice', 'there'));
+    assert.deepEqual(shown(), [['05', 'hi', 'sent'], ['06', 'there', 'sent']]);
+    // Another device's message with the same text as a pending one: both end up shown.
+    store.addOutgoing(state, 'alice', CONV, { clientId: 'c3', body: text('ok'), ts: 3 });
+    store.applyItem(state, 'alice', msg('07', 'alice', 'ok'));
+    store.markSent(state, 'alice', { clientId: 'c3', id: '08', conv: CONV, ts: 3 });
+    store.applyItem(state, 'alice', msg('08', 'alice', 'ok'));
+    assert.deepEqual(shown().slice(2), [['07', 'ok', 'sent'], ['08', 'ok', 'sent']]);
+  });
+
   it('raises ticks and never lowers them; a receipt covers earlier messages', () => {
     const state = store.emptyState();
     for (const id of ['01', '02', '03', '04']) store.applyItem(state, 'alice', msg(id, 'alice', id));
