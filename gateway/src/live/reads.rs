@@ -8,7 +8,11 @@
 //! 25,000 for concurrent single direct gets and 4,300 one after another
 //! (../shared/NATS-NOTES.md). async-nats has no call for a request with many answers, so
 //! the answers come on one wildcard subscription of this gateway's own
-//! (`_INBOX.<id>.reads.<n>`) and are routed to the request by its last token.
+//! (`_INBOX.<id>.reads.<n>`) and are routed to the request by its last token. That
+//! subscription delivers into a channel of [`ANSWERS_CAPACITY`]: one request is answered by
+//! up to 1,001 messages at once and a reconnect storm runs many requests together, so the
+//! library's default (1,024 messages) dropped answers as a slow consumer, the requests
+//! timed out, and the slow-consumer event set off a reconcile round of more reads.
 //!
 //! Direct gets are answered by any replica, which may lag the leader by a moment: callers
 //! use the result to catch up or to notice lost republishes, and the reconcile that
@@ -24,7 +28,6 @@ use std::{
 };
 
 use async_nats::Message;
-use futures_util::StreamExt;
 use natter_fabric::{streams, subjects};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -34,6 +37,8 @@ pub(crate) const MAX_SUBJECTS: usize = 1_000;
 const GATHER: Duration = Duration::from_millis(2);
 /// How long a request's answers may take.
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// Answers waiting to be routed to their requests (a few dozen full requests).
+const ANSWERS_CAPACITY: usize = 64 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum ReadError {
@@ -57,6 +62,8 @@ pub(crate) struct Reads {
 struct Inner {
     nats: async_nats::Client,
     prefix: String,
+    /// The answers' subscription, to tell its slow-consumer events from live ones.
+    sid: u64,
     next: AtomicU64,
     /// Request token → where its answers go.
     answers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
@@ -69,11 +76,15 @@ impl Reads {
     /// Subscribes to the answers and starts the batcher.
     pub async fn start(nats: async_nats::Client) -> Result<Self, async_nats::SubscribeError> {
         let prefix = format!("{}.reads.", nats.new_inbox());
-        let answers = nats.subscribe(format!("{prefix}*")).await?;
+        let (sink, answers) = mpsc::channel(ANSWERS_CAPACITY);
+        let sid = nats
+            .subscribe_with_sender(format!("{prefix}*"), sink)
+            .await?;
         let reads = Self {
             inner: Arc::new(Inner {
                 nats,
                 prefix,
+                sid,
                 next: AtomicU64::new(1),
                 answers: Mutex::default(),
                 waiting: Mutex::default(),
@@ -83,6 +94,12 @@ impl Reads {
         tokio::spawn(reads.clone().route(answers));
         tokio::spawn(reads.clone().gather());
         Ok(reads)
+    }
+
+    /// The subscription the answers come on: answers it drops cost a retry of their read,
+    /// never a live item.
+    pub fn answers_sid(&self) -> u64 {
+        self.inner.sid
     }
 
     /// The newest sequence of `user`'s inbox (0 when empty), read together with the other
@@ -158,8 +175,8 @@ impl Reads {
     }
 
     /// Routes each answer to its request.
-    async fn route(self, mut answers: async_nats::Subscriber) {
-        while let Some(message) = answers.next().await {
+    async fn route(self, mut answers: mpsc::Receiver<Message>) {
+        while let Some(message) = answers.recv().await {
             let Some(token) = message
                 .subject
                 .strip_prefix(self.inner.prefix.as_str())

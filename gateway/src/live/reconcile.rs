@@ -11,8 +11,8 @@
 //! - users whose first socket opened a second ago;
 //! - every user here, every `every` (30 s by default);
 //! - every user here, a second after an `INBOX` leader-elected advisory, this gateway's
-//!   own NATS reconnect, or a slow-consumer event (triggers within that second are
-//!   coalesced into one round that runs after them all).
+//!   own NATS reconnect, or a slow-consumer event on the live subscriptions (triggers
+//!   within that second are coalesced into one round that runs after them all).
 //!
 //! A round whose read fails (mid-election) is tried again a second later.
 
@@ -91,6 +91,12 @@ async fn run(
             Some(_) = advisories.next() => Some("inbox leader elected"),
             event = events.recv() => match event {
                 Ok(Event::Connected) => Some("NATS reconnected"),
+                // Dropped read answers time their read out and it is tried again; only
+                // dropped live items need a round.
+                Ok(Event::SlowConsumer(sid)) if sid == reads.answers_sid() => {
+                    metrics::counter!("natter_gateway_read_answers_dropped_total").increment(1);
+                    continue;
+                }
                 Ok(Event::SlowConsumer(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     Some("slow consumer")
                 }
