@@ -39,7 +39,11 @@
 # (Natter sweep), DM_SECONDS (10), PAIRS (50), RAW_SECONDS (6, ≥ 5), FLOOR_SECONDS (6),
 # LAT_SECONDS (10), HALF_RATE (raw-lat rate when no sweep ran: 1000), FANOUT_MEMBERS
 # (1024), FANOUT_ROUNDS (30), IDLE_GATEWAYS (10), IDLE_PER_GATEWAY (19500), IDLE_REST (30),
-# STORM_GATEWAYS (3), STORM_USERS (50000), XMPP_RATES_NOMAM, XMPP_RATES_PG, XMPP_SECONDS (10).
+# STORM_GATEWAYS (3), STORM_USERS (50000), XMPP_RATES_NOMAM, XMPP_RATES_PG, XMPP_SECONDS (10),
+# SETTLE_BUSY (15) and SETTLE_MAX (90): before each step the run waits, at most SETTLE_MAX
+# seconds, until the CPU is at most SETTLE_BUSY % busy over a second (the teardown of a
+# step with 195,000 sockets otherwise ran into the next: every repeat of the first run
+# was void, raw-after 18-69 % below raw-before).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -66,6 +70,8 @@ STORM_USERS=${STORM_USERS:-50000}
 XMPP_RATES_NOMAM=${XMPP_RATES_NOMAM:-1000 2000 4000 8000 12000 16000 20000}
 XMPP_RATES_PG=${XMPP_RATES_PG:-500 1000 2000 3000 4000}
 XMPP_SECONDS=${XMPP_SECONDS:-10}
+SETTLE_BUSY=${SETTLE_BUSY:-15}
+SETTLE_MAX=${SETTLE_MAX:-90}
 mkdir -p "$OUT" "$ROOT/.run/logs"
 echo "results in $OUT" >&2
 
@@ -156,6 +162,22 @@ bench() { "$TARGET/natter-bench" "$@"; }
 # The offered rate of the sweep's half-peak run in $1 (its top-level "peak_per_s" / 2).
 half_rate() { sed -n 's/^  "peak_per_s": \([0-9.]*\),\{0,1\}$/\1/p' "$1" | awk '{printf "%d", $1 / 2 + 0.5}'; }
 load_flag() { awk '$1 > 1 {print "  (1-minute load above 1 at start: flagged)"}' "$1"; }
+busy_percent() {  # CPU busy % over the next second, from /proc/stat
+  local a b
+  a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN {split(a, x, " "); split(b, y, " "); busy = y[1] - x[1]; idle = y[2] - x[2]; printf "%d", 100 * busy / (busy + idle + 1e-9)}'
+}
+settle() {  # waits (at most SETTLE_MAX s) until the CPU is quiet: the last step's teardown
+  # (195,000 sockets closing, say) must not run into the next step's measurement
+  local i busy=100
+  for i in $(seq "$SETTLE_MAX"); do
+    busy=$(busy_percent)
+    [ "$busy" -le "$SETTLE_BUSY" ] && break
+  done
+  echo "settled: CPU ${busy} % busy after ${i} s" >&2
+}
 
 cp /proc/loadavg "$OUT/loadavg-start"
 echo "load at start: $(cat "$OUT/loadavg-start")$(load_flag "$OUT/loadavg-start")" >&2
@@ -166,6 +188,7 @@ for repeat in $(seq "$REPEATS"); do
   cp /proc/loadavg "$DIR/loadavg-start"
   half=${HALF_RATE:-1000}
   for step in "${CYCLE[@]}"; do
+    settle
     echo "== r$repeat $step ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))" >&2
     case $step in
       raw-before|raw-after)

@@ -26,6 +26,9 @@ use crate::{
 pub const CONNECTING: usize = 512;
 /// How long any phase may take before what is missing counts as lost.
 pub const PHASE_LIMIT: Duration = Duration::from_secs(180);
+/// The first and the longest pause before a refused reconnect is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MOST: Duration = Duration::from_secs(4);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Phase {
@@ -43,7 +46,11 @@ pub struct CaughtUp {
     pub doubled: u64,
     /// Messages at or before the device's cursor sent again.
     pub replayed: u64,
+    /// Devices that could not connect within [`PHASE_LIMIT`].
     pub connect_failed: u64,
+    /// Connect attempts refused (a 503 while the gateway is busy, say) and tried again, as
+    /// a phone does.
+    pub connect_retried: u64,
     /// From the reconnect order to the last device caught up.
     pub last_s: f64,
     /// Per device: reconnect order → all its new messages.
@@ -202,6 +209,7 @@ pub async fn reconnect_all(
         doubled: 0,
         replayed: 0,
         connect_failed: 0,
+        connect_retried: 0,
         last_s: 0.0,
         catch_up_ms: Latency::default(),
     };
@@ -210,6 +218,7 @@ pub async fn reconnect_all(
         report.replayed += o.replayed;
         report.lost += expected.saturating_sub(o.new) as u64;
         report.connect_failed += u64::from(o.connect_failed);
+        report.connect_retried += o.connect_retried;
         if let Some(done) = o.done {
             report.complete += 1;
             report.last_s = report.last_s.max(done.as_secs_f64());
@@ -225,6 +234,7 @@ struct Outcome {
     doubled: u64,
     replayed: u64,
     connect_failed: bool,
+    connect_retried: u64,
     done: Option<Duration>,
 }
 
@@ -243,20 +253,38 @@ async fn catch_up(
         doubled: 0,
         replayed: 0,
         connect_failed: false,
+        connect_retried: 0,
         done: None,
     };
-    let socket = {
-        let _slot = handshakes.acquire().await.expect("never closed");
-        match token(secret, &device.user) {
-            Ok(token) => net::connect(gateway, source, &token, "d0", Some(device.cursor)).await,
-            Err(e) => Err(e),
+    let deadline = storm + PHASE_LIMIT;
+    // A refused attempt is tried again after a pause that grows, as a phone does; the
+    // pauses are spread so the retries do not come back as one wave.
+    let spread = {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(&device.user) % 250
+    };
+    let mut pause = RETRY_FIRST + Duration::from_millis(spread);
+    let mut socket = loop {
+        let attempt = {
+            let _slot = handshakes.acquire().await.expect("never closed");
+            match token(secret, &device.user) {
+                Ok(token) => net::connect(gateway, source, &token, "d0", Some(device.cursor)).await,
+                Err(e) => Err(e),
+            }
+        };
+        match attempt {
+            Ok(socket) => break socket,
+            Err(_) if Instant::now() + pause < deadline => {
+                outcome.connect_retried += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MOST);
+            }
+            Err(_) => {
+                outcome.connect_failed = true;
+                return outcome;
+            }
         }
     };
-    let Ok(mut socket) = socket else {
-        outcome.connect_failed = true;
-        return outcome;
-    };
-    let deadline = storm + PHASE_LIMIT;
     while outcome.new < expected {
         let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), socket.next()).await
         else {

@@ -87,6 +87,7 @@ pub struct Reconnects {
     pub doubled: u64,
     pub replayed: u64,
     pub connect_failed: u64,
+    pub connect_retried: u64,
     pub catch_up_ms_by_process: Vec<Latency>,
 }
 
@@ -111,6 +112,7 @@ impl Reconnects {
             all.doubled += c.doubled;
             all.replayed += c.replayed;
             all.connect_failed += c.connect_failed;
+            all.connect_retried += c.connect_retried;
             all.catch_up_ms_by_process.push(c.catch_up_ms);
         }
         let cpu = window.finish(all.complete, "reconnect");
@@ -125,10 +127,10 @@ impl Reconnects {
         cpu: &CpuReport,
     ) -> Vec<String> {
         let mut lines = vec![
-            "devices  servers  msgs/device  all caught up s  complete  lost  doubled  replayed"
+            "devices  servers  msgs/device  all caught up s  complete  lost  doubled  replayed  retried"
                 .into(),
             format!(
-                "{:>7} {:>8} {:>12} {:>16.2} {:>9} {:>5} {:>8} {:>9}",
+                "{:>7} {:>8} {:>12} {:>16.2} {:>9} {:>5} {:>8} {:>9} {:>8}",
                 users,
                 servers,
                 messages,
@@ -136,7 +138,8 @@ impl Reconnects {
                 self.complete,
                 self.lost,
                 self.doubled,
-                self.replayed
+                self.replayed,
+                self.connect_retried
             ),
         ];
         lines.extend(cpu.table());

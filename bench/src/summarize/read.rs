@@ -193,6 +193,7 @@ pub fn counts(repeats: &[Repeat], peers: &Path) -> anyhow::Result<Counts> {
                 ("doubled", "/doubled"),
                 ("replayed", "/replayed"),
                 ("connect failed", "/connect_failed"),
+                ("connect retried", "/connect_retried"),
             ],
         ),
         (
@@ -202,6 +203,7 @@ pub fn counts(repeats: &[Repeat], peers: &Path) -> anyhow::Result<Counts> {
                 ("doubled", "/doubled"),
                 ("replayed", "/replayed"),
                 ("connect failed", "/connect_failed"),
+                ("connect retried", "/connect_retried"),
             ],
         ),
     ];
