@@ -29,13 +29,7 @@
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{
-        self,
-        consumer::{AckPolicy, PriorityPolicy, pull},
-    },
-};
+use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use natter_fabric::{
@@ -47,7 +41,7 @@ use natter_fabric::{
 use natter_schemas::{Conversation, InboxItem};
 use tokio::sync::watch;
 
-use crate::{SETUP_PATIENCE, Task, WorkerError, stopped};
+use crate::{Pinned, Task, WorkerError, stopped};
 
 /// Most messages fanned out per batch.
 pub const BATCH: usize = 256;
@@ -55,7 +49,12 @@ pub const BATCH: usize = 256;
 pub const PIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Unacked messages are redelivered after this (a batch takes milliseconds).
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
-const GROUP: &str = "fanout";
+const PINNED: Pinned = Pinned {
+    group: "fanout",
+    ack_wait: ACK_WAIT,
+    max_ack_pending: 2 * BATCH as i64,
+    pin_timeout: PIN_TIMEOUT,
+};
 
 /// Creates (or joins) the partition consumers and returns one task per partition.
 pub async fn start(
@@ -67,21 +66,8 @@ pub async fn start(
     let mut tasks: Vec<Task> = Vec::new();
     for p in 0..subjects::PARTITIONS {
         let name = format!("fanout-{p}");
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            filter_subject: subjects::msg_partition(p),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            max_ack_pending: 2 * BATCH as i64,
-            priority_policy: PriorityPolicy::PinnedClient,
-            priority_groups: vec![GROUP.to_owned()],
-            priority_timeout: PIN_TIMEOUT,
-            ..Default::default()
-        };
-        let consumer: jetstream::consumer::PullConsumer =
-            streams::with_patience(&name, SETUP_PATIENCE, || {
-                stream.create_consumer(config.clone())
-            })
+        let consumer = PINNED
+            .consumer(&stream, &name, subjects::msg_partition(p))
             .await?;
         let fanout = Fanout {
             js: js.clone(),
@@ -110,7 +96,7 @@ async fn partition(
 ) -> Result<(), WorkerError> {
     let messages = consumer
         .stream()
-        .group(GROUP)
+        .group(PINNED.group)
         .max_messages_per_batch(BATCH)
         .expires(PIN_TIMEOUT / 4)
         .messages()

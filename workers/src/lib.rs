@@ -106,6 +106,45 @@ pub const MIN_SUBSCRIPTION_CAPACITY: usize = 8 * 1024;
 /// How long start-up waits for JetStream to answer (a fresh cluster takes seconds).
 pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
+/// The durable consumers of a partitioned worker (fanout, receipts): one per partition,
+/// explicit acks, pinned to one client of `group` at a time, so each partition is processed
+/// by one task in stream order; a standby worker takes a partition over when its holder has
+/// not pulled for `pin_timeout`.
+pub(crate) struct Pinned {
+    pub group: &'static str,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    pub pin_timeout: Duration,
+}
+
+impl Pinned {
+    /// Creates (or joins) consumer `name` of `stream` on `filter_subject`.
+    pub(crate) async fn consumer(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream<()>,
+        name: &str,
+        filter_subject: String,
+    ) -> Result<async_nats::jetstream::consumer::PullConsumer, WorkerError> {
+        use async_nats::jetstream::consumer::{AckPolicy, PriorityPolicy, pull};
+        let config = pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_ack_pending: self.max_ack_pending,
+            priority_policy: PriorityPolicy::PinnedClient,
+            priority_groups: vec![self.group.to_owned()],
+            priority_timeout: self.pin_timeout,
+            ..Default::default()
+        };
+        let consumer = natter_fabric::streams::with_patience(name, SETUP_PATIENCE, || {
+            stream.create_consumer(config.clone())
+        })
+        .await?;
+        Ok(consumer)
+    }
+}
+
 /// Runs the `kind` workers until `shutdown` completes. Work in progress at shutdown is
 /// not acked and is redelivered to another worker.
 pub async fn run(

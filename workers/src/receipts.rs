@@ -24,10 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{
-    self,
-    consumer::{AckPolicy, PriorityPolicy, pull},
-};
+use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::{StreamExt, future::join_all};
 use natter_fabric::{
@@ -38,7 +35,7 @@ use natter_fabric::{
 use natter_schemas::{InboxItem, ReceiptItem, ReceiptStatus};
 use tokio::sync::watch;
 
-use crate::{SETUP_PATIENCE, Task, WorkerError, stopped};
+use crate::{Pinned, Task, WorkerError, stopped};
 
 /// Events handled per batch.
 const BATCH: usize = 256;
@@ -48,7 +45,12 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// A pinned worker that stops pulling this long loses its partitions to a standby one.
 const PIN_TIMEOUT: Duration = Duration::from_secs(10);
-const GROUP: &str = "receipts";
+const PINNED: Pinned = Pinned {
+    group: "receipts",
+    ack_wait: ACK_WAIT,
+    max_ack_pending: 20_000,
+    pin_timeout: PIN_TIMEOUT,
+};
 /// Groups whose state a partition task keeps in memory; beyond this, the ones untouched
 /// longest (and checkpointed) are dropped and loaded again when needed.
 const MAX_LOADED: usize = 10_000;
@@ -66,22 +68,7 @@ pub async fn start(
     let mut tasks: Vec<Task> = Vec::new();
     for p in 0..subjects::PARTITIONS {
         let name = format!("receipts-{p}");
-        let config = pull::Config {
-            durable_name: Some(name.clone()),
-            filter_subject: subjects::rcpt(p),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
-            max_ack_pending: 20_000,
-            priority_policy: PriorityPolicy::PinnedClient,
-            priority_groups: vec![GROUP.to_owned()],
-            priority_timeout: PIN_TIMEOUT,
-            ..Default::default()
-        };
-        let consumer: jetstream::consumer::PullConsumer =
-            streams::with_patience(&name, SETUP_PATIENCE, || {
-                stream.create_consumer(config.clone())
-            })
-            .await?;
+        let consumer = PINNED.consumer(&stream, &name, subjects::rcpt(p)).await?;
         let partition = Partition {
             js: js.clone(),
             groups: groups.clone(),
@@ -135,7 +122,7 @@ impl Partition {
     ) -> Result<(), WorkerError> {
         let messages = consumer
             .stream()
-            .group(GROUP)
+            .group(PINNED.group)
             .max_messages_per_batch(BATCH)
             .expires(PIN_TIMEOUT / 4)
             .messages()
