@@ -2,7 +2,8 @@
 # Extra gateways for the socket-heavy scenarios (idle, storm): `bench/gateways.sh K`
 # starts K gateway processes on 127.0.0.1:8101…(8100+K), metrics on 9501…, against the
 # cluster and Redis of a running `scripts/up`, each allowed 19,900 connections (this
-# machine caps open files at 20,000 per process: ../shared/LIMITS.md) and without the send
+# machine caps open files at 20,000 per process: ../shared/LIMITS.md), with no cap per
+# client address (the load tools connect from one) and without the send
 # rate limit. Writes their PIDs, comma-separated, to .run/bench-gateways.pids and their
 # addresses to .run/bench-gateways.addrs; stops them on Ctrl-C.
 # Build first: cargo build --release -p natter-gateway (CARGO_PROFILE picks another).
@@ -17,6 +18,8 @@ mkdir -p "$RUN/logs"
 cat >"$RUN/bench-gateway.toml" <<TOML
 [limits]
 max_connections = 19900
+# The load tools connect from one address.
+max_connections_per_address = 0
 send_per_sec = 0.0
 TOML
 

@@ -29,7 +29,12 @@ pub enum AuthError {
     BadIdentity(#[from] natter_schemas::IdError),
     #[error("unsupported algorithm {0}: use HS256, RS256 or EdDSA")]
     UnsupportedAlgorithm(String),
+    #[error("a token may live at most {MAX_TOKEN_TTL_SECS} s (asked for {0} s)")]
+    Lifetime(u64),
 }
+
+/// Longest lifetime of a token minted here (30 days): a leaked token stops working.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
 
 /// The claims Natter reads. `exp` is required; `device` optionally names the device.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +62,9 @@ pub enum Audience {
 pub struct Identity {
     pub user: String,
     pub device: Option<String>,
+    /// The token's `exp`: seconds since the epoch after which it no longer vouches for the
+    /// user (a socket opened with it is closed then).
+    pub expires_at: u64,
 }
 
 /// Checks tokens with one pinned algorithm and key.
@@ -137,6 +145,7 @@ impl Verifier {
         Ok(Identity {
             user: data.claims.sub,
             device: data.claims.device,
+            expires_at: data.claims.exp,
         })
     }
 }
@@ -153,6 +162,9 @@ pub fn mint_hs256(
     check_id(user, "user id")?;
     if let Some(device) = device {
         check_id(device, "device id")?;
+    }
+    if ttl_secs == 0 || ttl_secs > MAX_TOKEN_TTL_SECS {
+        return Err(AuthError::Lifetime(ttl_secs));
     }
     let claims = Claims {
         sub: user.to_owned(),
@@ -209,18 +221,24 @@ mod tests {
     #[test]
     fn a_good_token_yields_its_user_and_device() {
         let v = Verifier::hs256(SECRET, None, None).unwrap();
-        let id = v
-            .verify(&sign(Algorithm::HS256, &claims(60), SECRET))
-            .unwrap();
+        let claims = claims(60);
+        let id = v.verify(&sign(Algorithm::HS256, &claims, SECRET)).unwrap();
         assert_eq!(
             id,
             Identity {
                 user: "alice".into(),
-                device: Some("phone".into())
+                device: Some("phone".into()),
+                expires_at: claims.exp,
             }
         );
         let minted = mint_hs256(SECRET, "bob", None, 60, None, None).unwrap();
         assert_eq!(v.verify(&minted).unwrap().user, "bob");
+        for ttl in [0, MAX_TOKEN_TTL_SECS + 1] {
+            assert!(matches!(
+                mint_hs256(SECRET, "bob", None, ttl, None, None),
+                Err(AuthError::Lifetime(_))
+            ));
+        }
     }
 
     #[test]

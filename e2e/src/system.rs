@@ -17,8 +17,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{cluster::NatsCluster, redis::RedisServer};
 
-/// The HS256 secret the test gateways use.
-pub const SECRET: &str = "e2e-secret-of-at-least-32-bytes-long";
+/// The HS256 secret the test gateways use: the development one, as `scripts/up` does, since
+/// the browser tests sign in through development sign-in, which signs with nothing else.
+pub const SECRET: &str = natter_gateway::config::DEV_JWT_SECRET;
+
+/// Makes a test gateway verify tokens signed with [`SECRET`] (development mode).
+pub fn use_test_secret(config: &mut Config) {
+    config.jwt.secret = None;
+    config.jwt.allow_dev_secret = true;
+}
 
 pub struct System {
     pub gateways: Vec<SocketAddr>,
@@ -69,6 +76,8 @@ pub struct Options {
     /// send thousands of messages are not slowed) and burst.
     pub send_per_sec: f64,
     pub send_burst: f64,
+    /// Groups a user may create a day (`limits.groups_per_day`; 0: no cap).
+    pub groups_per_day: u32,
     /// How long a socket stays online without a heartbeat (short, so tests see expiry).
     pub presence_ttl_ms: u64,
     /// Push workers (with the workers) delivering to this webhook; none: no push.
@@ -82,6 +91,7 @@ impl Default for Options {
             workers: 2,
             send_per_sec: 0.0,
             send_burst: 1.0,
+            groups_per_day: 0,
             presence_ttl_ms: 3_000,
             push: None,
         }
@@ -157,10 +167,11 @@ fn start(options: Options) -> System {
                         metrics_listen: None,
                         ..Config::default()
                     };
-                    config.jwt.secret = Some(SECRET.to_owned());
+                    use_test_secret(&mut config);
                     config.limits.reconcile_every_ms = options.reconcile_every_ms;
                     config.limits.send_per_sec = options.send_per_sec;
                     config.limits.send_burst = options.send_burst;
+                    config.limits.groups_per_day = options.groups_per_day;
                     config.redis.url.clone_from(&redis_url);
                     config.presence.ttl_ms = options.presence_ttl_ms;
                     config.presence.sweep_every_ms = 250;
@@ -412,7 +423,7 @@ impl ExtraGateway {
         config.limits.send_per_sec = 0.0;
         configure(&mut config);
         config.listen = addr;
-        config.jwt.secret = Some(SECRET.to_owned());
+        use_test_secret(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(natter_gateway::run(listener, config, async move {
             let _ = stopped.await;

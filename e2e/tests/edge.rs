@@ -156,7 +156,7 @@ async fn the_gateway_serves_wss_and_https_with_the_certificate_it_is_given() {
         metrics_listen: None,
         ..Default::default()
     };
-    config.jwt.secret = Some(natter_e2e::system::SECRET.to_owned());
+    natter_e2e::system::use_test_secret(&mut config);
     config.redis.url.clone_from(&sys.redis_url);
     config.tls.cert_file = Some(cert_file);
     config.tls.key_file = Some(key_file);
@@ -250,4 +250,269 @@ async fn the_gateway_serves_wss_and_https_with_the_certificate_it_is_given() {
     assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
     let _ = stop.send(());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The status code of the response `stream` gets within `patience`, if any.
+async fn status_within(stream: &mut TcpStream, patience: Duration) -> Option<u16> {
+    let mut head = [0u8; 12];
+    match tokio::time::timeout(patience, stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) => String::from_utf8_lossy(&head[9..12]).parse().ok(),
+        _ => None,
+    }
+}
+
+/// A request head with a promised body of which only the first byte comes.
+async fn stalled_post(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Slowloris on request bodies, and one host holding every connection slot: a request
+/// without a token is answered before its body is read, a body that does not come is
+/// given up after the body deadline, one address holds at most its share of the slots,
+/// and a client elsewhere still connects and chats.
+#[tokio::test]
+async fn stalled_bodies_and_one_host_s_flood_do_not_keep_others_out() {
+    const FLOOD: usize = 800;
+    let gw = gateway("stalled-bodies", |c| {
+        c.limits.body_timeout_ms = 1_000;
+        c.limits.handshake_timeout_ms = 60_000;
+        c.limits.max_connections = 600;
+        c.limits.max_connections_per_address = 200;
+        c.web.dev_sign_in = true;
+    })
+    .await;
+
+    let mut unauthenticated = stalled_post(gw.addr, "/v1/devices").await;
+    assert_eq!(
+        status_within(&mut unauthenticated, Duration::from_secs(2)).await,
+        Some(401),
+        "no token: refused before the body"
+    );
+    let mut sign_in = stalled_post(gw.addr, "/v1/dev/sign-in").await;
+    assert_eq!(
+        status_within(&mut sign_in, Duration::from_secs(5)).await,
+        Some(408),
+        "a sign-in body that never comes is given up"
+    );
+
+    // One host (127.0.0.2) opens more connections than the gateway has slots, each with
+    // half a request head.
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(gw.addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        flood.push(stream);
+    }
+    let closed = futures_util::future::join_all(
+        flood
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_secs(3))),
+    )
+    .await;
+    let kept = closed.iter().filter(|closed| !**closed).count();
+    assert!(kept <= 200, "one address holds {kept} connections");
+
+    // Everyone else goes on: a sign-in and a chat through this gateway.
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = tokio::time::timeout(
+        Duration::from_secs(5),
+        Client::connect_to(gw.addr, &alice, "phone", 0),
+    )
+    .await
+    .expect("a client from another address connects during the flood");
+    let mut b = Client::connect(0, &bob, "phone", 0).await;
+    a.send_text(&bob, "still here").await;
+    b.wait_for_text("still here").await;
+    let mut sign_in = TcpStream::connect(gw.addr).await.unwrap();
+    let body = format!(r#"{{"user":"{alice}"}}"#);
+    let request = format!(
+        "POST /v1/dev/sign-in HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sign_in.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(
+        status_within(&mut sign_in, Duration::from_secs(5)).await,
+        Some(200)
+    );
+    drop(flood);
+}
+
+/// Every `/v1` answer that is not a success is JSON `{error, message}`, axum's own
+/// refusals included; media downloads cannot be sniffed or run as pages.
+#[tokio::test]
+async fn api_errors_are_json_and_media_is_served_inert() {
+    let addr = system().gateways[0];
+    for request in [
+        "GET /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "DELETE /v1/media HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 404") || head.starts_with("HTTP/1.1 405"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(json["error"].is_string() && json["message"].is_string());
+    }
+}
+
+/// A socket does not outlive its token: at its `exp` the socket is closed with 4001 and
+/// the client must come back with a fresh token; a bystander's socket goes on.
+#[tokio::test]
+async fn a_socket_is_closed_with_4001_when_its_token_expires() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+    let gw = gateway("token-expiry", |c| c.limits.ping_every_ms = 300).await;
+    let (short, bystander) = (unique("short"), unique("bystander"));
+    let token = natter_gateway::auth::mint_hs256(
+        natter_e2e::system::SECRET.as_bytes(),
+        &short,
+        None,
+        2,
+        None,
+        None,
+    )
+    .unwrap();
+    let url = format!("ws://{}/v1/ws?token={token}&device=phone", gw.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut other = Client::connect_to(gw.addr, &bystander, "phone", 0).await;
+    let opened = tokio::time::Instant::now();
+    let closed = async {
+        while let Some(frame) = socket.next().await {
+            if let Ok(Message::Close(close)) = frame {
+                return close;
+            }
+        }
+        None
+    };
+    // The bystander keeps talking (and so answers keepalives) until then.
+    let bystander_talks = async {
+        loop {
+            assert_eq!(other.request(json!({"type": "ping"})).await["type"], "pong");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            close = closed => close,
+            () = bystander_talks => unreachable!(),
+        }
+    })
+    .await
+    .expect("closed within 10 s")
+    .expect("with a close frame");
+    assert_eq!(close.code, CloseCode::from(4001), "{close:?}");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(500),
+        "not before it expired"
+    );
+    assert_eq!(other.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+/// A token can stay out of the URL (and so out of access logs): offered as the WebSocket
+/// subprotocol `bearer.<jwt>` next to `natter.v1`, which the gateway selects.
+#[tokio::test]
+async fn a_token_offered_as_a_subprotocol_opens_the_socket_and_a_bad_one_is_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+    let addr = system().gateways[0];
+    let open = |token: String| async move {
+        let mut request = format!("ws://{addr}/v1/ws?device=phone")
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&format!("natter.v1, bearer.{token}")).unwrap(),
+        );
+        tokio_tungstenite::connect_async(request).await
+    };
+    let (mut socket, response) = open(token(&unique("sub"))).await.expect("upgraded");
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "natter.v1"
+    );
+    socket
+        .send(Message::text(r#"{"type":"ping","ref":"p"}"#))
+        .await
+        .unwrap();
+    let pong = loop {
+        match socket.next().await.expect("a frame").unwrap() {
+            Message::Text(text) if text.contains("pong") => break text,
+            _ => continue,
+        }
+    };
+    assert!(pong.contains(r#""ref":"p""#), "{pong}");
+    match open("not-a-token".into()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        other => panic!("a bad token was not refused: {:?}", other.map(|_| ())),
+    }
+}
+
+/// Development sign-in mints a token for whoever asks: a gateway refuses to start with it
+/// unless its tokens are signed with the public development secret anyway and it listens
+/// on loopback only; and no gateway accepts the public secret as its configured one.
+#[tokio::test]
+async fn a_gateway_will_not_mint_real_tokens_through_development_sign_in() {
+    use natter_gateway::GatewayError;
+    let sys = system();
+    let start = |configure: fn(&mut natter_gateway::config::Config)| {
+        let nats = nats_settings(&sys.nats_urls, "gateway", "dev-sign-in");
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut config = natter_gateway::config::Config {
+                nats,
+                metrics_listen: None,
+                ..Default::default()
+            };
+            configure(&mut config);
+            let run = natter_gateway::run(listener, config, std::future::pending());
+            tokio::time::timeout(Duration::from_secs(5), run).await
+        }
+    };
+    let with_own_secret = start(|c| {
+        c.jwt.secret = Some("a-production-secret-of-at-least-32-bytes".into());
+        c.web.dev_sign_in = true;
+    });
+    assert!(matches!(
+        with_own_secret.await,
+        Ok(Err(GatewayError::DevSignIn(_)))
+    ));
+    // Configured to listen on every address (this test binds loopback all the same).
+    let on_every_address = start(|c| {
+        c.jwt.allow_dev_secret = true;
+        c.web.dev_sign_in = true;
+        c.listen = "0.0.0.0:8080".parse().unwrap();
+    });
+    assert!(matches!(
+        on_every_address.await,
+        Ok(Err(GatewayError::DevSignIn(_)))
+    ));
+    let public_secret =
+        start(|c| c.jwt.secret = Some(natter_gateway::config::DEV_JWT_SECRET.into()));
+    assert!(matches!(
+        public_secret.await,
+        Ok(Err(GatewayError::PublicSecret))
+    ));
 }

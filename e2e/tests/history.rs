@@ -71,6 +71,42 @@ async fn paging_back_through_510_group_messages_sees_each_once_in_order() {
     assert_history(&mut c, &conv, &sent).await;
 }
 
+/// 40 texts of 32 KiB are 1.3 MB, more than one NATS reply may carry (1 MB), and a page of
+/// even four of them more than the gateway writes to a socket in one frame: such a page
+/// failed (or closed the reader's socket), and that part of the conversation was
+/// unavailable for good.
+#[tokio::test]
+async fn a_page_of_long_texts_is_cut_by_bytes_and_paging_back_still_sees_every_message() {
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut sent = Vec::new();
+    let mut conv = String::new();
+    for i in 0..40 {
+        let text = format!("{i:02}{}", "x".repeat(32 * 1024 - 2));
+        let answer = a.send_text(&bob, &text).await;
+        sent.push(answer["id"].as_str().unwrap().to_owned());
+        conv = answer["conv"].as_str().unwrap().to_owned();
+    }
+    assert_history(&mut b, &conv, &sent).await;
+    let newest = b
+        .request(json!({"type": "history", "conv": conv, "limit": 100}))
+        .await;
+    let page = newest["messages"].as_array().expect("a page, not an error");
+    assert!(
+        !page.is_empty() && page.len() < 40,
+        "one page cannot hold 1.3 MB: {} messages",
+        page.len()
+    );
+    assert_eq!(newest["more"], true);
+    let last = page.last().unwrap();
+    assert_eq!(last["id"], sent[39].as_str());
+    assert_eq!(last["body"]["text"].as_str().map(str::len), Some(32 * 1024));
+    // Bob's chat goes on.
+    a.send_text(&bob, "after the long ones").await;
+    b.wait_for_text("after the long ones").await;
+}
+
 #[tokio::test]
 async fn outsiders_are_refused_and_bad_history_requests_get_errors() {
     let (alice, bob, eve) = (unique("alice"), unique("bob"), unique("eve"));

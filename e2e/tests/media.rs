@@ -138,6 +138,17 @@ async fn a_10_mib_video_round_trips_byte_exact_with_ranges_and_only_for_the_conv
         Some(format!("\"{}\"", hex_sha256(&file)))
     );
     assert!(whole.body == file, "the download differs from the upload");
+    // Inert: never sniffed into another type, never run as a page.
+    assert_eq!(whole.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        whole.header("content-disposition").map(str::to_owned),
+        Some(format!("inline; filename=\"{id}\""))
+    );
+    let csp = whole.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("sandbox"),
+        "{csp}"
+    );
     // Stored in the object store's own layout: its client reads the same bytes.
     let read = async {
         let store = nats_as("gateway").await.get_object_store("media").await;
@@ -312,4 +323,40 @@ async fn refused_uploads_get_a_clear_status_and_leave_nothing_stored() {
         after_fit,
         "refused uploads left something"
     );
+}
+
+/// A media message's client id re-sent with another `to` is a re-send: it is answered
+/// with the first `sent`, stores nothing, and grants the new recipient nothing either.
+#[tokio::test]
+async fn re_sending_a_media_message_s_id_to_someone_else_grants_them_nothing() {
+    let (alice, bob, eve) = (unique("alice"), unique("bob"), unique("eve"));
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut e = Client::connect(1, &eve, "phone", 0).await;
+    let file = test_file(PNG_HEAD, 4096, 11);
+    let uploaded = upload(0, &alice, "image/png", &file).await;
+    assert_eq!(uploaded.status, 201);
+    let id = uploaded.json()["id"].as_str().unwrap().to_owned();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let send = |to: &str| {
+        json!({
+            "type": "send", "id": client_id, "to": format!("user:{to}"),
+            "body": {"kind": "image", "media_id": id, "mime": "image/png"},
+        })
+    };
+    let first = a.request(send(&bob)).await;
+    assert_eq!(first["type"], "sent", "{first}");
+    let again = a.request(send(&eve)).await;
+    assert_eq!(again["type"], "sent", "{again}");
+    assert_eq!(again["id"], first["id"], "answered with the first message");
+    assert_eq!(again["conv"], first["conv"]);
+
+    b.wait_for("the image", |f| f["body"]["media_id"] == id.as_str())
+        .await;
+    assert_eq!(download(1, &bob, &id, None).await.status, 200);
+    assert_eq!(download(1, &eve, &id, None).await.status, 404);
+    // Eve got no message; a later one from alice reaches her first.
+    a.send_text(&eve, "hello eve").await;
+    let next = e.wait_for("a message", |f| f["type"] == "msg").await;
+    assert_eq!(next["body"]["text"], "hello eve");
 }

@@ -1,8 +1,10 @@
-//! Per-user send limits: a user flooding sends gets `rate_limited` errors with a
-//! `retry_after_ms` once their burst is spent, keeps their connection, and can send again
-//! after waiting; nobody else is slowed, and nothing refused is delivered.
+//! Per-user limits: a user flooding sends (or any other frame that writes or fans out)
+//! gets `rate_limited` errors with a `retry_after_ms` once their burst is spent, keeps
+//! their connection, and can go on after waiting; nobody else is slowed, and nothing
+//! refused is delivered. Creating groups also has a daily cap.
 //!
-//! The gateways of this test binary allow 5 sends a second with bursts of 10.
+//! The gateways of this test binary allow 5 tokens a second with bursts of 10 (a
+//! one-on-one send or a `typing` costs 1), and 2 new groups a day.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ fn setup() {
     configure(Options {
         send_per_sec: 5.0,
         send_burst: 10.0,
+        groups_per_day: 2,
         ..Options::default()
     });
 }
@@ -82,4 +85,71 @@ async fn a_flood_is_refused_after_the_burst_and_recovers_without_slowing_others(
     assert_eq!(s.request(json!({"type": "ping"})).await["type"], "pong");
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.send_text(&bob, "patient again").await;
+}
+
+/// `typing` used to be free: a flood of it reached the other side in full. Now it spends
+/// the same bucket as sends, so a send right after the flood is refused too.
+#[tokio::test]
+async fn every_costly_frame_spends_the_same_bucket_and_groups_have_a_daily_cap() {
+    setup();
+    let (spammer, bob, carol) = (unique("spammer"), unique("bob"), unique("carol"));
+    let mut s = Client::connect(0, &spammer, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let mut c = Client::connect(0, &carol, "phone", 0).await;
+    let conv = if spammer < bob {
+        format!("dm:{spammer}:{bob}")
+    } else {
+        format!("dm:{bob}:{spammer}")
+    };
+    for i in 0..30 {
+        s.send_json(json!({
+            "type": "typing", "conv": conv, "state": "start", "ref": format!("t{i}"),
+        }))
+        .await;
+    }
+    s.send_json(json!({
+        "type": "send", "id": "after-typing", "to": format!("user:{bob}"),
+        "body": {"kind": "text", "text": "one more"}, "ref": "after",
+    }))
+    .await;
+    let answer = s
+        .wait_for("the send's answer", |f| f["ref"] == "after")
+        .await;
+    assert_eq!(answer["code"], "rate_limited", "{answer}");
+    let refused = s
+        .collect_for(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter(|f| f["code"] == "rate_limited")
+        .count();
+    assert!(refused >= 12, "only {refused} of 30 typing frames refused");
+    // Carol is not slowed; bob got at most the burst of typing notices.
+    c.send_text(&bob, "from carol").await;
+    b.wait_for_text("from carol").await;
+    let notices = b
+        .collect_for(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter(|f| f["type"] == "typing")
+        .count();
+    assert!(notices <= 18, "{notices} typing notices got through");
+
+    // Two groups a day: the third is refused until tomorrow, with its wait.
+    let mut created = 0;
+    for _ in 0..20 {
+        let answer = s
+            .request(json!({"type": "group_create", "name": "g", "members": [bob]}))
+            .await;
+        if answer["type"] == "group" {
+            created += 1;
+            continue;
+        }
+        assert_eq!(answer["code"], "rate_limited", "{answer}");
+        let wait = answer["retry_after_ms"].as_u64().expect("retry_after_ms");
+        if wait > 3_600_000 {
+            break; // the daily cap, not the token bucket
+        }
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    assert_eq!(created, 2, "groups created before the daily cap");
 }

@@ -308,19 +308,35 @@ impl MediaStore {
         Ok(self.access_entry(id).await?.map(|(_, access)| access))
     }
 
-    /// Records that a message in `conv` referred to file `id`.
-    pub async fn share(&self, id: &str, conv: &str) -> Result<(), MediaError> {
+    /// Lets the members of `conv` fetch file `id`; `true` when they could not before.
+    pub async fn share(&self, id: &str, conv: &str) -> Result<bool, MediaError> {
+        self.change_convs(id, conv, true).await
+    }
+
+    /// Takes back a [`share`](Self::share) that no stored message stands for (a re-sent
+    /// client id that turned out to name a message of another conversation).
+    pub async fn unshare(&self, id: &str, conv: &str) -> Result<bool, MediaError> {
+        self.change_convs(id, conv, false).await
+    }
+
+    /// Adds or removes `conv` from file `id`'s conversations; whether that changed them.
+    async fn change_convs(&self, id: &str, conv: &str, add: bool) -> Result<bool, MediaError> {
         for _ in 0..CAS_ATTEMPTS {
             let Some((revision, mut access)) = self.access_entry(id).await? else {
                 return Err(MediaError::Store(format!("no media {id}")));
             };
-            if access.convs.iter().any(|c| c == conv) {
-                return Ok(());
+            let present = access.convs.iter().any(|c| c == conv);
+            if present == add {
+                return Ok(false);
             }
-            access.convs.push(conv.to_owned());
+            if add {
+                access.convs.push(conv.to_owned());
+            } else {
+                access.convs.retain(|c| c != conv);
+            }
             let value = serde_json::to_vec(&access).expect("access serializes");
             match self.access.update(id, value.into(), revision).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 Err(err) if lost_race(err.kind() == UpdateErrorKind::WrongLastRevision, &err) => {
                     continue;
                 }

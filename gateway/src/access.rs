@@ -24,13 +24,14 @@ pub(crate) async fn require_member(app: &App, gid: &str, user: &str) -> Result<(
 
 /// Lets the members of `conv` fetch the file a media message refers to, if `user` may
 /// share it: they uploaded it, or can already see it. Recorded before the message is
-/// stored, so recipients can fetch it as soon as it arrives.
+/// stored, so recipients can fetch it as soon as it arrives; `true` when this added the
+/// conversation, for [`unshare_media`] to take back if no message of `conv` was stored.
 pub(crate) async fn share_media(
     app: &App,
     user: &str,
     conv: &str,
     media: &natter_schemas::body::Media,
-) -> Result<(), Denied> {
+) -> Result<bool, Denied> {
     let unavailable = |err: String| {
         tracing::warn!(error = %err, "media store failed");
         Denied(
@@ -63,6 +64,16 @@ pub(crate) async fn share_media(
         .share(&media.media_id, conv)
         .await
         .map_err(|e| unavailable(e.to_string()))
+}
+
+/// Takes back a share that [`share_media`] added for a send that stored nothing new in
+/// `conv`: a re-sent client id whose first message went to another conversation. Without
+/// this, re-sending a media message's id with another `to` granted the file to people
+/// who never got a message about it.
+pub(crate) async fn unshare_media(app: &App, media_id: &str, conv: &str) {
+    if let Err(err) = app.media.unshare(media_id, conv).await {
+        tracing::warn!(error = %err, media_id, conv, "media share not taken back");
+    }
 }
 
 /// Whether `me` may see `other`'s presence: themselves, someone in a group with them, or

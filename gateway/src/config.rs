@@ -176,21 +176,32 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most members of one group (WhatsApp's limit by default).
     pub max_group_members: usize,
-    /// Sends a user may make per second, over all their sockets and gateways (a token
-    /// bucket in Redis); 0 for no limit.
+    /// Tokens a user's bucket refills per second, over all their sockets and gateways (in
+    /// Redis): every action that writes or fans out costs some (a one-on-one send 1; the
+    /// table is in `charge.rs` and docs/PROTOCOL.md); 0 for no limit.
     pub send_per_sec: f64,
-    /// Sends a user may make at once before `send_per_sec` applies.
+    /// Tokens a user may spend at once before `send_per_sec` applies.
     pub send_burst: f64,
+    /// Groups a user may create a day (0: no cap).
+    pub groups_per_day: u32,
     /// Sockets one user may hold at once, over all gateways (counted in Redis, and per
     /// gateway when Redis is down); beyond it the upgrade is refused with 429.
     pub max_sockets_per_user: usize,
     /// A connection must finish its TLS handshake, and then send its request head, within
     /// this; otherwise it is closed.
     pub handshake_timeout_ms: u64,
+    /// A request body (device registration, development sign-in) must arrive whole within
+    /// this after its head, and it is read only once the request is authenticated; an
+    /// upload's body may not pause longer than this between two chunks.
+    pub body_timeout_ms: u64,
     /// HTTP connections open at once (plain requests, and sockets until their upgrade:
     /// a flood of half-open connections); beyond it accepting waits until one finishes.
     /// Upgraded sockets are bounded by the open-files limit and `max_sockets_per_user`.
     pub max_connections: usize,
+    /// Of `max_connections`, how many one client address may hold (0: no cap). Beyond it
+    /// a new connection from that address is closed at once. Many phones can share one
+    /// address (carrier NAT), but each holds a connection only until its upgrade.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Config {
@@ -239,9 +250,12 @@ impl Default for Limits {
             max_group_members: natter_fabric::groups::DEFAULT_MAX_MEMBERS,
             send_per_sec: 20.0,
             send_burst: 100.0,
+            groups_per_day: 100,
             max_sockets_per_user: 32,
             handshake_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
             max_connections: 4_096,
+            max_connections_per_address: 512,
         }
     }
 }
@@ -254,8 +268,14 @@ impl Config {
             return Err("presence.ttl_ms must be at least 300 and sweep_every_ms above 0".into());
         }
         let limits = &self.limits;
-        if limits.max_connections == 0 || limits.handshake_timeout_ms == 0 {
-            return Err("limits.max_connections and handshake_timeout_ms must be above 0".into());
+        if limits.max_connections == 0
+            || limits.handshake_timeout_ms == 0
+            || limits.body_timeout_ms == 0
+        {
+            return Err(
+                "limits.max_connections, handshake_timeout_ms and body_timeout_ms must be above 0"
+                    .into(),
+            );
         }
         if limits.ping_every_ms == 0 || limits.reconcile_every_ms == 0 {
             return Err("limits.ping_every_ms and reconcile_every_ms must be above 0".into());
@@ -276,6 +296,9 @@ impl PresenceConfig {
 impl Limits {
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)

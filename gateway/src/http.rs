@@ -12,7 +12,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use futures_util::TryStreamExt;
 use natter_fabric::{
     media::MediaError,
     records::{InfoAnswer, InfoQuery},
@@ -25,8 +24,12 @@ use tokio_util::io::StreamReader;
 use crate::{
     App,
     auth::{AuthError, Identity},
+    refusal::{Refusal, read_json, unavailable},
     session, web,
 };
+
+/// Largest JSON body a route reads (a device registration).
+const MAX_JSON_BODY: usize = 16 * 1024;
 
 pub(crate) fn router(app: App) -> Router {
     Router::new()
@@ -38,20 +41,9 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/media/{id}", get(download))
         .route("/v1/dev/sign-in", post(web::dev_sign_in))
         .route("/healthz", get(healthz))
+        .method_not_allowed_fallback(crate::refusal::method_not_allowed)
         .fallback(web::file)
         .with_state(app)
-}
-
-/// An HTTP refusal with a stable code.
-struct Refusal(StatusCode, &'static str, String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        metrics::counter!("natter_gateway_http_refusals_total", "status" => self.0.as_str().to_owned())
-            .increment(1);
-        let body = serde_json::json!({ "error": self.1, "message": self.2 });
-        (self.0, Json(body)).into_response()
-    }
 }
 
 impl From<AuthError> for Refusal {
@@ -89,7 +81,8 @@ async fn websocket(
     check_origin(&app, &headers)?;
     let Query(query) =
         query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let identity = authenticate(&app, &headers, query.token.as_deref())?;
+    let offered = offered_token(&headers);
+    let identity = authenticate(&app, &headers, offered.or(query.token.as_deref()))?;
     // A device named in the token is authoritative; `?device=` may only repeat it.
     let device = match (identity.device, query.device) {
         (Some(claimed), Some(asked)) if claimed != asked => {
@@ -125,6 +118,7 @@ async fn websocket(
         .map_err(|_| unavailable("the inbox did not answer in time"))?
         .map_err(unavailable)?;
     Ok(upgrade
+        .protocols([SUBPROTOCOL])
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(128 * 1024)
@@ -133,15 +127,41 @@ async fn websocket(
         // A failed upgrade drops the closure, and with it the registration.
         .on_upgrade(move |socket| {
             let sessions = app.sessions.clone();
-            sessions.track_future(session::serve(
-                app,
-                identity.user,
+            let holder = session::Holder {
+                user: identity.user,
                 device,
-                registration,
-                opening,
-                socket,
-            ))
+                expires_at: identity.expires_at,
+            };
+            sessions.track_future(session::serve(app, holder, registration, opening, socket))
         }))
+}
+
+/// Charges a request to its user's token bucket (`crate::charge`): 429 `rate_limited`.
+async fn charge(app: &App, user: &str, cost: u32) -> Result<(), Refusal> {
+    crate::charge::pay_http(app, user, cost)
+        .await
+        .map_err(|limited| {
+            Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests; retry in {} ms", limited.retry_after_ms),
+            )
+        })
+}
+
+/// The WebSocket subprotocol the gateway speaks, chosen when a client offers it.
+const SUBPROTOCOL: &str = "natter.v1";
+
+/// A token offered as a WebSocket subprotocol `bearer.<jwt>` (next to `natter.v1`): how a
+/// browser, which cannot set `Authorization` on a WebSocket, keeps its token out of the URL
+/// (and so out of proxies' and servers' access logs).
+fn offered_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|protocol| protocol.trim().strip_prefix("bearer."))
 }
 
 /// How long a socket's subscription, flush and inbox read may take before the upgrade is
@@ -183,6 +203,7 @@ async fn inbox(
     query: Result<Query<InboxQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Refusal> {
     let identity = authenticate(&app, &headers, None)?;
+    charge(&app, &identity.user, 2).await?;
     let Query(query) =
         query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let after = query.after.unwrap_or(0);
@@ -224,6 +245,7 @@ async fn message_info(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let identity = authenticate(&app, &headers, None)?;
+    charge(&app, &identity.user, 1).await?;
     check_id(&id, "message id")
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
     let query = InfoQuery {
@@ -287,11 +309,12 @@ const MAX_PUSH_TOKEN: usize = 4096;
 async fn register_device(
     State(app): State<App>,
     headers: HeaderMap,
-    body: Result<Json<DeviceRegistration>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, Refusal> {
+    // Who asks first: nobody without a token gets to hold a connection with a slow body.
     let identity = authenticate(&app, &headers, None)?;
-    let Json(registration) =
-        body.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let registration: DeviceRegistration =
+        read_json(body, MAX_JSON_BODY, app.config.limits.body_timeout()).await?;
     check_id(&registration.device, "device id")
         .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
     if identity
@@ -339,14 +362,6 @@ async fn register_device(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn unavailable(err: impl std::fmt::Display) -> Refusal {
-    Refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        err.to_string(),
-    )
-}
-
 /// `POST /v1/media`: the body is the file, `Content-Type` its type. Streamed into the
 /// object store (never held whole in memory); 201 `{id, size, sha256, mime}`.
 async fn upload(
@@ -390,7 +405,16 @@ async fn upload(
     if declared.is_some_and(|len| len > media.max_bytes) {
         return Err(too_large());
     }
-    let mut reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    // 1 token and 1 per MiB (a chunked upload that declares no length as 10 MiB).
+    let mib = declared.map_or(10, |len| len.div_ceil(1024 * 1024));
+    charge(
+        &app,
+        &identity.user,
+        1 + u32::try_from(mib).unwrap_or(u32::MAX),
+    )
+    .await?;
+    let pause = app.config.limits.body_timeout();
+    let mut reader = std::pin::pin!(StreamReader::new(crate::refusal::body_stream(body, pause)));
     let started = std::time::Instant::now();
     let stored = app
         .media
@@ -403,6 +427,9 @@ async fn upload(
                 "wrong_type",
                 err.to_string(),
             ),
+            MediaError::Read(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                crate::refusal::body_timed_out(err.to_string())
+            }
             MediaError::Empty | MediaError::Read(_) => {
                 Refusal(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
             }
@@ -444,6 +471,9 @@ async fn download(
         (header::CONTENT_TYPE, access.mime.clone()),
         (header::ETAG, format!("\"{}\"", access.sha256)),
         (header::ACCEPT_RANGES, "bytes".to_owned()),
+        (header::CONTENT_DISPOSITION, disposition(&id, &access.mime)),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (header::CONTENT_SECURITY_POLICY, MEDIA_CSP.to_owned()),
     ];
     let response = match range {
         None => {
@@ -469,6 +499,23 @@ async fn download(
         }
     };
     Ok(response)
+}
+
+/// A downloaded file may not run anything, even when opened as a page of the gateway's
+/// origin (an SVG or HTML a user uploaded as another type): no scripts, no requests, a
+/// sandbox of its own.
+const MEDIA_CSP: &str =
+    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox";
+
+/// Pictures, sound and video open in place; anything else is saved, never rendered as a
+/// page. Files keep no name of their own: the name is the media id.
+fn disposition(id: &str, mime: &str) -> String {
+    let shown = ["image/", "audio/", "video/"]
+        .iter()
+        .any(|kind| mime.starts_with(kind))
+        && mime != "image/svg+xml";
+    let kind = if shown { "inline" } else { "attachment" };
+    format!("{kind}; filename=\"{id}\"")
 }
 
 /// One `bytes=` range of a `size`-byte file as (first, last) byte; `None` when it cannot

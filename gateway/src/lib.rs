@@ -21,6 +21,7 @@
 
 mod access;
 pub use natter_auth as auth;
+mod charge;
 pub mod config;
 mod direct;
 mod frames;
@@ -29,11 +30,12 @@ mod live;
 mod marks;
 mod presence;
 mod receipts;
+mod refusal;
 mod serve;
 mod session;
 mod web;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use async_nats::jetstream;
 use natter_fabric::{Inbox, groups::Groups, media::MediaStore, streams};
@@ -62,8 +64,12 @@ pub enum GatewayError {
     Config(String),
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("development sign-in needs HS256 tokens (jwt.algorithm is {0})")]
+    #[error("development sign-in {0}")]
     DevSignIn(String),
+    #[error(
+        "the configured JWT secret is the public development secret: set your own, or pass --dev without one"
+    )]
+    PublicSecret,
     #[error("cannot read the JWT public key {path}: {source}")]
     PublicKey {
         path: std::path::PathBuf,
@@ -110,8 +116,11 @@ pub(crate) struct Shared {
     pub verifier: Verifier,
     /// Online state of this gateway's sockets.
     pub presence: presence::PresenceHub,
-    /// Per-user limit on sends; `None` when unlimited.
-    pub send_limit: Option<natter_redis::rate_limit::RateLimiter>,
+    /// Per-user token bucket every costly action is charged to (`crate::charge`); `None`
+    /// when unlimited.
+    pub action_limit: Option<natter_redis::rate_limit::RateLimiter>,
+    /// Per-user daily bucket of group creations; `None` when unlimited.
+    pub group_limit: Option<natter_redis::rate_limit::RateLimiter>,
     /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
     pub dev_secret: Option<String>,
     pub config: Config,
@@ -149,7 +158,8 @@ pub async fn run(
             ));
         }
     };
-    let dev_secret = dev_secret(&config)?;
+    let listening = listener.local_addr().unwrap_or(config.listen);
+    let dev_secret = dev_secret(&config, listening)?;
     if let Some(listen) = config.metrics_listen {
         natter_fabric::telemetry::install(listen)?;
     }
@@ -201,13 +211,24 @@ pub async fn run(
         config.presence.sweep_every(),
     );
     let limits = &config.limits;
-    let send_limit = (limits.send_per_sec > 0.0).then(|| {
+    // The bucket keeps its old name ("send"): sends were its only charge before.
+    let action_limit = (limits.send_per_sec > 0.0).then(|| {
         natter_redis::rate_limit::RateLimiter::new(
-            redis,
+            redis.clone(),
             prefix,
             "send",
             limits.send_per_sec,
             limits.send_burst.max(1.0),
+        )
+    });
+    let group_limit = (limits.groups_per_day > 0).then(|| {
+        let per_day = f64::from(limits.groups_per_day);
+        natter_redis::rate_limit::RateLimiter::new(
+            redis,
+            prefix,
+            "groups",
+            per_day / 86_400.0,
+            per_day,
         )
     });
 
@@ -236,7 +257,8 @@ pub async fn run(
         media,
         verifier,
         presence: presence.clone(),
-        send_limit,
+        action_limit,
+        group_limit,
         dev_secret,
         config,
         live,
@@ -263,6 +285,7 @@ pub async fn run(
     let limits = serve::Limits {
         handshake_timeout,
         max_connections,
+        max_per_address: app.config.limits.max_connections_per_address,
     };
     serve::serve(listener, tls, http::router(app), limits, stop_rx).await;
     // Sockets close themselves with 1001 on shutdown, and leave presence as they go.
@@ -274,22 +297,35 @@ pub async fn run(
     Ok(())
 }
 
-/// The secret development sign-ins are signed with, when they are on: the one the
-/// verifier checks (configured or the development secret).
-fn dev_secret(config: &Config) -> Result<Option<String>, GatewayError> {
+/// The secret development sign-ins are signed with, when they are on. Sign-in mints a
+/// token for whoever asks, so it is refused unless those tokens could be minted by anyone
+/// anyway (the public development secret) and only this machine can reach it (loopback).
+fn dev_secret(config: &Config, listening: SocketAddr) -> Result<Option<String>, GatewayError> {
     if !config.web.dev_sign_in {
         return Ok(None);
     }
     let jwt = &config.jwt;
     if jwt.algorithm != "HS256" {
-        return Err(GatewayError::DevSignIn(jwt.algorithm.clone()));
+        return Err(GatewayError::DevSignIn(format!(
+            "needs HS256 tokens (jwt.algorithm is {})",
+            jwt.algorithm
+        )));
+    }
+    if jwt.secret.is_some() || !jwt.allow_dev_secret {
+        return Err(GatewayError::DevSignIn(
+            "signs only with the development secret (--dev, no NATTER_JWT_SECRET)".into(),
+        ));
+    }
+    // The configured address too: it is what the binary binds.
+    for addr in [listening, config.listen] {
+        if !addr.ip().is_loopback() {
+            return Err(GatewayError::DevSignIn(format!(
+                "is for a loopback listener only (listening on {addr})"
+            )));
+        }
     }
     tracing::warn!("development sign-in is on: anyone can sign in as anyone");
-    Ok(Some(
-        jwt.secret
-            .clone()
-            .unwrap_or_else(|| config::DEV_JWT_SECRET.to_owned()),
-    ))
+    Ok(Some(config::DEV_JWT_SECRET.to_owned()))
 }
 
 fn verifier(config: &Config) -> Result<Verifier, GatewayError> {
@@ -299,6 +335,10 @@ fn verifier(config: &Config) -> Result<Verifier, GatewayError> {
         let secret = match (&jwt.secret, jwt.allow_dev_secret) {
             (Some(secret), _) if secret.len() < config::MIN_SECRET_BYTES => {
                 return Err(GatewayError::ShortSecret);
+            }
+            // The development secret is public: configured, it would let anyone mint tokens.
+            (Some(secret), _) if secret == config::DEV_JWT_SECRET => {
+                return Err(GatewayError::PublicSecret);
             }
             (Some(secret), _) => secret.as_str(),
             (None, true) => {
@@ -311,7 +351,80 @@ fn verifier(config: &Config) -> Result<Verifier, GatewayError> {
         };
         return Ok(Verifier::hs256(secret.as_bytes(), iss, aud)?);
     }
+    // Public-key tokens usually come from an identity provider that signs for many
+    // services: without `iss` and `aud`, a token it made for another one would do here.
+    if iss.is_none() || aud.is_none() {
+        return Err(GatewayError::Config(format!(
+            "{} tokens need jwt.issuer and jwt.audience",
+            jwt.algorithm
+        )));
+    }
     let path = jwt.public_key_file.clone().unwrap_or_default();
     let pem = std::fs::read(&path).map_err(|source| GatewayError::PublicKey { path, source })?;
     Ok(Verifier::public_key(&jwt.algorithm, &pem, iss, aud)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn dev_config(secret: Option<&str>, dev: bool) -> Config {
+        let mut config = Config::default();
+        config.web.dev_sign_in = true;
+        config.jwt.secret = secret.map(str::to_owned);
+        config.jwt.allow_dev_secret = dev;
+        config
+    }
+
+    const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+    const PUBLIC: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
+
+    #[test]
+    fn development_sign_in_runs_only_with_the_public_secret_on_loopback() {
+        let dev = dev_config(None, true);
+        assert_eq!(
+            dev_secret(&dev, LOOPBACK).unwrap().as_deref(),
+            Some(config::DEV_JWT_SECRET)
+        );
+        // It would mint real tokens with a production secret.
+        let own = dev_config(Some("a-production-secret-of-at-least-32-bytes"), true);
+        assert!(matches!(
+            dev_secret(&own, LOOPBACK),
+            Err(GatewayError::DevSignIn(_))
+        ));
+        assert!(matches!(
+            dev_secret(&dev_config(None, false), LOOPBACK),
+            Err(GatewayError::DevSignIn(_))
+        ));
+        // Anyone on the network could sign in as anyone.
+        assert!(matches!(
+            dev_secret(&dev, PUBLIC),
+            Err(GatewayError::DevSignIn(_))
+        ));
+        let mut off = dev_config(Some("a-production-secret-of-at-least-32-bytes"), false);
+        off.web.dev_sign_in = false;
+        assert_eq!(dev_secret(&off, PUBLIC).unwrap(), None);
+    }
+
+    #[test]
+    fn the_public_development_secret_is_refused_as_a_configured_secret() {
+        let configured = dev_config(Some(config::DEV_JWT_SECRET), false);
+        assert!(matches!(
+            verifier(&configured),
+            Err(GatewayError::PublicSecret)
+        ));
+        assert!(verifier(&dev_config(None, true)).is_ok());
+        assert!(matches!(
+            verifier(&dev_config(Some("short"), false)),
+            Err(GatewayError::ShortSecret)
+        ));
+        let mut public_key = dev_config(None, false);
+        public_key.jwt.algorithm = "EdDSA".into();
+        assert!(matches!(
+            verifier(&public_key),
+            Err(GatewayError::Config(_))
+        ));
+    }
 }

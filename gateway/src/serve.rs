@@ -5,10 +5,17 @@
 //! connection and never finishes its request (or its TLS handshake) would hold a socket
 //! and a task forever. Here each connection gets `handshake_timeout` for its TLS handshake
 //! and again for its request head (hyper's `header_read_timeout`); WebSocket upgrades work
-//! as with axum (`with_upgrades`). At shutdown the loop stops accepting, asks every
+//! as with axum (`with_upgrades`). One address may hold at most `max_per_address` of the
+//! connections that have not become sockets yet: one host's stalled requests cannot take
+//! every slot of `max_connections` from everyone else. At shutdown the loop stops accepting, asks every
 //! connection to finish gracefully, and waits for them (sockets close themselves with 1001).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::Router;
 use hyper_util::{
@@ -31,6 +38,49 @@ pub(crate) struct Limits {
     /// HTTP connections open at once (a socket leaves the count at its upgrade); beyond it
     /// accepting waits (the kernel's backlog queues).
     pub max_connections: usize,
+    /// Of those, how many one address may hold (0: no cap); beyond it a new connection
+    /// from that address is closed at once.
+    pub max_per_address: usize,
+}
+
+/// Connections per client address that have not become sockets yet.
+struct PerAddress {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerAddress`], given back when the connection ends or
+/// becomes a socket.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn admit(table: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = table.open.lock().expect("not poisoned");
+        let count = open.entry(ip).or_default();
+        if table.cap > 0 && *count >= table.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `stop` turns true.
@@ -43,6 +93,10 @@ pub(crate) async fn serve(
 ) {
     let handshake_timeout = limits.handshake_timeout;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress {
+        cap: limits.max_per_address,
+        open: Mutex::default(),
+    });
     // Every connection task holds a sender; when all are gone, `open` yields None.
     let (alive, mut open) = mpsc::channel::<()>(1);
     loop {
@@ -50,7 +104,7 @@ pub(crate) async fn serve(
             _ = stopped(&mut stop) => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -63,6 +117,11 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let Some(address_slot) = PerAddress::admit(&per_address, peer.ip()) else {
+            metrics::counter!("natter_gateway_handshake_failures_total", "reason" => "per_address")
+                .increment(1);
+            continue;
+        };
         // Frames are small and latency matters: no Nagle delay on client sockets.
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
@@ -70,7 +129,7 @@ pub(crate) async fn serve(
         let (router, tls, stop, alive) = (router.clone(), tls.clone(), stop.clone(), alive.clone());
         tokio::spawn(async move {
             let _alive = alive;
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             match tls {
                 None => connection(tcp, router, handshake_timeout, stop).await,
                 Some(acceptor) => {

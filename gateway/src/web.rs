@@ -18,10 +18,15 @@ use axum::{
 };
 use serde::Deserialize;
 
-use crate::App;
+use crate::{
+    App,
+    refusal::{Refusal, read_json},
+};
 
 /// How long a development sign-in lasts.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// Largest sign-in body (a user id and a device id).
+const MAX_SIGN_IN_BODY: usize = 4 * 1024;
 
 /// The only scripts, styles and connections a page may use: its own origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob: data:; \
@@ -30,6 +35,10 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob: 
 
 /// `GET /` and any other path no API route took: a file of the web client, or 404.
 pub(crate) async fn file(State(app): State<App>, request: Request) -> Response {
+    if request.uri().path().starts_with("/v1/") {
+        // An API path no route has: JSON, like every other /v1 answer.
+        return Refusal::not_found("no such route").into_response();
+    }
     let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
     let Some(dir) = app.config.web.dir.as_deref() else {
         return not_found();
@@ -107,39 +116,27 @@ pub(crate) struct SignIn {
 }
 
 /// `POST /v1/dev/sign-in` `{user, device?}`: `{user, token}`, a token valid for a day.
+/// Its body is read only when sign-in is on, within the body deadline.
 pub(crate) async fn dev_sign_in(
     State(app): State<App>,
-    body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let refuse = |status: StatusCode, code: &str, message: String| {
-        let body = serde_json::json!({ "error": code, "message": message });
-        (status, Json(body)).into_response()
-    };
+    body: axum::body::Body,
+) -> Result<Response, Refusal> {
     let Some(secret) = app.dev_secret.as_deref() else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "development sign-in is off".into(),
-        );
+        return Err(Refusal::not_found("development sign-in is off"));
     };
-    let Json(sign_in) = match body {
-        Ok(body) => body,
-        Err(err) => return refuse(StatusCode::BAD_REQUEST, "bad_request", err.body_text()),
-    };
+    let sign_in: SignIn =
+        read_json(body, MAX_SIGN_IN_BODY, app.config.limits.body_timeout()).await?;
     let jwt = &app.config.jwt;
-    match natter_auth::mint_hs256(
+    let token = natter_auth::mint_hs256(
         secret.as_bytes(),
         &sign_in.user,
         sign_in.device.as_deref(),
         DEV_TOKEN_TTL_SECS,
         jwt.issuer.as_deref(),
         jwt.audience.as_deref(),
-    ) {
-        Ok(token) => {
-            Json(serde_json::json!({ "user": sign_in.user, "token": token })).into_response()
-        }
-        Err(err) => refuse(StatusCode::BAD_REQUEST, "bad_id", err.to_string()),
-    }
+    )
+    .map_err(|err| Refusal(StatusCode::BAD_REQUEST, "bad_id", err.to_string()))?;
+    Ok(Json(serde_json::json!({ "user": sign_in.user, "token": token })).into_response())
 }
 
 #[cfg(test)]

@@ -26,6 +26,13 @@ use crate::store::{Durability, OrderedStore, StoreError};
 
 /// Most messages one page may hold (the protocol's `limit` is 1..=100).
 pub const MAX_PAGE: usize = 100;
+/// Most stored bytes one page may hold. A page travels as one NATS reply and then as one
+/// WebSocket frame, and the gateway refuses to buffer more than 128 KiB for a socket
+/// (`max_write_buffer_size`): a page of 100 texts of 32 KiB was a reply too large for
+/// NATS, and even a few of them a frame the gateway could not write. A page cut short by
+/// this says `more`; its first message always fits (a stored message is at most ~65 KB:
+/// the client's frame that carried it was at most 64 KiB).
+pub const MAX_PAGE_BYTES: usize = 96 * 1024;
 
 /// One page of a conversation, oldest first; `more` when older messages exist.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,7 +188,7 @@ impl<S: OrderedStore> History<S> {
     }
 
     /// Up to `limit` messages of `conv` older than message `before` (the newest when
-    /// `None`), oldest first.
+    /// `None`), oldest first, and fewer when they would hold more than [`MAX_PAGE_BYTES`].
     pub async fn page(
         &self,
         conv: &str,
@@ -194,8 +201,18 @@ impl<S: OrderedStore> History<S> {
             end = message_key(conv, before);
         }
         let mut found = self.store.scan(&start, &end, limit + 1, true).await?;
-        let more = found.len() > limit;
-        found.truncate(limit);
+        let mut bytes = 0;
+        let fit = found
+            .iter()
+            .take(limit)
+            .take_while(|(_, value)| {
+                bytes += value.len();
+                bytes <= MAX_PAGE_BYTES
+            })
+            .count()
+            .max(1);
+        let more = found.len() > fit;
+        found.truncate(fit);
         found.reverse();
         let messages = found
             .into_iter()

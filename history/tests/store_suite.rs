@@ -3,8 +3,10 @@
 //! run on the machines this project is developed on, so there the TiKV test says it was
 //! not run, and nothing claims it passed.
 
-use natter_history::{Batch, Durability, Embedded, History, OrderedStore, SenderMarks, Tikv};
-use natter_schemas::{Body, MessageItem, ReceiptStatus};
+use natter_history::{
+    Batch, Durability, Embedded, History, OrderedStore, SenderMarks, Tikv, log::MAX_PAGE_BYTES,
+};
+use natter_schemas::{Body, MessageItem, ReceiptStatus, body::MAX_TEXT_BYTES};
 
 /// Every key this run writes starts with `prefix` (a shared TiKV cluster stays clean).
 async fn suite<S: OrderedStore>(store: S, prefix: &str) {
@@ -181,6 +183,37 @@ async fn history_suite<S: OrderedStore>(store: S, conv_prefix: &str) {
         11
     );
     assert_eq!(history.checkpoint("never").await.unwrap(), 0);
+
+    // Pages are bounded in bytes: 40 texts of 32 KiB (1.3 MB, over NATS' 1 MB payload)
+    // come in pages of at most MAX_PAGE_BYTES (two each), each saying `more` but the last.
+    let big = format!("dm:{conv_prefix}big:{conv_prefix}c");
+    let texts: Vec<MessageItem> = (0..40)
+        .map(|i| MessageItem {
+            body: Body::Text {
+                text: "x".repeat(MAX_TEXT_BYTES),
+            },
+            ..message(&big, i, 20_000 + i as u64)
+        })
+        .collect();
+    write(&texts).await.unwrap();
+    let (mut seen, mut pages, mut before) = (Vec::new(), 0, None::<String>);
+    loop {
+        let page = history.page(&big, before.as_deref(), 100).await.unwrap();
+        let bytes: usize = page
+            .messages
+            .iter()
+            .map(|m| serde_json::to_vec(m).unwrap().len())
+            .sum();
+        assert!(bytes <= MAX_PAGE_BYTES, "a page of {bytes} bytes");
+        pages += 1;
+        before = page.messages.first().map(|m| m.id.clone());
+        seen.splice(0..0, page.messages);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, texts, "every big message once, in order");
+    assert_eq!(pages, 20, "40 × 32 KiB in pages of at most 96 KiB");
 
     // Group messages can be found by id alone; one-on-one messages are not indexed.
     let group = format!("group:{conv_prefix}g");

@@ -57,11 +57,25 @@ impl RateLimiter {
     /// caller spends them locally, so a steady sender costs one Redis round trip per
     /// `want` actions instead of one per action.
     pub async fn take(&self, user: &str, want: u32) -> Result<Lease, RedisError> {
+        self.take_between(user, 1, want).await
+    }
+
+    /// Takes at least `least` and up to `most` tokens from `user`'s bucket, or none: an
+    /// action that costs `least` tokens, plus some to spend locally on the next ones. A
+    /// `least` above the burst is taken as the burst (a full bucket always suffices).
+    pub async fn take_between(
+        &self,
+        user: &str,
+        least: u32,
+        most: u32,
+    ) -> Result<Lease, RedisError> {
         let key = format!("{}rl:{}:{user}", self.prefix, self.action);
+        let least = least.max(1);
         let args = vec![
             self.rate_per_sec.to_string(),
             self.burst.to_string(),
-            want.max(1).to_string(),
+            least.to_string(),
+            most.max(least).to_string(),
         ];
         let reply: Vec<i64> = self.take.run(&self.client, vec![key], args).await?;
         let (granted, wait) = (reply.first().copied(), reply.get(1).copied());
@@ -80,27 +94,29 @@ impl RateLimiter {
 /// What [`RateLimiter::take`] gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {
-    /// This many tokens (at least one).
+    /// This many tokens (at least the fewest asked for).
     Granted(u32),
-    /// None; one will be there in this many milliseconds.
+    /// None; the fewest asked for will be there in this many milliseconds.
     Limited { retry_after_ms: u64 },
 }
 
-/// KEYS: bucket. ARGV: rate per second, burst, tokens wanted. Returns {tokens taken (up
-/// to the wanted number, whole tokens only), milliseconds until one is there when none}.
+/// KEYS: bucket. ARGV: rate per second, burst, fewest tokens to take, most tokens wanted.
+/// Returns {tokens taken (whole tokens, between the two, or 0), milliseconds until the
+/// fewest are there when none were taken}.
 const TAKE: &str = "
-local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local least, want = math.min(tonumber(ARGV[3]), burst), tonumber(ARGV[4])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
 local granted = math.min(want, math.floor(tokens))
 local wait = 0
-if granted >= 1 then
+if granted >= least then
   tokens = tokens - granted
 else
   granted = 0
-  wait = math.ceil((1 - tokens) * 1000 / rate)
+  wait = math.ceil((least - tokens) * 1000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)

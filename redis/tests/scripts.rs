@@ -177,6 +177,23 @@ async fn a_token_bucket_allows_the_burst_then_the_rate() {
         leases.take("u", 3).await.unwrap(),
         Lease::Limited { .. }
     ));
+
+    // An action that costs 4 takes 4 or nothing, and says when 4 will be there.
+    let costly = RateLimiter::new(client(&redis).await, "t:", "costly", 10.0, 5.0);
+    assert_eq!(
+        costly.take_between("u", 4, 6).await.unwrap(),
+        Lease::Granted(5)
+    );
+    let Lease::Limited { retry_after_ms } = costly.take_between("u", 4, 6).await.unwrap() else {
+        panic!("4 tokens out of an empty bucket");
+    };
+    assert!((300..=400).contains(&retry_after_ms), "{retry_after_ms}");
+    // One that costs more than the burst waits for a full bucket.
+    tokio::time::sleep(Duration::from_millis(520)).await;
+    assert_eq!(
+        costly.take_between("u", 50, 50).await.unwrap(),
+        Lease::Granted(5)
+    );
 }
 
 #[tokio::test]

@@ -34,14 +34,19 @@ export function backoffMs(attempt, random = Math.random) {
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
-/** The WebSocket URL for `base` (the page's origin, http or https). */
-export function socketUrl(base, { token, device, after }) {
+/** The WebSocket URL for `base` (the page's origin, http or https). The token is not in
+ * it (URLs end up in access logs): it goes as a subprotocol, see `socketProtocols`. */
+export function socketUrl(base, { device, after }) {
   const url = new URL('/v1/ws', base);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  url.searchParams.set('token', token);
   url.searchParams.set('device', device);
   url.searchParams.set('after', String(after));
   return url.toString();
+}
+
+/** The subprotocols a socket offers: Natter's, and the token as `bearer.<jwt>`. */
+export function socketProtocols(token) {
+  return ['natter.v1', `bearer.${token}`];
 }
 
 /** A fresh client id for a send (a UUID fits the id rules). */
@@ -202,8 +207,8 @@ export class Connection extends EventTarget {
 
   open() {
     this.status('connecting');
-    const url = socketUrl(this.base, { token: this.token, device: this.device, after: this.cursor });
-    const socket = new this.Socket(url);
+    const url = socketUrl(this.base, { device: this.device, after: this.cursor });
+    const socket = new this.Socket(url, socketProtocols(this.token));
     this.socket = socket;
     this.opened = false;
     socket.onopen = () => this.socket === socket && this.onOpen();

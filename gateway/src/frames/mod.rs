@@ -57,6 +57,18 @@ impl Session {
         };
         let reference = frame.reference().map(str::to_owned);
         metrics::counter!("natter_gateway_frames_total", "type" => frame.kind()).increment(1);
+        // Charged before any work: a refused frame did nothing.
+        let cost = crate::charge::cost_of(&frame);
+        if let Err(limited) = self.wallet.pay(&self.app, &self.user, cost).await {
+            let refusal = rate_limited(frame.kind(), limited.retry_after_ms, reference);
+            return self.write(refusal.to_json()).await;
+        }
+        if matches!(frame, ClientFrame::GroupCreate(_))
+            && let Err(limited) = crate::charge::new_group(&self.app, &self.user).await
+        {
+            let refusal = rate_limited("group_create", limited.retry_after_ms, reference);
+            return self.write(refusal.to_json()).await;
+        }
         if let ClientFrame::PresenceSubscribe(subscribe) = frame {
             return self.on_presence_subscribe(subscribe).await;
         }
@@ -165,6 +177,21 @@ pub(crate) fn refuse(code: ErrorCode, message: &str, reference: Option<String>) 
         message: message.to_owned(),
         r#ref: reference,
         retry_after_ms: None,
+    })
+}
+
+/// `rate_limited`, with when to try again.
+pub(crate) fn rate_limited(
+    kind: &str,
+    retry_after_ms: u64,
+    reference: Option<String>,
+) -> ServerFrame {
+    metrics::counter!("natter_gateway_errors_total", "code" => "rate_limited").increment(1);
+    ServerFrame::Error(ErrorFrame {
+        code: ErrorCode::RateLimited,
+        message: format!("too many {kind} frames; retry in {retry_after_ms} ms"),
+        r#ref: reference,
+        retry_after_ms: Some(retry_after_ms),
     })
 }
 

@@ -1,19 +1,17 @@
 //! `send`: a message into a conversation, answered with `sent` once it is durable.
 //!
 //! One-on-one messages go straight into both inboxes (`crate::direct`); group messages into
-//! `MSGS`, for the fanout workers. Every send first takes a token from the sender's rate
-//! limit, and a media message must be one the sender may share.
+//! `MSGS`, for the fanout workers. The sender's rate limit was charged before (like every
+//! frame's, `crate::charge`), and a media message must be one the sender may share.
 
 use bytes::Bytes;
 use natter_fabric::{now_millis, publish_durable, records::MsgRecord, subjects};
-use natter_schemas::{
-    Conversation, ErrorCode, ErrorFrame, Sent, ServerFrame, Target, ids::check_id,
-};
+use natter_schemas::{Conversation, ErrorCode, Sent, ServerFrame, Target, ids::check_id};
 
 use super::{Pending, Refused, Reply, bad_id, refuse};
 use crate::{
     App,
-    access::{require_member, share_media},
+    access::{require_member, share_media, unshare_media},
     session::Session,
 };
 
@@ -41,20 +39,18 @@ impl Session {
         let reference = send.r#ref;
         let client_id = send.id;
         let started = std::time::Instant::now();
-        let lease = self.send_lease.clone();
         Ok(Box::pin(async move {
-            if let Some(refusal) = over_send_limit(&app, &record.from, &lease, &reference).await {
-                return Some(refusal);
-            }
             if let Target::Group(gid) = &target
                 && let Err(refusal) = require_member(&app, gid, &record.from).await
             {
                 return Some(refusal.with_ref(reference));
             }
-            if let Some(media) = record.body.media()
-                && let Err(refusal) = share_media(&app, &record.from, &record.conv, media).await
-            {
-                return Some(refusal.with_ref(reference));
+            let mut shared = None;
+            if let Some(media) = record.body.media() {
+                match share_media(&app, &record.from, &record.conv, media).await {
+                    Ok(added) => shared = added.then(|| media.media_id.clone()),
+                    Err(refusal) => return Some(refusal.with_ref(reference)),
+                }
             }
             // The id is stamped last, just before the store: ids order the messages of a
             // conversation, and receipts are watermarks over them, so an id made before
@@ -69,6 +65,12 @@ impl Session {
                     .map_err(|err| err.to_string()),
                 Target::Group(_) => store_in_msgs(&app, &conv, record, &client_id).await,
             };
+            let asked = conv.to_string();
+            if let (Some(media_id), Ok((_, stored_conv, _))) = (&shared, &stored)
+                && *stored_conv != asked
+            {
+                unshare_media(&app, media_id, &asked).await;
+            }
             Some(match stored {
                 Ok((id, conv, ts)) => {
                     metrics::histogram!("natter_gateway_send_to_sent_seconds")
@@ -118,51 +120,4 @@ async fn store_in_msgs(
     let original: MsgRecord = serde_json::from_slice(&stored.payload)
         .map_err(|e| format!("the original of a re-sent message is unreadable: {e}"))?;
     Ok((original.id, original.conv, original.ts))
-}
-
-/// Send tokens a socket takes from its user's bucket at once: one Redis round trip per
-/// this many sends, at the price of up to this many minus one tokens held by a socket.
-const SEND_LEASE: u32 = 4;
-
-/// A refusal when `user` is over their send rate. A token this socket leased earlier costs
-/// nothing; otherwise a few are leased from Redis. Fails open: when Redis does not answer,
-/// the send goes through (counted in `natter_gateway_rate_limit_unchecked_total`).
-async fn over_send_limit(
-    app: &App,
-    user: &str,
-    lease: &tokio::sync::Mutex<u32>,
-    reference: &Option<String>,
-) -> Option<ServerFrame> {
-    use natter_redis::rate_limit::Lease;
-    let limiter = app.send_limit.as_ref()?;
-    let mut leased = lease.lock().await;
-    if *leased > 0 {
-        *leased -= 1;
-        return None;
-    }
-    match limiter.take(user, SEND_LEASE).await {
-        Ok(Lease::Granted(n)) => {
-            *leased = n - 1;
-            None
-        }
-        Ok(Lease::Limited { retry_after_ms }) => {
-            Some(rate_limited(retry_after_ms, reference.clone()))
-        }
-        Err(err) => {
-            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
-            tracing::debug!(error = %err, "rate limit not checked; allowing");
-            None
-        }
-    }
-}
-
-/// `rate_limited`, with when to try again.
-fn rate_limited(retry_after_ms: u64, reference: Option<String>) -> ServerFrame {
-    metrics::counter!("natter_gateway_errors_total", "code" => "rate_limited").increment(1);
-    ServerFrame::Error(ErrorFrame {
-        code: ErrorCode::RateLimited,
-        message: format!("too many messages; retry in {retry_after_ms} ms"),
-        r#ref: reference,
-        retry_after_ms: Some(retry_after_ms),
-    })
 }

@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::{
     App,
+    charge::Wallet,
     frames::Pending,
     live::{Attached, cursor::Cursor, mailbox::Mailbox, wheel::Slot},
     presence::Registration,
@@ -42,6 +43,8 @@ pub(crate) enum End {
     Behind(String),
     /// The client stopped answering keepalives.
     Silent,
+    /// The token the socket was opened with expired (4001: reconnect with a fresh one).
+    Expired,
     /// NATS or the inbox failed under us (1011).
     Internal(String),
     /// The client broke the WebSocket protocol: a frame over the size limit (1009),
@@ -101,30 +104,45 @@ pub(crate) async fn open(app: &App, user: &str, after: u64) -> Result<Opening, O
     })
 }
 
+/// Who a socket is: its user and device, and when the token that opened it expires.
+pub(crate) struct Holder {
+    pub user: String,
+    pub device: String,
+    /// The token's `exp` (seconds since the epoch): the socket is closed with 4001 at the
+    /// first keepalive tick after it.
+    pub expires_at: u64,
+}
+
+/// Close code for a socket whose token expired (an application code: 4000-4999).
+pub(crate) const TOKEN_EXPIRED: u16 = 4001;
+
 /// Serves one authenticated socket until it ends; `registration` is its place in presence
 /// (admitted before the upgrade), `opening` its delivery (from [`open`]).
 pub(crate) async fn serve(
     app: App,
-    user: String,
-    device: String,
+    holder: Holder,
     registration: Registration,
     opening: Opening,
     socket: WebSocket,
 ) {
-    let span = tracing::info_span!("socket", %user, %device);
-    serve_in_span(app, user, device, registration, opening, socket)
+    let span = tracing::info_span!("socket", user = %holder.user, device = %holder.device);
+    serve_in_span(app, holder, registration, opening, socket)
         .instrument(span)
         .await;
 }
 
 async fn serve_in_span(
     app: App,
-    user: String,
-    device: String,
+    holder: Holder,
     registration: Registration,
     opening: Opening,
     socket: WebSocket,
 ) {
+    let Holder {
+        user,
+        device,
+        expires_at,
+    } = holder;
     let (sink, stream) = socket.split();
     let Opening {
         cursor,
@@ -141,10 +159,11 @@ async fn serve_in_span(
         cursor,
         mailbox,
         _attached: attached,
-        send_lease: Arc::default(),
+        wallet: Wallet::default(),
         app,
         user,
         device,
+        expires_at,
         sink,
     };
     metrics::counter!("natter_gateway_connections_total").increment(1);
@@ -163,6 +182,10 @@ async fn serve_in_span(
         End::Shutdown => (close_code::AWAY, "gateway shutting down".to_owned()),
         End::Behind(why) => (close_code::AGAIN, why.clone()),
         End::Silent => (close_code::POLICY, "no keepalive answer".to_owned()),
+        End::Expired => (
+            TOKEN_EXPIRED,
+            "token expired, reconnect with a fresh one".to_owned(),
+        ),
         End::Internal(why) => {
             tracing::warn!(error = %why, "socket ended by an internal error");
             (close_code::ERROR, "internal error, reconnect".to_owned())
@@ -204,6 +227,7 @@ impl End {
             Self::Shutdown => "shutdown",
             Self::Behind(_) => "behind",
             Self::Silent => "silent",
+            Self::Expired => "expired",
             Self::Internal(_) => "internal",
             Self::Broken(..) => "broken",
         }
@@ -217,6 +241,8 @@ pub(crate) struct Session {
     pub(crate) presence: Option<Registration>,
     pub(crate) user: String,
     pub(crate) device: String,
+    /// When the token that opened the socket expires (seconds since the epoch).
+    expires_at: u64,
     sink: Sink,
     pub(crate) cursor: Cursor,
     /// Where the dispatcher and the reconciler leave this socket's live traffic.
@@ -227,9 +253,9 @@ pub(crate) struct Session {
     pub(crate) acked: u64,
     /// Messages sent to this socket and not acked yet: what its next ack makes delivered.
     pub(crate) unacked: Unacked,
-    /// Send tokens this socket took from the user's bucket and has not spent yet. Sends
-    /// in flight take turns on it, so only one of them asks Redis at a time.
-    pub(crate) send_lease: Arc<tokio::sync::Mutex<u32>>,
+    /// Tokens this socket took from the user's bucket and has not spent yet, and its own
+    /// bucket for when Redis is away (`crate::charge`).
+    pub(crate) wallet: Wallet,
 }
 
 impl Session {
@@ -271,6 +297,8 @@ impl Session {
                 _ = slot.tick() => {
                     if last_heard.elapsed() > limits.ping_every() * 3 {
                         Err(End::Silent)
+                    } else if natter_fabric::now_millis() / 1000 >= self.expires_at {
+                        Err(End::Expired)
                     } else {
                         Box::pin(self.send(Message::Ping(Bytes::new()))).await
                     }

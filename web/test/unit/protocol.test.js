@@ -5,14 +5,15 @@
 import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
-import { Connection, backoffMs, socketUrl } from '../../src/protocol.js';
+import { Connection, backoffMs, socketProtocols, socketUrl } from '../../src/protocol.js';
 
 /** A WebSocket stand-in: records what the client sent and lets a test play the server. */
 class FakeSocket {
   static all = [];
 
-  constructor(url) {
+  constructor(url, protocols) {
     this.url = new URL(url);
+    this.protocols = protocols;
     this.readyState = 0;
     this.sent = [];
     FakeSocket.all.push(this);
@@ -145,14 +146,18 @@ beforeEach(() => {
 });
 
 describe('socketUrl', () => {
-  it('puts token, device and cursor in the query and follows the page scheme', () => {
-    const plain = new URL(socketUrl('http://h:1', { token: 't k', device: 'd', after: 7 }));
+  it('puts device and cursor in the query, never the token, and follows the page scheme', () => {
+    const plain = new URL(socketUrl('http://h:1', { device: 'd', after: 7 }));
     assert.equal(plain.protocol, 'ws:');
     assert.equal(plain.pathname, '/v1/ws');
-    assert.equal(plain.searchParams.get('token'), 't k');
+    assert.equal(plain.searchParams.get('token'), null);
     assert.equal(plain.searchParams.get('device'), 'd');
     assert.equal(plain.searchParams.get('after'), '7');
-    assert.equal(new URL(socketUrl('https://h', { token: 't', device: 'd', after: 0 })).protocol, 'wss:');
+    assert.equal(new URL(socketUrl('https://h', { device: 'd', after: 0 })).protocol, 'wss:');
+  });
+
+  it('offers the token as a subprotocol next to natter.v1', () => {
+    assert.deepEqual(socketProtocols('a.b.c'), ['natter.v1', 'bearer.a.b.c']);
   });
 });
 
@@ -176,6 +181,7 @@ describe('Connection', () => {
     conn.start();
     const socket = FakeSocket.last();
     assert.equal(socket.url.searchParams.get('after'), '0');
+    assert.deepEqual(socket.protocols, ['natter.v1', 'bearer.jwt']);
     socket.accept();
     socket.deliver(msg(1, 'one'));
     socket.deliver(msg(2, 'two'));
