@@ -106,7 +106,7 @@ pub fn gateway_process(
         };
         config.limits.send_per_sec = 0.0;
         configure(&mut config);
-        crate::system::use_test_secret(&mut config);
+        crate::system::test_settings(&mut config);
         natter_gateway::run(listener, config, std::future::pending())
             .await
             .expect("gateway");

@@ -21,11 +21,19 @@ use crate::{cluster::NatsCluster, redis::RedisServer};
 /// the browser tests sign in through development sign-in, which signs with nothing else.
 pub const SECRET: &str = natter_gateway::config::DEV_JWT_SECRET;
 
-/// Makes a test gateway verify tokens signed with [`SECRET`] (development mode).
-pub fn use_test_secret(config: &mut Config) {
+/// What every test gateway shares: it verifies tokens signed with [`SECRET`]
+/// (development mode), and bounds media to what the test cluster's storage (2 GB per
+/// server) can reserve. Gateways agree on the bound, or each start would change it.
+pub fn test_settings(config: &mut Config) {
     config.jwt.secret = None;
     config.jwt.allow_dev_secret = true;
+    config.media.max_total_bytes = OPTIONS
+        .get()
+        .map_or(MEDIA_MAX_TOTAL_BYTES, |o| o.media_max_total_bytes);
 }
+
+/// The media bound of every test gateway (see [`test_settings`]).
+pub const MEDIA_MAX_TOTAL_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub struct System {
     pub gateways: Vec<SocketAddr>,
@@ -78,6 +86,10 @@ pub struct Options {
     pub send_burst: f64,
     /// Groups a user may create a day (`limits.groups_per_day`; 0: no cap).
     pub groups_per_day: u32,
+    /// All media together (`media.max_total_bytes`), and one user's uploads a day
+    /// (`media.mib_per_day`).
+    pub media_max_total_bytes: u64,
+    pub media_mib_per_day: u32,
     /// How long a socket stays online without a heartbeat (short, so tests see expiry).
     pub presence_ttl_ms: u64,
     /// Push workers (with the workers) delivering to this webhook; none: no push.
@@ -92,6 +104,8 @@ impl Default for Options {
             send_per_sec: 0.0,
             send_burst: 1.0,
             groups_per_day: 0,
+            media_max_total_bytes: MEDIA_MAX_TOTAL_BYTES,
+            media_mib_per_day: 1024,
             presence_ttl_ms: 3_000,
             push: None,
         }
@@ -167,11 +181,12 @@ fn start(options: Options) -> System {
                         metrics_listen: None,
                         ..Config::default()
                     };
-                    use_test_secret(&mut config);
+                    test_settings(&mut config);
                     config.limits.reconcile_every_ms = options.reconcile_every_ms;
                     config.limits.send_per_sec = options.send_per_sec;
                     config.limits.send_burst = options.send_burst;
                     config.limits.groups_per_day = options.groups_per_day;
+                    config.media.mib_per_day = options.media_mib_per_day;
                     config.redis.url.clone_from(&redis_url);
                     config.presence.ttl_ms = options.presence_ttl_ms;
                     config.presence.sweep_every_ms = 250;
@@ -423,7 +438,7 @@ impl ExtraGateway {
         config.limits.send_per_sec = 0.0;
         configure(&mut config);
         config.listen = addr;
-        use_test_secret(&mut config);
+        test_settings(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(natter_gateway::run(listener, config, async move {
             let _ = stopped.await;

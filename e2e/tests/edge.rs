@@ -156,7 +156,7 @@ async fn the_gateway_serves_wss_and_https_with_the_certificate_it_is_given() {
         metrics_listen: None,
         ..Default::default()
     };
-    natter_e2e::system::use_test_secret(&mut config);
+    natter_e2e::system::test_settings(&mut config);
     config.redis.url.clone_from(&sys.redis_url);
     config.tls.cert_file = Some(cert_file);
     config.tls.key_file = Some(key_file);

@@ -410,3 +410,67 @@ async fn a_group_of_1024_members_puts_each_message_into_every_inbox_exactly_once
         assert_eq!(copies, 1, "{member}'s inbox");
     }
 }
+
+/// What fanout must not deliver, put straight into `MSGS` as a gateway could: a record
+/// from someone who is not a member (as when the sender was removed between the
+/// gateway's check and fanout) and bytes that are not a record at all. Neither reaches a
+/// member or history, and the partition goes on: the next message is delivered.
+#[tokio::test]
+async fn records_from_non_members_and_unreadable_records_reach_nobody_and_the_partition_goes_on() {
+    use async_nats::jetstream;
+    use natter_fabric::{records::MsgRecord, subjects};
+    use natter_schemas::{Body, Conversation};
+    let (amy, bob, mallory) = (unique("amy"), unique("bob"), unique("mallory"));
+    let mut a = Client::connect(0, &amy, "phone", 0).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let gid = gid_of(&create(&mut a, "Poison", &[&bob]).await);
+    let conv = format!("group:{gid}");
+    let js = jetstream::new(system::nats_as("gateway", "forger").await);
+    let subject = subjects::msg(&Conversation::Group(gid.clone()));
+    let forged = MsgRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        conv: conv.clone(),
+        from: mallory.clone(),
+        device: "phone".into(),
+        ts: natter_fabric::now_millis(),
+        body: Body::Text {
+            text: "forged".into(),
+        },
+        reply_to: None,
+    };
+    for payload in [
+        b"not a record".to_vec(),
+        serde_json::to_vec(&forged).unwrap(),
+    ] {
+        js.publish(subject.clone(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .expect("stored in MSGS");
+    }
+    let after = a.send_to_group(&gid, "after the poison").await;
+    // Fanout keeps a partition in order: by the time this arrives, the two were handled.
+    b.wait_for_text("after the poison").await;
+    let forged_seen = b
+        .messages_within(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .any(|m| m["body"]["text"] == "forged");
+    assert!(!forged_seen, "a non-member's record reached a member");
+    let mut history = Vec::new();
+    for _ in 0..50 {
+        history = b.page_back(&conv, 100).await.expect("a history page");
+        if history
+            .iter()
+            .any(|id| *id == after["id"].as_str().unwrap())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        history,
+        [after["id"].as_str().unwrap()],
+        "history holds only the real message"
+    );
+}

@@ -24,7 +24,7 @@ use async_nats::{
         context::PublishAckFuture,
         kv::{self, UpdateErrorKind},
         object_store::{self, ObjectInfo, ObjectOptions},
-        stream::StorageType,
+        stream::{DiscardPolicy, StorageType},
     },
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE};
@@ -37,6 +37,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::buckets::{lost_race, open_bucket, read_latest};
 
 pub const BUCKET: &str = "media";
+/// The stream the object store keeps the files in.
+pub const STREAM: &str = "OBJ_media";
 pub const ACCESS_BUCKET: &str = "media_access";
 /// Default upload limit.
 pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
@@ -81,6 +83,10 @@ pub enum MediaError {
     Bucket(String),
     #[error("media store: {0}")]
     Store(String),
+    /// The media stream is at its `max_bytes` (or the servers out of storage): uploads
+    /// are refused until files expire; messages are not affected.
+    #[error("the media store is full")]
+    Full,
 }
 
 #[derive(Clone)]
@@ -94,11 +100,16 @@ pub struct MediaStore {
 const READ_AHEAD: usize = 4;
 
 impl MediaStore {
-    /// Opens (creating on first use) both buckets. `max_age` zero keeps files forever.
+    /// Opens (creating on first use) both buckets. `max_age` zero keeps files forever
+    /// (applied to the files' stream at every start; the access records keep the age the
+    /// bucket was created with). `max_total_bytes` (0: no bound) bounds the files' stream, which then refuses new
+    /// files rather than dropping old ones: media shares the servers' storage with the
+    /// message streams, and must never fill it.
     pub async fn open(
         js: &jetstream::Context,
         replicas: usize,
         max_age: Duration,
+        max_total_bytes: u64,
     ) -> Result<Self, MediaError> {
         match js.get_object_store(BUCKET).await {
             Ok(_) => {}
@@ -115,8 +126,33 @@ impl MediaStore {
                 .map_err(|e| MediaError::Bucket(e.to_string()))?;
             }
         }
+        let mut stream = js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| MediaError::Bucket(e.to_string()))?;
+        let mut config = stream
+            .info()
+            .await
+            .map_err(|e| MediaError::Bucket(e.to_string()))?
+            .config
+            .clone();
+        let max_bytes = i64::try_from(max_total_bytes)
+            .ok()
+            .filter(|max| *max > 0)
+            .unwrap_or(-1);
+        if config.max_bytes != max_bytes
+            || config.discard != DiscardPolicy::New
+            || config.max_age != max_age
+        {
+            config.max_bytes = max_bytes;
+            config.discard = DiscardPolicy::New;
+            config.max_age = max_age;
+            js.update_stream(config)
+                .await
+                .map_err(|e| MediaError::Bucket(e.to_string()))?;
+        }
         let stream = js
-            .get_stream_no_info(format!("OBJ_{BUCKET}"))
+            .get_stream_no_info(STREAM)
             .await
             .map_err(|e| MediaError::Bucket(e.to_string()))?;
         let access = open_bucket(
@@ -216,7 +252,7 @@ impl MediaStore {
                 .js
                 .publish(subject.to_owned(), chunk.freeze())
                 .await
-                .map_err(|e| MediaError::Store(e.to_string()))?;
+                .map_err(store_error)?;
             acks.push_back(ack);
             if acks.len() >= WINDOW {
                 let ack = acks.pop_front().expect("a pending ack");
@@ -269,9 +305,9 @@ impl MediaStore {
         self.js
             .publish_with_headers(subject, headers, meta.into())
             .await
-            .map_err(|e| MediaError::Store(e.to_string()))?
+            .map_err(store_error)?
             .await
-            .map_err(|e| MediaError::Store(e.to_string()))?;
+            .map_err(store_error)?;
         let sha256 = digest
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -394,9 +430,24 @@ impl MediaStore {
 
 /// The stream sequence an acked chunk publish got.
 async fn stored_at(ack: PublishAckFuture) -> Result<u64, MediaError> {
-    ack.await
-        .map(|ack| ack.sequence)
-        .map_err(|e| MediaError::Store(e.to_string()))
+    ack.await.map(|ack| ack.sequence).map_err(store_error)
+}
+
+/// A refused store: [`MediaError::Full`] when the stream or the servers have no room.
+fn store_error(err: jetstream::context::PublishError) -> MediaError {
+    use async_nats::jetstream::ErrorCode;
+    let code = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(jetstream::Error::error_code);
+    match code {
+        Some(
+            ErrorCode::STREAM_STORE_FAILED
+            | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            | ErrorCode::INSUFFICIENT_RESOURCES
+            | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+        ) => MediaError::Full,
+        _ => MediaError::Store(err.to_string()),
+    }
 }
 
 /// One chunk by sequence: from a replica (direct get), or from the leader when the

@@ -36,7 +36,10 @@ fn base(name: &str, subjects: &str, replicas: usize, max_age: Duration) -> Confi
         num_replicas: replicas,
         max_age,
         duplicate_window: DUPLICATE_WINDOW,
-        discard: DiscardPolicy::Old,
+        // Nothing is dropped to make room: with a size limit (none is set today) or the
+        // servers' storage full, a write is refused and its sender told (`unavailable`),
+        // never an older item silently discarded. Only `max_age` removes items.
+        discard: DiscardPolicy::New,
         ..Default::default()
     }
 }

@@ -158,6 +158,25 @@ pub(crate) async fn pay_http(app: &App, user: &str, cost: u32) -> Result<(), Lim
     }
 }
 
+/// Takes `mib` from `user`'s daily upload quota. Fails open when Redis does not answer
+/// (the media store's own bound still holds).
+pub(crate) async fn upload(app: &App, user: &str, mib: u32) -> Result<(), Limited> {
+    let Some(quota) = app.upload_quota.as_ref() else {
+        return Ok(());
+    };
+    match quota.take_between(user, mib, mib).await {
+        Ok(natter_redis::rate_limit::Lease::Limited { retry_after_ms }) => {
+            Err(Limited { retry_after_ms })
+        }
+        Ok(_) => Ok(()),
+        Err(err) => {
+            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
+            tracing::debug!(error = %err, "upload quota not checked");
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use natter_schemas::ClientFrame;

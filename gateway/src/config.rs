@@ -104,6 +104,13 @@ pub struct MediaConfig {
     /// How long files are kept, in days; 0 keeps them as long as history (forever).
     /// Applies when the bucket is created.
     pub max_age_days: u64,
+    /// All files together, in bytes (0: unbounded): the media stream's `max_bytes`, kept
+    /// well below the servers' `max_file_store` so media can never take the storage the
+    /// messages need. Past it uploads are refused (507) until files expire.
+    pub max_total_bytes: u64,
+    /// MiB one user may upload a day (0: no quota); an upload without `Content-Length`
+    /// counts as `max_bytes`.
+    pub mib_per_day: u32,
 }
 
 impl Default for MediaConfig {
@@ -130,7 +137,9 @@ impl Default for MediaConfig {
             ]
             .map(String::from)
             .to_vec(),
-            max_age_days: 0,
+            max_age_days: 30,
+            max_total_bytes: 8 * 1024 * 1024 * 1024,
+            mib_per_day: 1024,
         }
     }
 }
@@ -469,6 +478,17 @@ mod tests {
         assert_eq!(config.media.max_bytes, defaults.media.max_bytes);
         assert_eq!(config.media.allowed_types, defaults.media.allowed_types);
         assert_eq!(config.media.max_age_days, defaults.media.max_age_days);
+        assert_eq!(config.media.max_total_bytes, defaults.media.max_total_bytes);
+        assert_eq!(config.media.mib_per_day, defaults.media.mib_per_day);
+        assert_eq!(config.limits.groups_per_day, defaults.limits.groups_per_day);
+        assert_eq!(
+            config.limits.body_timeout_ms,
+            defaults.limits.body_timeout_ms
+        );
+        assert_eq!(
+            config.limits.max_connections_per_address,
+            defaults.limits.max_connections_per_address
+        );
     }
 
     #[test]

@@ -405,14 +405,24 @@ async fn upload(
     if declared.is_some_and(|len| len > media.max_bytes) {
         return Err(too_large());
     }
-    // 1 token and 1 per MiB (a chunked upload that declares no length as 10 MiB).
-    let mib = declared.map_or(10, |len| len.div_ceil(1024 * 1024));
-    charge(
-        &app,
-        &identity.user,
-        1 + u32::try_from(mib).unwrap_or(u32::MAX),
-    )
-    .await?;
+    // 1 token and 1 per MiB (a chunked upload that declares no length as 10 MiB), and
+    // the MiB from the day's quota (no length declared: as the largest file allowed).
+    let mib = |bytes: u64| u32::try_from(bytes.div_ceil(1024 * 1024).max(1)).unwrap_or(u32::MAX);
+    charge(&app, &identity.user, 1 + declared.map_or(10, mib)).await?;
+    let quota = declared.map_or(mib(media.max_bytes), mib);
+    crate::charge::upload(&app, &identity.user, quota)
+        .await
+        .map_err(|limited| {
+            Refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!(
+                    "the day's upload quota ({} MiB) is used up; retry in {} s",
+                    media.mib_per_day,
+                    limited.retry_after_ms.div_ceil(1000)
+                ),
+            )
+        })?;
     let pause = app.config.limits.body_timeout();
     let mut reader = std::pin::pin!(StreamReader::new(crate::refusal::body_stream(body, pause)));
     let started = std::time::Instant::now();
@@ -426,6 +436,11 @@ async fn upload(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "wrong_type",
                 err.to_string(),
+            ),
+            MediaError::Full => Refusal(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the media store is full; try again later".into(),
             ),
             MediaError::Read(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
                 crate::refusal::body_timed_out(err.to_string())

@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     pub action_limit: Option<natter_redis::rate_limit::RateLimiter>,
     /// Per-user daily bucket of group creations; `None` when unlimited.
     pub group_limit: Option<natter_redis::rate_limit::RateLimiter>,
+    /// Per-user daily upload quota, in MiB; `None` when unlimited.
+    pub upload_quota: Option<natter_redis::rate_limit::RateLimiter>,
     /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
     pub dev_secret: Option<String>,
     pub config: Config,
@@ -198,7 +200,7 @@ pub async fn run(
     .await?;
     let media_age = config.media.max_age();
     let media = streams::with_patience("media buckets", patience, || {
-        MediaStore::open(&js, replicas, media_age)
+        MediaStore::open(&js, replicas, media_age, config.media.max_total_bytes)
     })
     .await?;
 
@@ -221,16 +223,20 @@ pub async fn run(
             limits.send_burst.max(1.0),
         )
     });
-    let group_limit = (limits.groups_per_day > 0).then(|| {
-        let per_day = f64::from(limits.groups_per_day);
-        natter_redis::rate_limit::RateLimiter::new(
-            redis,
-            prefix,
-            "groups",
-            per_day / 86_400.0,
-            per_day,
-        )
-    });
+    let per_day = |action: &str, per_day: u32| {
+        (per_day > 0).then(|| {
+            let per_day = f64::from(per_day);
+            natter_redis::rate_limit::RateLimiter::new(
+                redis.clone(),
+                prefix,
+                action,
+                per_day / 86_400.0,
+                per_day,
+            )
+        })
+    };
+    let group_limit = per_day("groups", limits.groups_per_day);
+    let upload_quota = per_day("media", config.media.mib_per_day);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = LiveHub::start(nats.clone(), stop_rx.clone());
@@ -259,6 +265,7 @@ pub async fn run(
         presence: presence.clone(),
         action_limit,
         group_limit,
+        upload_quota,
         dev_secret,
         config,
         live,

@@ -1,7 +1,7 @@
-//! One suite for every store backend. It always runs on the embedded store; it runs on
-//! TiKV when `NATTER_TIKV_PD` names a cluster's PD endpoints (comma-separated). No TiKV can
-//! run on the machines this project is developed on, so there the TiKV test says it was
-//! not run, and nothing claims it passed.
+//! One suite for every store backend. It always runs on the embedded store; the TiKV test
+//! is ignored unless asked for (`-- --ignored`) with `NATTER_TIKV_PD` naming a cluster's
+//! PD endpoints (comma-separated). No TiKV can run on the machines this project is
+//! developed on, so there the summary lists it as ignored, and nothing claims it passed.
 
 use natter_history::{
     Batch, Durability, Embedded, History, OrderedStore, SenderMarks, Tikv, log::MAX_PAGE_BYTES,
@@ -248,11 +248,9 @@ async fn the_embedded_store_passes_the_suite() {
 }
 
 #[tokio::test]
-async fn a_tikv_cluster_passes_the_suite_when_one_is_configured() {
-    let Ok(pd) = std::env::var("NATTER_TIKV_PD") else {
-        eprintln!("NATTER_TIKV_PD is not set: the TiKV backend was NOT tested in this run");
-        return;
-    };
+#[ignore = "needs a TiKV cluster: NATTER_TIKV_PD=<pd endpoints> cargo test -p natter-history -- --ignored"]
+async fn a_tikv_cluster_passes_the_suite() {
+    let pd = std::env::var("NATTER_TIKV_PD").expect("NATTER_TIKV_PD names the PD endpoints");
     let endpoints = pd.split(',').map(|s| s.trim().to_owned()).collect();
     let store = Tikv::connect(endpoints).await.expect("TiKV reachable");
     let run = uuid::Uuid::new_v4().simple().to_string();

@@ -40,6 +40,17 @@ async fn refresh(js: &jetstream::Context) -> Result<(), async_nats::Error> {
             .set(state.messages as f64);
         metrics::gauge!("natter_jetstream_stream_bytes", "stream" => name).set(state.bytes as f64);
     }
+    // Media's bound (`max_bytes`, the gateways' `media.max_total_bytes`) next to its size,
+    // for the "media store nearly full" alert; -1 when unbounded.
+    if let Ok(mut media) = js.get_stream(natter_fabric::media::STREAM).await {
+        let info = media.info().await?;
+        metrics::gauge!("natter_jetstream_stream_messages", "stream" => natter_fabric::media::STREAM)
+            .set(info.state.messages as f64);
+        metrics::gauge!("natter_jetstream_stream_bytes", "stream" => natter_fabric::media::STREAM)
+            .set(info.state.bytes as f64);
+        metrics::gauge!("natter_jetstream_stream_max_bytes", "stream" => natter_fabric::media::STREAM)
+            .set(info.config.max_bytes as f64);
+    }
     let msgs = js.get_stream_no_info(streams::MSGS).await?;
     let (mut pending, mut unacked) = (0u64, 0u64);
     for p in 0..subjects::PARTITIONS {
