@@ -16,6 +16,7 @@ pub mod client;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
 pub mod system;
 

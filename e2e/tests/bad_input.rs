@@ -45,16 +45,13 @@ use natter_e2e::{
     Client,
     child::{self, TestProcess},
     client::{PATIENCE, Socket, token},
+    raw::{CONTINUATION, Ending, RawSocket, TEXT},
     system::{ExtraGateway, SECRET, nats_settings, system, wait_healthy},
     unique,
 };
 use natter_gateway::auth::{Audience, Claims};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpSocket, TcpStream},
-};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Ids that are not ids, each with what is wrong with it.
@@ -580,149 +577,6 @@ async fn a_binary_frame_gets_bad_frame_and_the_socket_goes_on() {
     }
     assert_eq!(sent["type"], "sent", "{sent}");
     b.wait_for_text("after a binary frame").await;
-}
-
-/// A WebSocket opened by hand over TCP, to send frames a WebSocket library will not send
-/// (invalid UTF-8, over the size limit) and to see exactly how the server ends it.
-struct RawSocket {
-    stream: TcpStream,
-    read: Vec<u8>,
-}
-
-/// How a socket ended.
-#[derive(Debug, PartialEq)]
-enum Ending {
-    /// A close frame with this code.
-    Close(Option<u16>),
-    /// The TCP connection closed (or was reset) without a close frame.
-    Dropped,
-}
-
-const TEXT: u8 = 1;
-const CONTINUATION: u8 = 0;
-
-impl RawSocket {
-    /// Opens `user`'s socket on `addr`; `receive_buffer` shrinks the TCP receive buffer.
-    async fn open(addr: SocketAddr, user: &str, receive_buffer: Option<u32>) -> Self {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(size) = receive_buffer {
-            socket.set_recv_buffer_size(size).unwrap();
-        }
-        let mut stream = socket.connect(addr).await.unwrap();
-        let request = format!(
-            "GET /v1/ws?token={}&device=raw HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n",
-            token(user)
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Self {
-            stream,
-            read: Vec::new(),
-        };
-        let end = loop {
-            if let Some(end) = raw.read.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end;
-            }
-            assert!(
-                raw.fill(raw.read.len() + 1).await,
-                "closed in the handshake"
-            );
-        };
-        let head = String::from_utf8_lossy(&raw.read[..end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        raw.read.drain(..end + 4);
-        raw
-    }
-
-    /// Sends one masked frame; write errors are returned (the server may have hung up).
-    async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend((n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend((n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        frame.extend(mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await
-    }
-
-    /// Reads until `len` bytes are buffered; false when the connection ended first.
-    async fn fill(&mut self, len: usize) -> bool {
-        while self.read.len() < len {
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => self.read.extend_from_slice(&chunk[..n]),
-            }
-        }
-        true
-    }
-
-    /// The next frame from the server (opcode, payload), `None` when the connection ended.
-    async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
-        if !self.fill(2).await {
-            return None;
-        }
-        let (len, header) = match self.read[1] & 0x7f {
-            126 => {
-                if !self.fill(4).await {
-                    return None;
-                }
-                (
-                    usize::from(u16::from_be_bytes([self.read[2], self.read[3]])),
-                    4,
-                )
-            }
-            127 => {
-                if !self.fill(10).await {
-                    return None;
-                }
-                let bytes: [u8; 8] = self.read[2..10].try_into().unwrap();
-                (u64::from_be_bytes(bytes) as usize, 10)
-            }
-            n => (usize::from(n), 2),
-        };
-        if !self.fill(header + len).await {
-            return None;
-        }
-        let opcode = self.read[0] & 0x0f;
-        let payload = self.read[header..header + len].to_vec();
-        self.read.drain(..header + len);
-        Some((opcode, payload))
-    }
-
-    /// Reads (and counts the text frames) until the server ends the socket, for at most
-    /// `within`.
-    async fn ending(&mut self, within: Duration) -> (Ending, usize) {
-        let mut texts = 0;
-        let read = async {
-            loop {
-                match self.next_frame().await {
-                    None => return Ending::Dropped,
-                    Some((8, payload)) => {
-                        let code = (payload.len() >= 2)
-                            .then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                        return Ending::Close(code);
-                    }
-                    Some((TEXT, _)) => texts += 1,
-                    Some(_) => {}
-                }
-            }
-        };
-        let ending = tokio::time::timeout(within, read)
-            .await
-            .unwrap_or_else(|_| panic!("the socket was still open after {within:?}"));
-        (ending, texts)
-    }
 }
 
 /// A ping frame padded with an ignored field to exactly `len` bytes.

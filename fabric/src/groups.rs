@@ -11,7 +11,7 @@
 //! member when the last admin leaves) as plain functions; [`Groups`] stores and caches.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -287,8 +287,66 @@ pub struct Groups {
     cache: Arc<RwLock<Cache>>,
 }
 
-/// Group id → (revision, group).
-type Cache = HashMap<String, (u64, Arc<Group>)>;
+/// The cached groups, and for each member the cached groups they are in: "do these two
+/// share a group" looks at one user's groups, never at every group.
+#[derive(Default)]
+struct Cache {
+    /// Group id → (revision, group).
+    groups: HashMap<String, (u64, Arc<Group>)>,
+    /// User → ids of the cached groups they are a member of.
+    member_of: HashMap<String, HashSet<Arc<str>>>,
+}
+
+impl Cache {
+    fn get(&self, gid: &str) -> Option<&(u64, Arc<Group>)> {
+        self.groups.get(gid)
+    }
+
+    fn insert(&mut self, revision: u64, group: Arc<Group>) {
+        self.remove(&group.id);
+        let gid: Arc<str> = Arc::from(group.id.as_str());
+        for member in &group.members {
+            self.member_of
+                .entry(member.clone())
+                .or_default()
+                .insert(gid.clone());
+        }
+        self.groups.insert(group.id.clone(), (revision, group));
+    }
+
+    fn remove(&mut self, gid: &str) {
+        let Some((_, old)) = self.groups.remove(gid) else {
+            return;
+        };
+        for member in &old.members {
+            if let Some(groups) = self.member_of.get_mut(member) {
+                groups.remove(gid);
+                if groups.is_empty() {
+                    self.member_of.remove(member);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.member_of.clear();
+    }
+
+    /// Whether `a` and `b` are in a cached group together: the smaller of their two group
+    /// sets is walked.
+    fn share_a_group(&self, a: &str, b: &str) -> bool {
+        let (Some(of_a), Some(of_b)) = (self.member_of.get(a), self.member_of.get(b)) else {
+            return false;
+        };
+        let (small, large) = if of_a.len() <= of_b.len() {
+            (of_a, of_b)
+        } else {
+            (of_b, of_a)
+        };
+        small.iter().any(|gid| large.contains(gid))
+    }
+}
 
 impl Groups {
     /// Opens the bucket, creating it on first use.
@@ -333,12 +391,10 @@ impl Groups {
     }
 
     /// Whether `a` and `b` are both members of a group this process has cached. A gateway
-    /// watches the whole bucket, so there this covers every group.
+    /// watches the whole bucket, so there this covers every group. It looks only at the
+    /// groups of one of the two (an index kept with the cache), never at every group.
     pub fn share_a_group(&self, a: &str, b: &str) -> bool {
-        let cache = self.cache.read().expect("cache lock");
-        cache
-            .values()
-            .any(|(_, group)| group.is_member(a) && group.is_member(b))
+        self.cache.read().expect("cache lock").share_a_group(a, b)
     }
 
     /// Stores a new group (its id is fresh, so it cannot exist yet).
@@ -430,7 +486,7 @@ impl Groups {
         let mut cache = self.cache.write().expect("cache lock");
         let newer = cache.get(&group.id).is_none_or(|(r, _)| *r < revision);
         if newer {
-            cache.insert(group.id.clone(), (revision, group));
+            cache.insert(revision, group);
         }
     }
 
@@ -567,5 +623,25 @@ mod tests {
         g.leave("bob", 4).unwrap();
         g.leave("cat", 5).unwrap();
         assert!(g.members.is_empty() && g.admins.is_empty());
+    }
+
+    #[test]
+    fn the_member_index_follows_the_cached_groups() {
+        let mut cache = Cache::default();
+        let mut g = group();
+        cache.insert(1, Arc::new(g.clone()));
+        let [first, second] = [&g.members[0], &g.members[1]].map(|m| m.clone());
+        assert!(cache.share_a_group(&first, &second));
+        assert!(!cache.share_a_group(&first, "stranger"));
+        // A newer version without `second`: they no longer share it.
+        g.members.retain(|m| *m != second);
+        cache.insert(2, Arc::new(g.clone()));
+        assert!(!cache.share_a_group(&first, &second));
+        assert!(
+            !cache.member_of.contains_key(&second),
+            "no empty entries left"
+        );
+        cache.remove(&g.id);
+        assert!(cache.member_of.is_empty() && cache.groups.is_empty());
     }
 }
