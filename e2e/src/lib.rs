@@ -53,3 +53,20 @@ pub fn unique(name: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     )
 }
+
+/// A `/proc/<pid>/status` figure in MiB (`VmRSS:` now, `VmHWM:` peak).
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("a memory figure");
+    kib / 1024.0
+}

@@ -40,20 +40,7 @@ impl Gateway {
 
     /// A `/proc/<pid>/status` figure in MiB (`VmRSS`: now, `VmHWM`: peak).
     fn memory_mib(&self, field: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid()))
-            .expect("the gateway's /proc status");
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .expect("a memory figure");
-        kib / 1024.0
+        natter_e2e::memory_mib(self.process.pid(), field)
     }
 }
 

@@ -10,6 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use natter_e2e::{
     Client,
     child::{self, TestProcess},
+    memory_mib,
     raw::{Ending, RawSocket},
     system::{system, wait_healthy},
     unique,
@@ -28,23 +29,6 @@ fn gateway_process() {
             config.redis.url = redis;
         }
     });
-}
-
-/// A `/proc/<pid>/status` figure in MiB (`VmRSS:` now, `VmHWM:` peak).
-fn memory_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("a memory figure");
-    kib / 1024.0
 }
 
 #[tokio::test]

@@ -122,27 +122,31 @@ impl Wallet {
 /// Takes one group creation from `user`'s daily allowance. Fails open when Redis does not
 /// answer (the action bucket's floor still holds).
 pub(crate) async fn new_group(app: &App, user: &str) -> Result<(), Limited> {
-    let Some(limiter) = app.group_limit.as_ref() else {
-        return Ok(());
-    };
-    match limiter.take(user, 1).await {
-        Ok(natter_redis::rate_limit::Lease::Limited { retry_after_ms }) => {
-            Err(Limited { retry_after_ms })
-        }
-        Ok(_) => Ok(()),
-        Err(err) => {
-            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
-            tracing::debug!(error = %err, "group creation cap not checked");
-            Ok(())
-        }
-    }
+    take_exactly(app.group_limit.as_ref(), user, 1, "group creation cap").await
 }
 
 /// Charges an HTTP request of `user` (`GET /v1/inbox`, an upload, message info) to their
 /// bucket. There is no socket to keep a local floor in, so it fails open when Redis does
 /// not answer; the connection caps still bound what one client can do meanwhile.
 pub(crate) async fn pay_http(app: &App, user: &str, cost: u32) -> Result<(), Limited> {
-    let Some(limiter) = app.action_limit.as_ref() else {
+    take_exactly(app.action_limit.as_ref(), user, cost, "rate limit").await
+}
+
+/// Takes `mib` from `user`'s daily upload quota. Fails open when Redis does not answer
+/// (the media store's own bound still holds).
+pub(crate) async fn upload(app: &App, user: &str, mib: u32) -> Result<(), Limited> {
+    take_exactly(app.upload_quota.as_ref(), user, mib, "upload quota").await
+}
+
+/// Takes `cost` tokens of `user`'s from `limiter` (none configured: allowed), failing open
+/// (counted) when Redis does not answer.
+async fn take_exactly(
+    limiter: Option<&natter_redis::rate_limit::RateLimiter>,
+    user: &str,
+    cost: u32,
+    what: &str,
+) -> Result<(), Limited> {
+    let Some(limiter) = limiter else {
         return Ok(());
     };
     match limiter.take_between(user, cost, cost).await {
@@ -152,26 +156,7 @@ pub(crate) async fn pay_http(app: &App, user: &str, cost: u32) -> Result<(), Lim
         Ok(_) => Ok(()),
         Err(err) => {
             metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
-            tracing::debug!(error = %err, "rate limit not checked");
-            Ok(())
-        }
-    }
-}
-
-/// Takes `mib` from `user`'s daily upload quota. Fails open when Redis does not answer
-/// (the media store's own bound still holds).
-pub(crate) async fn upload(app: &App, user: &str, mib: u32) -> Result<(), Limited> {
-    let Some(quota) = app.upload_quota.as_ref() else {
-        return Ok(());
-    };
-    match quota.take_between(user, mib, mib).await {
-        Ok(natter_redis::rate_limit::Lease::Limited { retry_after_ms }) => {
-            Err(Limited { retry_after_ms })
-        }
-        Ok(_) => Ok(()),
-        Err(err) => {
-            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
-            tracing::debug!(error = %err, "upload quota not checked");
+            tracing::debug!(error = %err, "{what} not checked");
             Ok(())
         }
     }
