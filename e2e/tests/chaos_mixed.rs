@@ -243,6 +243,8 @@ struct DeviceLog {
     sending_done: bool,
     /// The `read` marks sent, conversation → newest message id from someone else.
     read_marks: BTreeMap<String, String>,
+    /// The `read` marks went out (at least once): until then there is nothing to await.
+    reads_marked: bool,
 }
 
 /// A numbered message stream from one device.
@@ -576,7 +578,10 @@ impl DeviceTask {
                 return false;
             }
         }
-        self.log.lock().unwrap().read_marks = marks;
+        let mut log = self.log.lock().unwrap();
+        log.read_marks = marks;
+        log.reads_marked = true;
+        drop(log);
         self.reads_sent = true;
         true
     }
@@ -1205,8 +1210,11 @@ async fn every_sent_message_arrives_once_through_node_gateway_worker_and_redis_f
     })
     .await;
     stage.send_replace(Stage::Read);
+    // Complete only once every device has sent its marks: before that nothing is missing.
     let read_time = converge(CONVERGENCE_PATIENCE, || {
-        check_receipts(&convs, &snapshot(&devices), true).complete(true)
+        let views = snapshot(&devices);
+        views.iter().all(|v| v.log.reads_marked)
+            && check_receipts(&convs, &views, true).complete(true)
     })
     .await;
     let views = snapshot(&devices);
