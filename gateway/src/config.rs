@@ -7,7 +7,10 @@ use natter_fabric::connect::{NatsArgs, NatsSettings};
 use natter_redis::RedisSettings;
 use serde::Deserialize;
 
+pub use limits::Limits;
 pub use natter_auth::DEV_JWT_SECRET;
+
+mod limits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -102,7 +105,7 @@ pub struct MediaConfig {
     /// leading bytes.
     pub allowed_types: Vec<String>,
     /// How long files are kept, in days; 0 keeps them as long as history (forever).
-    /// Applies when the bucket is created.
+    /// Applied to the store at every gateway start: lowering it deletes the older files.
     pub max_age_days: u64,
     /// All files together, in bytes (0: unbounded): the media stream's `max_bytes`, kept
     /// well below the servers' `max_file_store` so media can never take the storage the
@@ -164,55 +167,6 @@ pub struct JwtConfig {
     pub allow_dev_secret: bool,
 }
 
-/// Per-connection bounds. Everything a connection holds is bounded by these.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Sends waiting for their JetStream ack on one socket; beyond it the gateway stops
-    /// reading from that socket until acks come back.
-    pub max_inflight: usize,
-    /// A write to a socket that takes longer than this closes it (1013: resume later).
-    pub write_timeout_ms: u64,
-    /// A live gap larger than this is not repaired in place: the socket is closed with
-    /// 1013 and the client resumes with `after`.
-    pub max_gap_repair: u64,
-    /// How often each socket checks its inbox's newest sequence against what it has
-    /// forwarded (finds republishes lost to a leader change).
-    pub reconcile_every_ms: u64,
-    /// WebSocket keepalive ping interval; a peer silent for three of them is dropped.
-    pub ping_every_ms: u64,
-    /// Largest client frame, in bytes.
-    pub max_frame_bytes: usize,
-    /// Most members of one group (WhatsApp's limit by default).
-    pub max_group_members: usize,
-    /// Tokens a user's bucket refills per second, over all their sockets and gateways (in
-    /// Redis): every action that writes or fans out costs some (a one-on-one send 1; the
-    /// table is in `charge.rs` and docs/PROTOCOL.md); 0 for no limit.
-    pub send_per_sec: f64,
-    /// Tokens a user may spend at once before `send_per_sec` applies.
-    pub send_burst: f64,
-    /// Groups a user may create a day (0: no cap).
-    pub groups_per_day: u32,
-    /// Sockets one user may hold at once, over all gateways (counted in Redis, and per
-    /// gateway when Redis is down); beyond it the upgrade is refused with 429.
-    pub max_sockets_per_user: usize,
-    /// A connection must finish its TLS handshake, and then send its request head, within
-    /// this; otherwise it is closed.
-    pub handshake_timeout_ms: u64,
-    /// A request body (device registration, development sign-in) must arrive whole within
-    /// this after its head, and it is read only once the request is authenticated; an
-    /// upload's body may not pause longer than this between two chunks.
-    pub body_timeout_ms: u64,
-    /// HTTP connections open at once (plain requests, and sockets until their upgrade:
-    /// a flood of half-open connections); beyond it accepting waits until one finishes.
-    /// Upgraded sockets are bounded by the open-files limit and `max_sockets_per_user`.
-    pub max_connections: usize,
-    /// Of `max_connections`, how many one client address may hold (0: no cap). Beyond it
-    /// a new connection from that address is closed at once. Many phones can share one
-    /// address (carrier NAT), but each holds a connection only until its upgrade.
-    pub max_connections_per_address: usize,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -247,28 +201,6 @@ impl Default for JwtConfig {
     }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_inflight: 64,
-            write_timeout_ms: 10_000,
-            max_gap_repair: 1_000,
-            reconcile_every_ms: 30_000,
-            ping_every_ms: 30_000,
-            max_frame_bytes: 64 * 1024,
-            max_group_members: natter_fabric::groups::DEFAULT_MAX_MEMBERS,
-            send_per_sec: 20.0,
-            send_burst: 100.0,
-            groups_per_day: 100,
-            max_sockets_per_user: 32,
-            handshake_timeout_ms: 10_000,
-            body_timeout_ms: 10_000,
-            max_connections: 4_096,
-            max_connections_per_address: 512,
-        }
-    }
-}
-
 impl Config {
     /// Refuses values the gateway cannot run with.
     pub fn check(&self) -> Result<(), String> {
@@ -276,20 +208,7 @@ impl Config {
         if presence.ttl_ms < 300 || presence.sweep_every_ms == 0 {
             return Err("presence.ttl_ms must be at least 300 and sweep_every_ms above 0".into());
         }
-        let limits = &self.limits;
-        if limits.max_connections == 0
-            || limits.handshake_timeout_ms == 0
-            || limits.body_timeout_ms == 0
-        {
-            return Err(
-                "limits.max_connections, handshake_timeout_ms and body_timeout_ms must be above 0"
-                    .into(),
-            );
-        }
-        if limits.ping_every_ms == 0 || limits.reconcile_every_ms == 0 {
-            return Err("limits.ping_every_ms and reconcile_every_ms must be above 0".into());
-        }
-        Ok(())
+        self.limits.check()
     }
 }
 
@@ -299,24 +218,6 @@ impl PresenceConfig {
     }
     pub fn sweep_every(&self) -> Duration {
         Duration::from_millis(self.sweep_every_ms)
-    }
-}
-
-impl Limits {
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
-    pub fn body_timeout(&self) -> Duration {
-        Duration::from_millis(self.body_timeout_ms)
-    }
-    pub fn write_timeout(&self) -> Duration {
-        Duration::from_millis(self.write_timeout_ms)
-    }
-    pub fn reconcile_every(&self) -> Duration {
-        Duration::from_millis(self.reconcile_every_ms)
-    }
-    pub fn ping_every(&self) -> Duration {
-        Duration::from_millis(self.ping_every_ms)
     }
 }
 

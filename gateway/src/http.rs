@@ -13,13 +13,11 @@ use axum::{
     routing::{get, post},
 };
 use natter_fabric::{
-    media::MediaError,
     records::{InfoAnswer, InfoQuery},
     subjects,
 };
 use natter_schemas::ids::check_id;
 use serde::Deserialize;
-use tokio_util::io::StreamReader;
 
 use crate::{
     App,
@@ -27,6 +25,8 @@ use crate::{
     refusal::{Refusal, read_json, unavailable},
     session, web,
 };
+
+mod media;
 
 /// Largest JSON body a route reads (a device registration).
 const MAX_JSON_BODY: usize = 16 * 1024;
@@ -37,8 +37,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/inbox", get(inbox))
         .route("/v1/messages/{id}/receipts", get(message_info))
         .route("/v1/devices", post(register_device))
-        .route("/v1/media", post(upload))
-        .route("/v1/media/{id}", get(download))
+        .route("/v1/media", post(media::upload))
+        .route("/v1/media/{id}", get(media::download))
         .route("/v1/dev/sign-in", post(web::dev_sign_in))
         .route("/healthz", get(healthz))
         .method_not_allowed_fallback(crate::refusal::method_not_allowed)
@@ -362,217 +362,9 @@ async fn register_device(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /v1/media`: the body is the file, `Content-Type` its type. Streamed into the
-/// object store (never held whole in memory); 201 `{id, size, sha256, mime}`.
-async fn upload(
-    State(app): State<App>,
-    headers: HeaderMap,
-    body: axum::body::Body,
-) -> Result<Response, Refusal> {
-    let identity = authenticate(&app, &headers, None)?;
-    let mime = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "Content-Type is required".into(),
-            )
-        })?;
-    let media = &app.config.media;
-    if !media.allowed_types.contains(&mime) {
-        return Err(Refusal(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_type",
-            format!("{mime} is not an accepted type"),
-        ));
-    }
-    let too_large = || {
-        Refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("files are at most {} bytes", media.max_bytes),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > media.max_bytes) {
-        return Err(too_large());
-    }
-    // 1 token and 1 per MiB (a chunked upload that declares no length as 10 MiB), and
-    // the MiB from the day's quota (no length declared: as the largest file allowed).
-    let mib = |bytes: u64| u32::try_from(bytes.div_ceil(1024 * 1024).max(1)).unwrap_or(u32::MAX);
-    charge(&app, &identity.user, 1 + declared.map_or(10, mib)).await?;
-    let quota = declared.map_or(mib(media.max_bytes), mib);
-    crate::charge::upload(&app, &identity.user, quota)
-        .await
-        .map_err(|limited| {
-            Refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                format!(
-                    "the day's upload quota ({} MiB) is used up; retry in {} s",
-                    media.mib_per_day,
-                    limited.retry_after_ms.div_ceil(1000)
-                ),
-            )
-        })?;
-    let pause = app.config.limits.body_timeout();
-    let mut reader = std::pin::pin!(StreamReader::new(crate::refusal::body_stream(body, pause)));
-    let started = std::time::Instant::now();
-    let stored = app
-        .media
-        .put(&identity.user, &mime, media.max_bytes, &mut reader)
-        .await
-        .map_err(|err| match err {
-            MediaError::TooLarge { .. } => too_large(),
-            MediaError::WrongType { .. } => Refusal(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "wrong_type",
-                err.to_string(),
-            ),
-            MediaError::Full => Refusal(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "storage_full",
-                "the media store is full; try again later".into(),
-            ),
-            MediaError::Read(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                crate::refusal::body_timed_out(err.to_string())
-            }
-            MediaError::Empty | MediaError::Read(_) => {
-                Refusal(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
-            }
-            other => unavailable(other),
-        })?;
-    metrics::counter!("natter_gateway_media_uploaded_bytes_total").increment(stored.size);
-    metrics::histogram!("natter_gateway_media_upload_seconds")
-        .record(started.elapsed().as_secs_f64());
-    Ok((StatusCode::CREATED, Json(stored)).into_response())
-}
-
-/// `GET /v1/media/<id>`: the file, streamed, with one `Range` honoured (206). 404 for
-/// anyone who may not see it, exactly as for an id that does not exist.
-async fn download(
-    State(app): State<App>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, Refusal> {
-    let identity = authenticate(&app, &headers, None)?;
-    let not_found = || Refusal(StatusCode::NOT_FOUND, "not_found", "no such media".into());
-    let access = app
-        .media
-        .access(&id)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(not_found)?;
-    if !crate::access::may_see(&app, &identity.user, &access)
-        .await
-        .map_err(unavailable)?
-    {
-        return Err(not_found());
-    }
-    let size = access.size;
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| byte_range(v, size));
-    let common = [
-        (header::CONTENT_TYPE, access.mime.clone()),
-        (header::ETAG, format!("\"{}\"", access.sha256)),
-        (header::ACCEPT_RANGES, "bytes".to_owned()),
-        (header::CONTENT_DISPOSITION, disposition(&id, &access.mime)),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-        (header::CONTENT_SECURITY_POLICY, MEDIA_CSP.to_owned()),
-    ];
-    let response = match range {
-        None => {
-            let body = axum::body::Body::from_stream(app.media.read(&access, 0, size - 1));
-            let length = [(header::CONTENT_LENGTH, size.to_string())];
-            (StatusCode::OK, common, length, body).into_response()
-        }
-        Some(None) => (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-        )
-            .into_response(),
-        Some(Some((first, last))) => {
-            let body = axum::body::Body::from_stream(app.media.read(&access, first, last));
-            let headers = [
-                (header::CONTENT_LENGTH, (last - first + 1).to_string()),
-                (
-                    header::CONTENT_RANGE,
-                    format!("bytes {first}-{last}/{size}"),
-                ),
-            ];
-            (StatusCode::PARTIAL_CONTENT, common, headers, body).into_response()
-        }
-    };
-    Ok(response)
-}
-
-/// A downloaded file may not run anything, even when opened as a page of the gateway's
-/// origin (an SVG or HTML a user uploaded as another type): no scripts, no requests, a
-/// sandbox of its own.
-const MEDIA_CSP: &str =
-    "default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox";
-
-/// Pictures, sound and video open in place; anything else is saved, never rendered as a
-/// page. Files keep no name of their own: the name is the media id.
-fn disposition(id: &str, mime: &str) -> String {
-    let shown = ["image/", "audio/", "video/"]
-        .iter()
-        .any(|kind| mime.starts_with(kind))
-        && mime != "image/svg+xml";
-    let kind = if shown { "inline" } else { "attachment" };
-    format!("{kind}; filename=\"{id}\"")
-}
-
-/// One `bytes=` range of a `size`-byte file as (first, last) byte; `None` when it cannot
-/// be satisfied (or is not one range).
-fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = header.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || size == 0 {
-        return None;
-    }
-    let (first, last) = spec.split_once('-')?;
-    let (first, last) = match (first.trim(), last.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().ok()?;
-            (size.checked_sub(n.min(size))?, size - 1)
-        }
-        (first, "") => (first.parse().ok()?, size - 1),
-        (first, last) => (first.parse().ok()?, last.parse::<u64>().ok()?.min(size - 1)),
-    };
-    (first <= last && first < size).then_some((first, last))
-}
-
 async fn healthz(State(app): State<App>) -> Response {
     match app.nats.connection_state() {
         async_nats::connection::State::Connected => (StatusCode::OK, "ok\n").into_response(),
         state => (StatusCode::SERVICE_UNAVAILABLE, format!("nats {state}\n")).into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::byte_range;
-
-    #[test]
-    fn single_byte_ranges_are_understood_and_the_rest_refused() {
-        assert_eq!(byte_range("bytes=0-99", 1000), Some((0, 99)));
-        assert_eq!(byte_range("bytes=900-", 1000), Some((900, 999)));
-        assert_eq!(byte_range("bytes=-100", 1000), Some((900, 999)));
-        assert_eq!(byte_range("bytes=990-5000", 1000), Some((990, 999)));
-        assert_eq!(byte_range("bytes=1000-", 1000), None);
-        assert_eq!(byte_range("bytes=5-1", 1000), None);
-        assert_eq!(byte_range("bytes=0-1,5-6", 1000), None);
-        assert_eq!(byte_range("items=0-1", 1000), None);
-        assert_eq!(byte_range("bytes=-0", 1000), None);
     }
 }

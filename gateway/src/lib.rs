@@ -24,6 +24,7 @@ pub use natter_auth as auth;
 mod charge;
 pub mod config;
 mod direct;
+mod exchange;
 mod frames;
 mod http;
 mod live;
@@ -125,6 +126,8 @@ pub(crate) struct Shared {
     pub upload_quota: Option<natter_redis::rate_limit::RateLimiter>,
     /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
     pub dev_secret: Option<String>,
+    /// Uploads and downloads in progress, per user (`limits.transfers_per_user`).
+    pub transfers: Arc<exchange::Transfers>,
     pub config: Config,
     /// The live subscriptions of this gateway's users, and their sockets' mailboxes.
     pub live: LiveHub,
@@ -267,6 +270,7 @@ pub async fn run(
         group_limit,
         upload_quota,
         dev_secret,
+        transfers: Arc::default(),
         config,
         live,
         reads,
@@ -291,6 +295,7 @@ pub async fn run(
     let max_connections = app.config.limits.max_connections;
     let limits = serve::Limits {
         handshake_timeout,
+        request_timeout: app.config.limits.request_timeout(),
         max_connections,
         max_per_address: app.config.limits.max_connections_per_address,
     };

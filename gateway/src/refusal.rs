@@ -6,7 +6,7 @@
 //! request (or, for the development sign-in, decided that it may be read at all): within
 //! [`Limits::body_timeout`](crate::config::Limits::body_timeout) and a byte bound, so a
 //! client that sends its headers and then trickles (or never sends) its body holds a
-//! connection for seconds, not for ever.
+//! connection for seconds, not for ever. An upload's body must keep a [`Pace`].
 
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 /// An HTTP refusal with a stable code.
 pub(crate) struct Refusal(pub StatusCode, pub &'static str, pub String);
@@ -85,24 +86,48 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|err| Refusal::bad_request(err.to_string()))
 }
 
+/// How slowly an upload may come: no pause between two chunks longer than `pause`, and
+/// from `pause` after its start, on average at least `bytes_per_sec`.
+#[derive(Clone, Copy)]
+pub(crate) struct Pace {
+    pub pause: Duration,
+    pub bytes_per_sec: u64,
+}
+
+impl Pace {
+    /// When more than `received` bytes must have come, counted from `started`.
+    fn due(&self, started: Instant, received: u64) -> Instant {
+        let at_pace = Duration::from_secs_f64(received as f64 / self.bytes_per_sec as f64);
+        started + self.pause + at_pace
+    }
+}
+
 /// A streamed request body (an upload) as bytes, failing with `TimedOut` when the client
-/// pauses longer than `pause` between two chunks.
+/// falls behind `pace`.
 pub(crate) fn body_stream(
     body: Body,
-    pause: Duration,
+    pace: Pace,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
     use futures_util::StreamExt;
+    let started = Instant::now();
     let chunks = body.into_data_stream();
-    futures_util::stream::unfold(Some(chunks), move |chunks| async move {
-        let mut chunks = chunks?;
-        match tokio::time::timeout(pause, chunks.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
+    futures_util::stream::unfold(Some((chunks, 0u64)), move |state| async move {
+        let (mut chunks, received) = state?;
+        let due = (Instant::now() + pace.pause).min(pace.due(started, received));
+        match tokio::time::timeout_at(due, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let received = received + chunk.len() as u64;
+                Some((Ok(chunk), Some((chunks, received))))
+            }
             Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
             Ok(None) => None,
             Err(_) => Some((
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("the upload paused for more than {pause:?}"),
+                    format!(
+                        "the upload paused for more than {:?} or came slower than {} bytes/s",
+                        pace.pause, pace.bytes_per_sec
+                    ),
                 )),
                 None,
             )),

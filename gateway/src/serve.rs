@@ -5,29 +5,32 @@
 //! connection and never finishes its request (or its TLS handshake) would hold a socket
 //! and a task forever. Here each connection gets `handshake_timeout` for its TLS handshake
 //! and again for its request head (hyper's `header_read_timeout`); WebSocket upgrades work
-//! as with axum (`with_upgrades`). One address may hold at most `max_per_address` of the
-//! connections that have not become sockets yet: one host's stalled requests cannot take
-//! every slot of `max_connections` from everyone else. At shutdown the loop stops accepting, asks every
-//! connection to finish gracefully, and waits for them (sockets close themselves with 1001).
+//! as with axum (`with_upgrades`). Each exchange on a connection (request body, answer,
+//! response body) must be over by its [`Deadline`]: a client that reads its answer (or
+//! sends its upload) at a trickle is cut off. One address (an IPv6 client: its /64) may
+//! hold at most `max_per_address` of the connections that have not become sockets yet:
+//! one host's stalled requests cannot take every slot of `max_connections` from everyone
+//! else. At shutdown the loop stops accepting, asks every connection to finish
+//! gracefully, and waits for them (sockets close themselves with 1001).
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use axum::Router;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
     sync::{mpsc, watch},
+    time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
+
+use crate::exchange::Deadline;
 
 /// How long shutdown waits for open connections (and sockets) to finish.
 pub(crate) const DRAIN: Duration = Duration::from_secs(10);
@@ -35,6 +38,8 @@ pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 /// Bounds on what connections may hold.
 pub(crate) struct Limits {
     pub handshake_timeout: Duration,
+    /// An exchange's deadline from its request head, unless its handler moves it.
+    pub request_timeout: Duration,
     /// HTTP connections open at once (a socket leaves the count at its upgrade); beyond it
     /// accepting waits (the kernel's backlog queues).
     pub max_connections: usize,
@@ -56,8 +61,21 @@ struct AddressSlot {
     ip: IpAddr,
 }
 
+/// The address a connection counts against: an IPv6 client has a /64 to pick addresses
+/// from, so all of it is one address; an IPv4 client seen through IPv6 is itself.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 impl PerAddress {
     fn admit(table: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = counted_as(ip);
         let mut open = table.open.lock().expect("not poisoned");
         let count = open.entry(ip).or_default();
         if table.cap > 0 && *count >= table.cap {
@@ -91,7 +109,11 @@ pub(crate) async fn serve(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let handshake_timeout = limits.handshake_timeout;
+    let Limits {
+        handshake_timeout,
+        request_timeout,
+        ..
+    } = limits;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let per_address = Arc::new(PerAddress {
         cap: limits.max_per_address,
@@ -130,11 +152,12 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let _alive = alive;
             let _slots = (slot, address_slot);
+            let timeouts = (handshake_timeout, request_timeout);
             match tls {
-                None => connection(tcp, router, handshake_timeout, stop).await,
+                None => connection(tcp, router, timeouts, stop).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => connection(stream, router, handshake_timeout, stop).await,
+                        Ok(Ok(stream)) => connection(stream, router, timeouts, stop).await,
                         Ok(Err(err)) => handshake_failed("tls", &err),
                         Err(_) => handshake_failed("tls_timeout", &"no TLS handshake in time"),
                     }
@@ -146,16 +169,28 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(DRAIN, open.recv()).await;
 }
 
-/// One HTTP/1.1 connection, with upgrades (WebSocket), until it ends or shutdown.
+/// One HTTP/1.1 connection, with upgrades (WebSocket), until it ends, its exchange's
+/// deadline passes, or shutdown. Every request carries the connection's [`Deadline`] (an
+/// extension) for its handler to move.
 async fn connection<I>(
     io: I,
     router: Router,
-    header_timeout: Duration,
+    (header_timeout, request_timeout): (Duration, Duration),
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
+    // Until the first request head, hyper's header timeout is the bound.
+    let deadline = Deadline::new(Instant::now() + header_timeout + request_timeout);
+    let service = hyper::service::service_fn({
+        let deadline = deadline.clone();
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            deadline.set(Instant::now() + request_timeout);
+            request.extensions_mut().insert(deadline.clone());
+            // A router is always ready; each request gets its own handle, as axum's does.
+            tower_service::Service::call(&mut router.clone(), request)
+        }
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -173,6 +208,10 @@ async fn connection<I>(
                     tracing::debug!(error = %err, "connection ended with an error");
                 }
             }
+        }
+        () = deadline.passed() => {
+            metrics::counter!("natter_gateway_exchanges_cut_off_total").increment(1);
+            tracing::debug!("an exchange outlived its deadline; connection closed");
         }
         _ = stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
@@ -210,4 +249,22 @@ pub(crate) fn tls_acceptor(
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted_as;
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_slash_64_and_a_mapped_ipv4_as_itself() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(counted_as(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            counted_as(ip("2001:db8:1:2:ffff:1:2:3")),
+            counted_as(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(counted_as(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(counted_as(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(counted_as(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
 }
