@@ -29,6 +29,15 @@ pub enum InboxError {
     LeaderGet(#[from] jetstream::stream::RawMessageError),
 }
 
+/// How much one read of an inbox returns at most: `items` items, and no more items once
+/// their payloads reach `bytes` (a page holds at least one item, so it may pass `bytes`
+/// by one item's size). Bytes bound what a reader holds whatever the items' sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub items: usize,
+    pub bytes: usize,
+}
+
 /// A handle on the `INBOX` stream.
 #[derive(Debug, Clone)]
 pub struct Inbox {
@@ -41,20 +50,21 @@ impl Inbox {
         Ok(Self { stream })
     }
 
-    /// Items of `uid` with `after < seq <= up_to`, oldest first, at most `limit`.
+    /// Items of `uid` with `after < seq <= up_to`, oldest first, at most one `page`.
     pub async fn read_after(
         &self,
         uid: &str,
         after: u64,
         up_to: u64,
-        limit: usize,
+        page: Page,
     ) -> Result<Vec<StoredItem>, InboxError> {
         let subject = subjects::inbox(uid);
         let mut items = Vec::new();
+        let mut bytes = 0;
         let Some(mut next) = after.checked_add(1) else {
             return Ok(items);
         };
-        while items.len() < limit && next <= up_to {
+        while items.len() < page.items && bytes < page.bytes && next <= up_to {
             let Some(item) = self.next_at_or_after(&subject, next).await? else {
                 break;
             };
@@ -62,6 +72,7 @@ impl Inbox {
                 break;
             }
             next = item.seq + 1;
+            bytes += item.payload.len();
             items.push(item);
         }
         Ok(items)

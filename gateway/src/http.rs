@@ -195,6 +195,9 @@ struct InboxQuery {
 /// Most items one `/v1/inbox` call returns.
 const INBOX_PAGE_MAX: usize = 500;
 
+/// Payload bytes past which a `/v1/inbox` page takes no more items (it holds at least one).
+const INBOX_PAGE_BYTES: usize = 1024 * 1024;
+
 /// `GET /v1/inbox?after=&limit=`: `{items, next}` with the same frames the socket sends;
 /// `next` is the `after` for the following page.
 async fn inbox(
@@ -217,7 +220,15 @@ async fn inbox(
     }
     let items = app
         .inbox
-        .read_after(&identity.user, after, u64::MAX, limit)
+        .read_after(
+            &identity.user,
+            after,
+            u64::MAX,
+            natter_fabric::inbox::Page {
+                items: limit,
+                bytes: INBOX_PAGE_BYTES,
+            },
+        )
         .await
         .map_err(|e| {
             Refusal(

@@ -14,8 +14,9 @@ pub struct Limits {
     pub max_inflight: usize,
     /// A write to a socket that takes longer than this closes it (1013: resume later).
     pub write_timeout_ms: u64,
-    /// A live gap larger than this is not repaired in place: the socket is closed with
-    /// 1013 and the client resumes with `after`.
+    /// A socket that needs more than this many items read back from the inbox in one
+    /// repair (a gap in its live items, or what its full mailbox dropped) is closed with
+    /// 1013 and the client resumes with `after`. Repairs are read a page at a time.
     pub max_gap_repair: u64,
     /// How often each socket checks its inbox's newest sequence against what it has
     /// forwarded (finds republishes lost to a leader change).

@@ -28,31 +28,25 @@ impl Session {
         }
     }
 
-    /// Everything the mailbox holds, in order, written to the socket in one go; then a
-    /// repair from the inbox if the mailbox had to drop items.
+    /// Everything the mailbox holds, in order, written to the socket in one go; then
+    /// what the cursor owes (a gap in the live items, items the reconciler found, or what
+    /// the mailbox had to drop), read from the inbox a page at a time.
     pub(super) async fn on_mailbox(&mut self) -> Result<(), End> {
         let drained = self.mailbox.drain();
         let mut out = Vec::with_capacity(drained.items.len());
         for live in drained.items {
             match live {
                 Live::Item { seq, prev, payload } => {
-                    let items = self
-                        .cursor
-                        .on_live(&self.user, &self.app.inbox, (seq, prev, payload))
-                        .await;
-                    self.take(items, true, &mut out)?;
+                    if let Some(item) = self.cursor.on_live((seq, prev, payload)) {
+                        delivered_live(&item);
+                        out.push(Out::Item(item));
+                    }
                 }
                 Live::Notice(notice) => match String::from_utf8(notice.to_vec()) {
                     Ok(text) => out.push(Out::Notice(text)),
                     Err(_) => tracing::warn!("a notice that is not UTF-8; dropped"),
                 },
-                Live::Newest(newest) => {
-                    let items = self
-                        .cursor
-                        .reconcile_to(&self.user, &self.app.inbox, newest)
-                        .await;
-                    self.take(items, false, &mut out)?;
-                }
+                Live::Newest(newest) => self.cursor.note_newest(newest),
             }
         }
         if drained.repair {
@@ -60,60 +54,37 @@ impl Session {
             // The newest sequence comes from a replica, which may lag: check again soon.
             self.app.opened.note(&self.user);
             match self.app.inbox.last_seq(&self.user).await {
-                Ok(newest) => {
-                    let items = self
-                        .cursor
-                        .reconcile_to(&self.user, &self.app.inbox, newest)
-                        .await;
-                    self.take(items, false, &mut out)?;
-                }
+                Ok(newest) => self.cursor.note_newest(newest),
                 Err(err) => self.retry_later(&err),
             }
         }
-        self.write_out(out).await
+        self.write_out(out).await?;
+        self.repair().await
     }
 
-    /// Adds what a live item (`live`: the item last, any repaired gap before it) or a
-    /// reconcile produced to `out`.
-    fn take(
-        &mut self,
-        items: Result<Vec<StoredItem>, DeliveryError>,
-        live: bool,
-        out: &mut Vec<Out>,
-    ) -> Result<(), End> {
-        match items {
-            Ok(items) => {
-                let recovered = if live {
-                    items.len().saturating_sub(1)
-                } else {
-                    items.len()
-                };
-                metrics::counter!("natter_gateway_items_delivered_total", "path" => "live")
-                    .increment((items.len() - recovered) as u64);
-                metrics::counter!("natter_gateway_items_delivered_total", "path" => "recovered")
-                    .increment(recovered as u64);
-                // End to end for messages delivered live: from the gateway that accepted the
-                // send (its `ts`) to now. Catch-up items would measure offline time.
-                if let Some(ts) = items
-                    .last()
-                    .filter(|_| live)
-                    .and_then(|i| message_ts(&i.payload))
-                {
-                    let millis = now_millis().saturating_sub(ts);
-                    metrics::histogram!("natter_gateway_send_to_deliver_seconds")
-                        .record(millis as f64 / 1000.0);
+    /// What the cursor owes, a page at a time, each written before the next is read.
+    async fn repair(&mut self) -> Result<(), End> {
+        while self.cursor.owes() {
+            match self.cursor.repair_page(&self.user, &self.app.inbox).await {
+                Ok(items) if items.is_empty() => break,
+                Ok(items) => {
+                    metrics::counter!("natter_gateway_items_delivered_total", "path" => "recovered")
+                        .increment(items.len() as u64);
+                    self.write_items(items).await?;
                 }
-                out.extend(items.into_iter().map(Out::Item));
-                Ok(())
-            }
-            Err(DeliveryError::TooFarBehind(n)) => Err(End::Behind(format!(
-                "more than {n} items behind; resume with after"
-            ))),
-            Err(DeliveryError::Inbox(err)) => {
-                self.retry_later(&err);
-                Ok(())
+                Err(DeliveryError::TooFarBehind(n)) => {
+                    return Err(End::Behind(format!(
+                        "more than {n} items behind; resume with after"
+                    )));
+                }
+                Err(DeliveryError::Inbox(err)) => {
+                    // Still owed: the reconciler's next look comes back here.
+                    self.retry_later(&err);
+                    break;
+                }
             }
         }
+        Ok(())
     }
 
     /// An inbox read failed (mid-election, say): the reconciler checks again in a second.
@@ -160,6 +131,17 @@ impl Session {
         self.send_all(frames).await?;
         self.mailbox.set_sent(self.cursor.last());
         Ok(())
+    }
+}
+
+/// Counts an item forwarded live, and its time from the gateway that accepted the send
+/// (its `ts`) to now. Catch-up and repaired items would measure offline time.
+fn delivered_live(item: &StoredItem) {
+    metrics::counter!("natter_gateway_items_delivered_total", "path" => "live").increment(1);
+    if let Some(ts) = message_ts(&item.payload) {
+        let millis = now_millis().saturating_sub(ts);
+        metrics::histogram!("natter_gateway_send_to_deliver_seconds")
+            .record(millis as f64 / 1000.0);
     }
 }
 
