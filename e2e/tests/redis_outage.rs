@@ -1,6 +1,6 @@
 //! Redis down and back: chat goes on while Redis is down (sends are stored and
-//! delivered; rate limits fall back to each socket's own bucket, so a flood is still
-//! refused), and when Redis comes back empty, presence rebuilds from the live sockets
+//! delivered; rate limits fall back to the gateway's own bucket for each user, so a
+//! flood is still refused, over HTTP too), and when Redis comes back empty, presence rebuilds from the live sockets
 //! within a heartbeat and the shared limits apply again.
 //!
 //! The gateways of this test binary allow 2 sends a second with bursts of 5; sockets
@@ -113,10 +113,25 @@ async fn chat_goes_on_while_redis_is_down_and_presence_rebuilds_when_it_returns(
 
     with_redis(|redis| redis.kill());
     let down = Instant::now();
-    // Chat works: every send is stored and delivered, and the socket's own bucket (the
-    // same 2 a second, bursts of 5) still refuses a flood.
+    // Chat works: every send is stored and delivered, and the gateway's bucket for alice
+    // (the same 2 a second, bursts of 5) still refuses a flood.
     let refused = send_patiently(&mut a, &bob, 12, "during").await;
     assert!(refused > 0, "a flood is limited while Redis is down");
+    // The same user's bucket over HTTP (2 tokens an inbox page): no fail-open.
+    let token = natter_e2e::client::token(&alice);
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let gateway = natter_e2e::system::system().gateways[0];
+        statuses.push(
+            natter_e2e::system::http_get(gateway, "/v1/inbox", Some(&token))
+                .await
+                .0,
+        );
+    }
+    assert!(
+        statuses.contains(&429) && statuses.iter().all(|s| [200, 429].contains(s)),
+        "inbox pages while Redis is down: {statuses:?}"
+    );
     for i in 0..12 {
         b.wait_for_text(&format!("during {i}")).await;
     }

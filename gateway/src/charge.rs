@@ -7,18 +7,22 @@
 //! `error{rate_limited, retry_after_ms}` and did nothing.
 //!
 //! A socket takes tokens from Redis a few at a time and spends them locally (one round
-//! trip per [`LEASE`] tokens, not one per frame). When Redis does not answer, the socket's
-//! own bucket with the same rate and burst is the floor: chat goes on through a Redis
-//! outage, and one socket still cannot flood (a user's sockets are bounded per gateway by
-//! `limits.max_sockets_per_user` meanwhile).
+//! trip per [`LEASE`] tokens, not one per frame). When Redis does not answer, the
+//! gateway's own bucket for the user, with the same rate and burst, is the floor
+//! ([`floor`]): chat goes on through a Redis outage, and a user still cannot flood, over
+//! HTTP or by reconnecting either (across gateways, each gateway gives one bucket).
 //!
 //! Creating groups has a second, daily bucket (`limits.groups_per_day`): a group puts an
-//! item into the inbox of each member, people who never agreed to it.
+//! item into the inbox of each member, people who never agreed to it. Uploads have a
+//! third, in MiB a day (`media.mib_per_day`). Each has its floor too.
 
+mod floor;
+
+use natter_redis::rate_limit::{Lease, RateLimiter};
 use natter_schemas::{ClientFrame, Target};
-use tokio::time::Instant;
 
 use crate::App;
+use floor::Floor;
 
 /// Tokens a socket takes from Redis at once beyond what a frame costs.
 pub(crate) const LEASE: u32 = 4;
@@ -47,22 +51,41 @@ pub(crate) fn cost_of(frame: &ClientFrame) -> u32 {
     }
 }
 
-/// A socket's tokens: leased from the user's bucket in Redis, and its own bucket for when
-/// Redis does not answer.
-pub(crate) struct Wallet {
-    leased: u32,
-    local: f32,
-    refilled: Instant,
+/// A limit: each user's bucket in Redis, shared by every gateway, and this gateway's
+/// floor for when Redis does not answer.
+pub(crate) struct Limit {
+    redis: RateLimiter,
+    floor: Floor,
 }
 
-impl Default for Wallet {
-    fn default() -> Self {
+impl Limit {
+    /// `redis` refills at `rate` tokens a second up to `burst`; the floor does the same.
+    pub(crate) fn new(redis: RateLimiter, rate: f64, burst: f64) -> Self {
         Self {
-            leased: 0,
-            local: f32::MAX,
-            refilled: Instant::now(),
+            redis,
+            floor: Floor::new(rate, burst),
         }
     }
+
+    /// Takes between `least` and `most` tokens of `user`'s in Redis; `least` from the
+    /// floor (counted) when Redis does not answer.
+    async fn take_between(&self, user: &str, least: u32, most: u32) -> Result<u32, Limited> {
+        match self.redis.take_between(user, least, most).await {
+            Ok(Lease::Granted(n)) => Ok(n),
+            Ok(Lease::Limited { retry_after_ms }) => Err(Limited { retry_after_ms }),
+            Err(err) => {
+                metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
+                tracing::debug!(error = %err, "limit not checked in Redis; the gateway's floor");
+                self.floor.take(user, least).map(|()| least)
+            }
+        }
+    }
+}
+
+/// A socket's tokens leased from its user's bucket in Redis.
+#[derive(Default)]
+pub(crate) struct Wallet {
+    leased: u32,
 }
 
 /// Refused: try again in this many milliseconds.
@@ -74,7 +97,7 @@ pub(crate) struct Limited {
 impl Wallet {
     /// Takes `cost` tokens of `user`'s, or says when to try again.
     pub(crate) async fn pay(&mut self, app: &App, user: &str, cost: u32) -> Result<(), Limited> {
-        let Some(limiter) = app.action_limit.as_ref() else {
+        let Some(limit) = app.action_limit.as_ref() else {
             return Ok(());
         };
         if cost == 0 {
@@ -84,81 +107,34 @@ impl Wallet {
             self.leased -= cost;
             return Ok(());
         }
-        use natter_redis::rate_limit::Lease;
-        match limiter.take_between(user, cost, cost + LEASE).await {
-            Ok(Lease::Granted(n)) => {
-                // Fewer than `cost` when it was more than a full bucket (taken as the burst).
-                self.leased += n.saturating_sub(cost);
-                Ok(())
-            }
-            Ok(Lease::Limited { retry_after_ms }) => Err(Limited { retry_after_ms }),
-            Err(err) => {
-                metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
-                tracing::debug!(error = %err, "rate limit not checked in Redis; the socket's own");
-                let limits = &app.config.limits;
-                self.pay_locally(cost, limits.send_per_sec as f32, limits.send_burst as f32)
-            }
-        }
-    }
-
-    /// The socket's own token bucket, the floor while Redis is away.
-    fn pay_locally(&mut self, cost: u32, rate: f32, burst: f32) -> Result<(), Limited> {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f32();
-        self.refilled = now;
-        self.local = (self.local.min(burst) + elapsed * rate).min(burst);
-        let cost = cost as f32;
-        if self.local >= cost {
-            self.local -= cost;
-            return Ok(());
-        }
-        let wait = (cost - self.local) / rate.max(f32::MIN_POSITIVE);
-        Err(Limited {
-            retry_after_ms: ((wait * 1000.0).ceil() as u64).max(1),
-        })
+        let taken = limit.take_between(user, cost, cost + LEASE).await?;
+        // Fewer than `cost` when it was more than a full bucket (taken as the burst).
+        self.leased += taken.saturating_sub(cost);
+        Ok(())
     }
 }
 
-/// Takes one group creation from `user`'s daily allowance. Fails open when Redis does not
-/// answer (the action bucket's floor still holds).
+/// Takes one group creation from `user`'s daily allowance.
 pub(crate) async fn new_group(app: &App, user: &str) -> Result<(), Limited> {
-    take_exactly(app.group_limit.as_ref(), user, 1, "group creation cap").await
+    take_exactly(app.group_limit.as_ref(), user, 1).await
 }
 
 /// Charges an HTTP request of `user` (`GET /v1/inbox`, an upload, message info) to their
-/// bucket. There is no socket to keep a local floor in, so it fails open when Redis does
-/// not answer; the connection caps still bound what one client can do meanwhile.
+/// bucket.
 pub(crate) async fn pay_http(app: &App, user: &str, cost: u32) -> Result<(), Limited> {
-    take_exactly(app.action_limit.as_ref(), user, cost, "rate limit").await
+    take_exactly(app.action_limit.as_ref(), user, cost).await
 }
 
-/// Takes `mib` from `user`'s daily upload quota. Fails open when Redis does not answer
-/// (the media store's own bound still holds).
+/// Takes `mib` from `user`'s daily upload quota.
 pub(crate) async fn upload(app: &App, user: &str, mib: u32) -> Result<(), Limited> {
-    take_exactly(app.upload_quota.as_ref(), user, mib, "upload quota").await
+    take_exactly(app.upload_quota.as_ref(), user, mib).await
 }
 
-/// Takes `cost` tokens of `user`'s from `limiter` (none configured: allowed), failing open
-/// (counted) when Redis does not answer.
-async fn take_exactly(
-    limiter: Option<&natter_redis::rate_limit::RateLimiter>,
-    user: &str,
-    cost: u32,
-    what: &str,
-) -> Result<(), Limited> {
-    let Some(limiter) = limiter else {
-        return Ok(());
-    };
-    match limiter.take_between(user, cost, cost).await {
-        Ok(natter_redis::rate_limit::Lease::Limited { retry_after_ms }) => {
-            Err(Limited { retry_after_ms })
-        }
-        Ok(_) => Ok(()),
-        Err(err) => {
-            metrics::counter!("natter_gateway_rate_limit_unchecked_total").increment(1);
-            tracing::debug!(error = %err, "{what} not checked");
-            Ok(())
-        }
+/// Takes exactly `cost` tokens of `user`'s from `limit` (none configured: allowed).
+async fn take_exactly(limit: Option<&Limit>, user: &str, cost: u32) -> Result<(), Limited> {
+    match limit {
+        Some(limit) => limit.take_between(user, cost, cost).await.map(drop),
+        None => Ok(()),
     }
 }
 
@@ -208,25 +184,5 @@ mod tests {
             users.join(",")
         );
         assert_eq!(cost(&create), 26);
-    }
-
-    #[test]
-    fn the_socket_s_own_bucket_refills_at_the_rate_up_to_the_burst() {
-        let mut wallet = Wallet::default();
-        for _ in 0..10 {
-            assert_eq!(wallet.pay_locally(1, 5.0, 10.0), Ok(()));
-        }
-        let Err(Limited { retry_after_ms }) = wallet.pay_locally(1, 5.0, 10.0) else {
-            panic!("an empty bucket refused nothing");
-        };
-        assert!((150..=200).contains(&retry_after_ms), "{retry_after_ms}");
-        wallet.refilled -= std::time::Duration::from_secs(60);
-        for _ in 0..10 {
-            assert_eq!(wallet.pay_locally(1, 5.0, 10.0), Ok(()));
-        }
-        assert!(
-            wallet.pay_locally(1, 5.0, 10.0).is_err(),
-            "never beyond the burst"
-        );
     }
 }

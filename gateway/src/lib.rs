@@ -119,11 +119,11 @@ pub(crate) struct Shared {
     pub presence: presence::PresenceHub,
     /// Per-user token bucket every costly action is charged to (`crate::charge`); `None`
     /// when unlimited.
-    pub action_limit: Option<natter_redis::rate_limit::RateLimiter>,
+    pub action_limit: Option<charge::Limit>,
     /// Per-user daily bucket of group creations; `None` when unlimited.
-    pub group_limit: Option<natter_redis::rate_limit::RateLimiter>,
+    pub group_limit: Option<charge::Limit>,
     /// Per-user daily upload quota, in MiB; `None` when unlimited.
-    pub upload_quota: Option<natter_redis::rate_limit::RateLimiter>,
+    pub upload_quota: Option<charge::Limit>,
     /// The secret `POST /v1/dev/sign-in` signs with; `None` when that is off.
     pub dev_secret: Option<String>,
     /// Uploads and downloads in progress, per user (`limits.transfers_per_user`).
@@ -217,25 +217,17 @@ pub async fn run(
     );
     let limits = &config.limits;
     // The bucket keeps its old name ("send"): sends were its only charge before.
-    let action_limit = (limits.send_per_sec > 0.0).then(|| {
-        natter_redis::rate_limit::RateLimiter::new(
-            redis.clone(),
-            prefix,
-            "send",
-            limits.send_per_sec,
-            limits.send_burst.max(1.0),
-        )
-    });
+    let limit = |action: &str, rate: f64, burst: f64| {
+        let redis =
+            natter_redis::rate_limit::RateLimiter::new(redis.clone(), prefix, action, rate, burst);
+        charge::Limit::new(redis, rate, burst)
+    };
+    let action_limit = (limits.send_per_sec > 0.0)
+        .then(|| limit("send", limits.send_per_sec, limits.send_burst.max(1.0)));
     let per_day = |action: &str, per_day: u32| {
         (per_day > 0).then(|| {
             let per_day = f64::from(per_day);
-            natter_redis::rate_limit::RateLimiter::new(
-                redis.clone(),
-                prefix,
-                action,
-                per_day / 86_400.0,
-                per_day,
-            )
+            limit(action, per_day / 86_400.0, per_day)
         })
     };
     let group_limit = per_day("groups", limits.groups_per_day);
