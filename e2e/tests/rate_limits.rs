@@ -155,3 +155,32 @@ async fn every_costly_frame_spends_the_same_bucket_and_groups_have_a_daily_cap()
     }
     assert_eq!(created, 2, "groups created before the daily cap");
 }
+
+/// A group message costs by the group's size (1 + 1 per 64 members): in a 640-member
+/// group one message takes more than a full bucket (11 of 10 tokens), so the next one is
+/// refused until the bucket has refilled, where ten one-on-one sends would have passed.
+#[tokio::test]
+async fn a_group_message_costs_by_the_group_s_size() {
+    setup();
+    let owner = unique("owner");
+    let members: Vec<String> = (1..640).map(|i| unique(&format!("m{i}"))).collect();
+    let mut o = Client::connect(0, &owner, "phone", 0).await;
+    let created = o
+        .request(json!({"type": "group_create", "name": "big", "members": members}))
+        .await;
+    assert_eq!(created["type"], "group", "{created}");
+    let to = format!("group:{}", created["id"].as_str().unwrap());
+    // A full bucket again (creating it took one): 10 tokens at 5 a second.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let send = |n: u32| {
+        json!({
+            "type": "send", "id": format!("big-{n}"), "to": to,
+            "body": {"kind": "text", "text": "to everyone"}, "ref": format!("big-{n}"),
+        })
+    };
+    assert_eq!(o.request(send(1)).await["type"], "sent");
+    let second = o.request(send(2)).await;
+    assert_eq!(second["code"], "rate_limited", "{second}");
+    let wait = second["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(wait >= 1_000, "a bucket's worth to wait for, not {wait} ms");
+}

@@ -397,6 +397,13 @@ impl Groups {
         self.cache.read().expect("cache lock").share_a_group(a, b)
     }
 
+    /// How many members `gid` has, as cached (a gateway caches every group); `None` for a
+    /// group not in the cache.
+    pub fn cached_size(&self, gid: &str) -> Option<usize> {
+        let cache = self.cache.read().expect("cache lock");
+        cache.get(gid).map(|(_, group)| group.members.len())
+    }
+
     /// Stores a new group (its id is fresh, so it cannot exist yet).
     pub async fn create(&self, group: &Group) -> Result<(), GroupsError> {
         let value = serde_json::to_vec(group).expect("groups serialize");

@@ -28,24 +28,34 @@ use floor::Floor;
 pub(crate) const LEASE: u32 = 4;
 
 /// What `frame` costs in tokens: 1 for an action that stores or relays one thing, more
-/// for one that reaches many inboxes or asks for a lot.
-pub(crate) fn cost_of(frame: &ClientFrame) -> u32 {
+/// for one that reaches many inboxes or asks for a lot. A group message or typing notice
+/// costs by the group's size (`group_size`: members, as cached), since it is stored or
+/// relayed once per member.
+pub(crate) fn cost_of(frame: &ClientFrame, group_size: impl Fn(&str) -> Option<usize>) -> u32 {
     let per = |n: usize, each: usize| u32::try_from(n.div_ceil(each)).unwrap_or(u32::MAX);
+    let group =
+        |gid: &str, each: usize| 1u32.saturating_add(per(group_size(gid).unwrap_or(1), each));
     match frame {
         ClientFrame::Ack(_) | ClientFrame::Ping(_) => 0,
         ClientFrame::Send(send) => match Target::parse(&send.to) {
-            // A group message is stored once per member by fanout.
-            Ok(Target::Group(_)) => 4,
+            // Stored once per member by fanout.
+            Ok(Target::Group(gid)) => group(&gid, 64),
             _ => 1,
         },
-        ClientFrame::Typing(typing) if typing.conv.starts_with("group:") => 4,
-        ClientFrame::Typing(_) | ClientFrame::Read(_) => 1,
+        // Relayed to every member online, stored nowhere.
+        ClientFrame::Typing(typing) => match typing.conv.strip_prefix("group:") {
+            Some(gid) => group(gid, 128),
+            None => 1,
+        },
+        ClientFrame::Read(_) => 1,
         ClientFrame::History(_) => 2,
-        ClientFrame::PresenceSubscribe(subscribe) => 1 + per(subscribe.users.len(), 16),
+        ClientFrame::PresenceSubscribe(subscribe) => {
+            1u32.saturating_add(per(subscribe.users.len(), 16))
+        }
         // An inbox item for every member told.
-        ClientFrame::GroupCreate(create) => 10 + per(create.members.len(), 16),
+        ClientFrame::GroupCreate(create) => 10u32.saturating_add(per(create.members.len(), 16)),
         ClientFrame::GroupAdd(change) | ClientFrame::GroupRemove(change) => {
-            2 + per(change.members.len(), 16)
+            2u32.saturating_add(per(change.members.len(), 16))
         }
         ClientFrame::GroupLeave(_) => 2,
     }
@@ -144,8 +154,10 @@ mod tests {
 
     use super::*;
 
+    /// Group `g1024` has 1,024 members; any other group 3.
     fn cost(json: &str) -> u32 {
-        cost_of(&ClientFrame::parse(json).unwrap())
+        let size = |gid: &str| Some(if gid == "g1024" { 1_024 } else { 3 });
+        cost_of(&ClientFrame::parse(json).unwrap(), size)
     }
 
     #[test]
@@ -163,11 +175,21 @@ mod tests {
             cost(&format!(
                 r#"{{"type":"send","id":"a","to":"group:g1",{text}}}"#
             )),
-            4
+            2
+        );
+        assert_eq!(
+            cost(&format!(
+                r#"{{"type":"send","id":"a","to":"group:g1024",{text}}}"#
+            )),
+            17
         );
         assert_eq!(
             cost(r#"{"type":"typing","conv":"group:g1","state":"start"}"#),
-            4
+            2
+        );
+        assert_eq!(
+            cost(r#"{"type":"typing","conv":"group:g1024","state":"start"}"#),
+            9
         );
         assert_eq!(
             cost(r#"{"type":"typing","conv":"dm:a:b","state":"start"}"#),

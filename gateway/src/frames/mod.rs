@@ -58,7 +58,7 @@ impl Session {
         let reference = frame.reference().map(str::to_owned);
         metrics::counter!("natter_gateway_frames_total", "type" => frame.kind()).increment(1);
         // Charged before any work: a refused frame did nothing.
-        let cost = crate::charge::cost_of(&frame);
+        let cost = crate::charge::cost_of(&frame, |gid| self.app.groups.cached_size(gid));
         if let Err(limited) = self.wallet.pay(&self.app, &self.user, cost).await {
             let refusal = rate_limited(frame.kind(), limited.retry_after_ms, reference);
             return self.write(refusal.to_json()).await;
