@@ -94,6 +94,8 @@ pub struct Options {
     pub presence_ttl_ms: u64,
     /// Push workers (with the workers) delivering to this webhook; none: no push.
     pub push: Option<natter_workers::push::PushSettings>,
+    /// How long fanout retries an inbox item the stream refuses before parking it.
+    pub refused_patience: Duration,
 }
 
 impl Default for Options {
@@ -108,6 +110,7 @@ impl Default for Options {
             media_mib_per_day: 1024,
             presence_ttl_ms: 3_000,
             push: None,
+            refused_patience: natter_workers::fanout::REFUSED_PATIENCE,
         }
     }
 }
@@ -224,6 +227,7 @@ fn start(options: Options) -> System {
                             }),
                             history: Some(history),
                             push,
+                            refused_patience: options.refused_patience,
                         };
                         if let Err(err) =
                             natter_workers::run(settings, std::future::pending()).await

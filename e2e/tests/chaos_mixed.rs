@@ -112,6 +112,7 @@ fn chaos_worker_process() {
         // Each history worker has its own store and consumer (a complete copy).
         history: Some(history_settings(Path::new(&data), index)),
         push: None,
+        refused_patience: natter_workers::fanout::REFUSED_PATIENCE,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime

@@ -40,6 +40,7 @@ fn worker_process() {
             canary: None,
             history: None,
             push: None,
+            refused_patience: natter_workers::fanout::REFUSED_PATIENCE,
         };
         natter_workers::run(settings, std::future::pending())
             .await

@@ -45,6 +45,7 @@ fn history_worker_process() {
                 retention_days: 0,
             }),
             push: None,
+            refused_patience: natter_workers::fanout::REFUSED_PATIENCE,
         };
         natter_workers::run(settings, std::future::pending())
             .await

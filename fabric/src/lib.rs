@@ -16,6 +16,7 @@
 
 mod buckets;
 pub mod connect;
+pub mod dead;
 pub mod devices;
 pub mod groups;
 pub mod inbox;

@@ -34,7 +34,27 @@ impl PublishFailed {
     pub fn is_permanent(&self) -> bool {
         is_permanent(self.source.kind())
     }
+
+    /// The stream's own refusal of this item, when it answered with one: it is full, or
+    /// the item is over one of its limits. Unlike a timeout or an election, the same item
+    /// is refused again until something changes (an operator, items expiring).
+    pub fn refusal(&self) -> Option<String> {
+        refusal(&self.source)
+    }
 }
+
+fn refusal(err: &jetstream::context::PublishError) -> Option<String> {
+    use std::error::Error;
+    let api = err.source()?.downcast_ref::<jetstream::Error>()?;
+    REFUSALS
+        .contains(&api.error_code().0)
+        .then(|| api.to_string())
+}
+
+/// JetStream API error codes of a stream refusing what it was given: "insufficient
+/// resources" (10023), a message over the stream's size limit (10054), and a store that
+/// refused it, e.g. maximum bytes, messages, or messages per subject exceeded (10077).
+const REFUSALS: [u64; 3] = [10023, 10054, 10077];
 
 /// Publishes `payload` to `subject` with `Nats-Msg-Id = msg_id` and waits for the stream's
 /// ack, retrying transient failures.
@@ -44,20 +64,36 @@ pub async fn publish_durable(
     msg_id: &str,
     payload: Bytes,
 ) -> Result<PublishAck, PublishFailed> {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    publish_durable_with(js, subject, headers, payload).await
+}
+
+/// [`publish_durable`] with any headers (`Nats-Msg-Id` among them, for retries to be
+/// idempotent). A stream's refusal ([`PublishFailed::refusal`]) is returned at once: it
+/// would be refused again.
+pub async fn publish_durable_with(
+    js: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<PublishAck, PublishFailed> {
     let deadline = tokio::time::Instant::now() + RETRY_FOR;
     let mut backoff = Duration::from_millis(25);
     loop {
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
         let attempt = async {
             let ack: PublishAckFuture = js
-                .publish_with_headers(subject.to_owned(), headers, payload.clone())
+                .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
                 .await?;
             ack.await
         };
         match attempt.await {
             Ok(ack) => return Ok(ack),
-            Err(err) if is_permanent(err.kind()) || tokio::time::Instant::now() >= deadline => {
+            Err(err)
+                if is_permanent(err.kind())
+                    || refusal(&err).is_some()
+                    || tokio::time::Instant::now() >= deadline =>
+            {
                 return Err(PublishFailed {
                     subject: subject.to_owned(),
                     source: err,

@@ -5,6 +5,7 @@
 //! | `MSGS` | `msg.<p>.>` | group messages and group changes, in order per partition, for fanout |
 //! | `INBOX` | `inbox.<uid>` | each user's durable inbox, republished to `live.<uid>.i`; a one-on-one message is stored here directly (both sides' copies) |
 //! | `RCPT` | `rcpt.<p>` | group receipt marks collected by gateways, for the receipts worker of partition `p` |
+//! | `DEAD` | `dead.<worker>` | what a worker could not store and stopped retrying, with the reason, for an operator to replay (`crate::dead`) |
 //!
 //! All are file-backed and replicated (`replicas`, 3 on the local cluster). The duplicate
 //! window (10 min) outlasts the longest redelivery of a worker (30 s ack wait, retried) and
@@ -20,6 +21,7 @@ use async_nats::jetstream::{
 pub const MSGS: &str = "MSGS";
 pub const INBOX: &str = "INBOX";
 pub const RCPT: &str = "RCPT";
+pub const DEAD: &str = "DEAD";
 
 /// How long `Nats-Msg-Id` deduplication remembers an id.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
@@ -27,6 +29,11 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 pub const INBOX_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Receipt events are consumed within seconds; a week covers a long worker outage.
 pub const RCPT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Parked items wait this long for an operator, as long as an inbox item would have.
+pub const DEAD_MAX_AGE: Duration = INBOX_MAX_AGE;
+/// `DEAD`'s own bound, reserved by JetStream: parking still works when the other
+/// streams have filled the servers' storage.
+pub const DEAD_MAX_BYTES: i64 = 256 * 1024 * 1024;
 
 fn base(name: &str, subjects: &str, replicas: usize, max_age: Duration) -> Config {
     Config {
@@ -64,13 +71,25 @@ pub fn rcpt(replicas: usize) -> Config {
     base(RCPT, "rcpt.*", replicas, RCPT_MAX_AGE)
 }
 
+pub fn dead(replicas: usize) -> Config {
+    Config {
+        max_bytes: DEAD_MAX_BYTES,
+        ..base(DEAD, "dead.*", replicas, DEAD_MAX_AGE)
+    }
+}
+
 /// Creates the streams, or updates them to these settings. Safe to run from every process
 /// at every start.
 pub async fn ensure(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<(), jetstream::context::CreateStreamError> {
-    for config in [msgs(replicas), inbox(replicas), rcpt(replicas)] {
+    for config in [
+        msgs(replicas),
+        inbox(replicas),
+        rcpt(replicas),
+        dead(replicas),
+    ] {
         let name = config.name.clone();
         js.create_or_update_stream(config).await?;
         tracing::debug!(stream = %name, replicas, "stream ready");

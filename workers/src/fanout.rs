@@ -17,7 +17,11 @@
 //! `Nats-Msg-Id` until it is stored; during a stream leader election that retry can land
 //! after items published behind it, the one case where two items may swap in an inbox.
 //! Inbox items carry `Nats-Msg-Id = <message id>:<recipient>`, so a batch redelivered after
-//! a worker died mid-fanout stores nothing twice.
+//! a worker died mid-fanout stores nothing twice. An item the inbox stream itself keeps
+//! refusing (the recipient's inbox over a limit, the stream full) is retried for
+//! [`Fanout::refused_patience`] and then parked in `DEAD` with the refusal
+//! (`natter_fabric::dead`): one recipient's full inbox cannot stall every group of the
+//! partition. A NATS outage (timeouts, elections) is waited out, never parked.
 //!
 //! Group messages go to the members as the `groups` bucket has them when the batch is
 //! fanned out (read once per group per batch, never from a cache), and only when the
@@ -33,6 +37,7 @@ use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::FuturesOrdered};
 use natter_fabric::{
+    dead::{self, Parked},
     groups::{Group, Groups},
     publish_durable,
     records::{MsgRecord, MsgsEntry},
@@ -56,10 +61,17 @@ const PINNED: Pinned = Pinned {
     pin_timeout: PIN_TIMEOUT,
 };
 
+/// How long an inbox item the stream refuses is retried before it is parked, unless
+/// configured otherwise.
+pub const REFUSED_PATIENCE: Duration = Duration::from_secs(60);
+/// Pause between two tries of an item the stream refused.
+const REFUSED_RETRY: Duration = Duration::from_secs(1);
+
 /// Creates (or joins) the partition consumers and returns one task per partition.
 pub async fn start(
     js: &jetstream::Context,
     groups: &Groups,
+    refused_patience: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::MSGS).await?;
@@ -72,6 +84,7 @@ pub async fn start(
         let fanout = Fanout {
             js: js.clone(),
             groups: groups.clone(),
+            refused_patience,
         };
         let stop = stop.clone();
         tasks.push(Box::pin(async move {
@@ -86,6 +99,8 @@ pub async fn start(
 pub struct Fanout {
     pub js: jetstream::Context,
     pub groups: Groups,
+    /// How long an item the inbox stream refuses is retried before it is parked.
+    pub refused_patience: Duration,
 }
 
 async fn partition(
@@ -300,7 +315,45 @@ impl Fanout {
     async fn retry_unless(&self, stored: bool, (subject, msg_id, item): &(String, String, Bytes)) {
         if !stored {
             metrics::counter!("natter_fanout_retries_total").increment(1);
-            store_until_done(&self.js, subject, msg_id, item.clone()).await;
+            self.store_or_park(subject, msg_id, item.clone()).await;
+        }
+    }
+
+    /// Retries one inbox publish until it is stored: the partition cannot move past it.
+    /// What the stream keeps refusing for `refused_patience` (or can never take) is
+    /// parked in `DEAD` instead; what cannot be parked either is retried on.
+    async fn store_or_park(&self, subject: &str, msg_id: &str, item: Bytes) {
+        let mut refused_since = None;
+        loop {
+            let err = match publish_durable(&self.js, subject, msg_id, item.clone()).await {
+                Ok(_) => return,
+                Err(err) => err,
+            };
+            let refusal = err.refusal();
+            let since = match refusal {
+                Some(_) => *refused_since.get_or_insert_with(tokio::time::Instant::now),
+                None => {
+                    refused_since = None;
+                    tokio::time::Instant::now()
+                }
+            };
+            if err.is_permanent() || since.elapsed() >= self.refused_patience {
+                let reason = refusal.clone().unwrap_or_else(|| err.to_string());
+                let parked = Parked {
+                    subject,
+                    msg_id,
+                    payload: item.clone(),
+                    reason: &reason,
+                };
+                match dead::park(&self.js, "fanout", parked).await {
+                    Ok(()) => return,
+                    Err(park) => tracing::warn!(error = %park, "cannot park the item; retrying it"),
+                }
+            }
+            tracing::warn!(error = %err, "inbox item not stored; fanout of this partition waits");
+            if refusal.is_some() {
+                tokio::time::sleep(REFUSED_RETRY).await;
+            }
         }
     }
 
@@ -343,23 +396,6 @@ async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
                 metrics::counter!("natter_fanout_retries_total").increment(1);
                 tracing::warn!(error = %err, "{what} failed; fanout of this partition waits");
                 tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
-}
-
-/// Retries one inbox publish until it is stored: the partition cannot move past it. Only
-/// an item the stream can never take (none that Natter makes) is given up.
-async fn store_until_done(js: &jetstream::Context, subject: &str, msg_id: &str, item: Bytes) {
-    loop {
-        match publish_durable(js, subject, msg_id, item.clone()).await {
-            Ok(_) => return,
-            Err(err) if err.is_permanent() => {
-                tracing::error!(error = %err, "inbox item refused for good; dropped");
-                return;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "inbox unavailable; fanout of this partition waits")
             }
         }
     }

@@ -57,6 +57,9 @@ pub struct Settings {
     pub history: Option<history::HistorySettings>,
     /// Needed by `Push`; `All` runs push when it is set.
     pub push: Option<push::PushSettings>,
+    /// How long fanout retries an inbox item the stream refuses before parking it in
+    /// `DEAD` ([`fanout::REFUSED_PATIENCE`] unless configured).
+    pub refused_patience: Duration,
 }
 
 /// One long-running worker task.
@@ -158,6 +161,7 @@ pub async fn run(
         canary,
         history,
         push,
+        refused_patience,
     } = settings;
     if kind == Kind::History && history.is_none() {
         return Err(WorkerError::NoHistoryStore);
@@ -177,6 +181,7 @@ pub async fn run(
     ] {
         metrics::counter!(zero).increment(0);
     }
+    metrics::counter!("natter_dead_letters_total", "worker" => "fanout").increment(0);
     // A pull consumer delivers up to its max_ack_pending messages into one subscription;
     // a smaller buffer would drop some, and they would come back only after the ack wait.
     let nats = NatsSettings {
@@ -213,7 +218,7 @@ pub async fn run(
 
     let mut tasks = tokio::task::JoinSet::new();
     if matches!(kind, Kind::Fanout | Kind::All) {
-        for task in fanout::start(&js, &groups, stop_rx.clone()).await? {
+        for task in fanout::start(&js, &groups, refused_patience, stop_rx.clone()).await? {
             tasks.spawn(task);
         }
     }

@@ -85,6 +85,10 @@ struct Cli {
     /// Run without push (e.g. processes under `all` that should not notify).
     #[arg(long)]
     no_push: bool,
+    /// Seconds fanout retries an inbox item the stream keeps refusing (an inbox over its
+    /// limit, a full stream) before parking it in the `DEAD` stream and moving on.
+    #[arg(long, env = "NATTER_REFUSED_PATIENCE_SECS", default_value_t = natter_workers::fanout::REFUSED_PATIENCE.as_secs())]
+    refused_patience_secs: u64,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -165,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         canary,
         history,
         push,
+        refused_patience: std::time::Duration::from_secs(cli.refused_patience_secs),
     };
     natter_workers::run(settings, natter_fabric::process::shutdown_signal())
         .await
