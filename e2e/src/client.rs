@@ -27,6 +27,8 @@ pub struct Client {
     pub pending: VecDeque<Value>,
     /// Every inbox sequence this connection received, in order.
     pub seqs: Vec<u64>,
+    /// The `hello` frame the socket opened with.
+    pub hello: Value,
     /// The highest inbox sequence seen (what the device would store as its cursor).
     pub last_seq: u64,
     next_ref: u64,
@@ -52,15 +54,25 @@ impl Client {
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .expect("websocket connect");
-        Self {
+        let mut client = Self {
             socket,
             user: user.to_owned(),
             device: device.to_owned(),
             pending: VecDeque::new(),
             seqs: Vec::new(),
+            hello: Value::Null,
             last_seq: after,
             next_ref: 0,
-        }
+        };
+        let hello = tokio::time::timeout(PATIENCE, client.receive())
+            .await
+            .ok()
+            .flatten()
+            .expect("a first frame");
+        assert_eq!(hello["type"], "hello", "the first frame: {hello}");
+        client.last_seq = hello["after"].as_u64().expect("hello.after");
+        client.hello = hello;
+        client
     }
 
     pub async fn send_raw(&mut self, text: &str) {

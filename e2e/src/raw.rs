@@ -61,6 +61,9 @@ impl RawSocket {
         let head = String::from_utf8_lossy(&raw.read[..end]).to_string();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         raw.read.drain(..end + 4);
+        let (opcode, hello) = raw.next_frame().await.expect("a hello frame");
+        let hello: serde_json::Value = serde_json::from_slice(&hello).expect("JSON");
+        assert_eq!((opcode, &hello["type"]), (TEXT, &"hello".into()), "{hello}");
         raw
     }
 

@@ -551,6 +551,7 @@ async fn a_binary_frame_gets_bad_frame_and_the_socket_goes_on() {
         token(&eve)
     );
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(next_text(&mut socket).await["type"], "hello");
     let mut b = Client::connect(1, &bob, "phone", 0).await;
     for payload in [
         br#"{"type":"ping","ref":"b"}"#.to_vec(),

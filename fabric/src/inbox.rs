@@ -27,6 +27,8 @@ pub enum InboxError {
     DirectGet(#[from] jetstream::stream::DirectGetError),
     #[error("leader get failed: {0}")]
     LeaderGet(#[from] jetstream::stream::RawMessageError),
+    #[error("stream info failed: {0}")]
+    Info(#[from] jetstream::stream::InfoError),
 }
 
 /// How much one read of an inbox returns at most: `items` items, and no more items once
@@ -86,6 +88,12 @@ impl Inbox {
             seq: message.sequence,
             payload: message.payload,
         })
+    }
+
+    /// The oldest sequence the inbox stream still holds (of any user): everything before
+    /// it has expired.
+    pub async fn oldest_seq(&self) -> Result<u64, InboxError> {
+        Ok(self.stream.get_info().await?.state.first_sequence)
     }
 
     /// The sequence of `uid`'s newest item, 0 when the inbox is empty. Served by a replica,

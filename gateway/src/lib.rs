@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     pub live: LiveHub,
     /// Batched reads of inboxes' newest sequences.
     pub reads: Reads,
+    /// The inbox's oldest sequence, for `hello`'s `resumed`.
+    pub oldest: live::oldest::Oldest,
     /// Sockets just opened, for the reconciler to check a second later.
     pub opened: Opened,
     /// Every socket's keepalive tick.
@@ -236,6 +238,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = LiveHub::start(nats.clone(), stop_rx.clone());
     let reads = Reads::start(nats.clone()).await?;
+    let oldest = live::oldest::Oldest::start(inbox.clone(), stop_rx.clone()).await;
     let opened = live::reconcile::start(
         &nats,
         live.clone(),
@@ -266,6 +269,7 @@ pub async fn run(
         config,
         live,
         reads,
+        oldest,
         opened,
         wheel,
         shutdown: stop_rx.clone(),

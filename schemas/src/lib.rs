@@ -15,6 +15,7 @@ pub mod ack;
 pub mod body;
 pub mod error;
 pub mod group;
+pub mod hello;
 pub mod history;
 pub mod ids;
 pub mod inbox;
@@ -30,6 +31,7 @@ pub use ack::Ack;
 pub use body::Body;
 pub use error::{ErrorCode, ErrorFrame};
 pub use group::{GroupChange, GroupCreate, GroupEventItem, GroupEventKind, GroupInfo, GroupLeave};
+pub use hello::Hello;
 pub use history::{HistoryMessage, HistoryPage, HistoryRequest, Ticks};
 pub use ids::{Conversation, IdError, Target};
 pub use inbox::{Delivered, InboxItem, MessageItem};
@@ -128,6 +130,7 @@ impl ClientFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
+    Hello(Hello),
     Sent(Sent),
     Group(GroupInfo),
     History(HistoryPage),

@@ -13,6 +13,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         one::<ClientFrame>("client_frame"),
         one::<ServerFrame>("server_frame"),
         one::<Delivered>("inbox_frame"),
+        one::<Hello>("hello"),
         one::<Send>("send"),
         one::<Sent>("sent"),
         one::<Ack>("ack"),

@@ -802,7 +802,7 @@ fn body_json() -> BoxedStrategy<J> {
 /// A client frame as JSON: a real or foreign `type`, with the fields of a real frame.
 fn frame_json() -> BoxedStrategy<J> {
     let foreign = select(words(concat!(
-        "sent|group|pong|error|msg|receipt|group_event|presence|",
+        "hello|sent|group|pong|error|msg|receipt|group_event|presence|",
         "Send|SEND|send ||type|group-create|groupCreate|ping\0",
     )));
     prop_oneof![

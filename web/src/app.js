@@ -69,6 +69,7 @@ async function start(user) {
   connection.addEventListener('send-failed', (e) => onSendFailed(e.detail));
   connection.addEventListener('server-error', (e) => onServerError(e.detail));
   connection.addEventListener('frame', (e) => onFrame(e.detail));
+  connection.addEventListener('hello', (e) => onHello(e.detail));
   connection.addEventListener('status', (e) => onStatus(e.detail));
   connection.start();
   subscribePresence();
@@ -104,6 +105,12 @@ function onSendFailed({ clientId, error }) {
 
 function onServerError(error) {
   showNotice(describe(error));
+}
+
+function onHello(hello) {
+  if (!hello.resumed) {
+    showNotice('Some messages expired before this device came back: open a chat to see its history.');
+  }
 }
 
 function onFrame(frame) {

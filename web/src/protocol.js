@@ -16,6 +16,9 @@
 //
 // Everything it learns is an event on the `Connection` (an EventTarget); `event.detail` is
 // the frame or a small object:
+// - `hello` {after, newest, oldest, resumed}: the first frame of every socket; the cursor
+//   becomes `after` (the server moves a cursor beyond the inbox back to its newest item),
+//   and `resumed: false` says items expired before this device came back;
 // - `item`: an inbox item (`msg`, `receipt`, `group_event`), once each, in `seq` order;
 // - `sent` {clientId, id, conv, ts}: a send became durable;
 // - `send-failed` {clientId, error}: the server refused a send for good;
@@ -245,6 +248,8 @@ export class Connection extends EventTarget {
     }
     if (typeof frame.seq === 'number') {
       this.onItem(frame);
+    } else if (frame.type === 'hello') {
+      this.onHello(frame);
     } else if (frame.type === 'pong') {
       this.timers.clearTimeout(this.pongTimer);
       this.pongTimer = null;
@@ -259,6 +264,14 @@ export class Connection extends EventTarget {
     } else {
       this.emit('frame', frame);
     }
+  }
+
+  onHello(hello) {
+    if (Number.isSafeInteger(hello.after) && hello.after !== this.cursor) {
+      this.cursor = hello.after;
+      this.storage.setItem(`${this.key}:cursor`, String(this.cursor));
+    }
+    this.emit('hello', hello);
   }
 
   onItem(item) {

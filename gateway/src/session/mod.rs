@@ -29,6 +29,7 @@ use crate::{
     presence::Registration,
     receipts::Unacked,
 };
+use natter_schemas::{Hello, ServerFrame};
 
 type Sink = SplitSink<WebSocket, Message>;
 
@@ -76,6 +77,8 @@ pub(crate) struct Opening {
     cursor: Cursor,
     /// Where catch-up stops (see [`Cursor::clamp_to_inbox`]).
     newest: u64,
+    /// The inbox's oldest sequence as the socket opened (`hello`).
+    oldest: u64,
     mailbox: Arc<Mailbox>,
     attached: Attached,
 }
@@ -91,6 +94,7 @@ pub(crate) async fn open(app: &App, user: &str, after: u64) -> Result<Opening, O
     let newest = app.reads.newest(user).await?;
     let mut cursor = Cursor::new(after, app.config.limits.max_gap_repair);
     let newest = cursor.clamp_to_inbox(user, newest, &app.inbox).await?;
+    let oldest = app.oldest.seq();
     mailbox.set_sent(cursor.last());
     // Interest reaches the stream leader's server a moment after the subscription: an
     // item stored in that moment is not republished here. The reconciler checks in a
@@ -99,6 +103,7 @@ pub(crate) async fn open(app: &App, user: &str, after: u64) -> Result<Opening, O
     Ok(Opening {
         cursor,
         newest,
+        oldest,
         mailbox,
         attached,
     })
@@ -147,6 +152,7 @@ async fn serve_in_span(
     let Opening {
         cursor,
         newest,
+        oldest,
         mailbox,
         attached,
     } = opening;
@@ -169,7 +175,14 @@ async fn serve_in_span(
     metrics::counter!("natter_gateway_connections_total").increment(1);
     let sockets = metrics::gauge!("natter_gateway_sockets");
     sockets.increment(1.0);
-    let end = session.run(stream, slot, newest).await;
+    let after = session.cursor.last();
+    let hello = Hello {
+        after,
+        newest,
+        oldest,
+        resumed: crate::live::oldest::resumed(after, oldest),
+    };
+    let end = session.run(stream, slot, hello).await;
     sockets.decrement(1.0);
     // Out of presence now (offline if it was the user's last socket), before the close.
     drop(session.presence.take());
@@ -263,9 +276,14 @@ impl Session {
         &mut self,
         mut stream: SplitStream<WebSocket>,
         mut slot: Slot,
-        newest: u64,
+        hello: Hello,
     ) -> End {
         let limits = self.app.config.limits.clone();
+        // The first frame, before any inbox item.
+        let newest = hello.newest;
+        if let Err(end) = self.write(ServerFrame::Hello(hello).to_json()).await {
+            return end;
+        }
         // The work a step does is boxed: a task's future is as large as its largest
         // suspended state, and with frame handling inlined an idle socket's task was
         // ~10.7 KB (heaptrack); boxed, an idle socket holds only the waits below.

@@ -191,6 +191,22 @@ describe('Connection', () => {
     assert.equal(storage.getItem('natter:alice:laptop:cursor'), '2');
   });
 
+  it('takes the resume point hello gives, so a cursor beyond the inbox gets new items', () => {
+    storage.setItem('natter:alice:laptop:cursor', '90');
+    const conn = connection();
+    const hellos = collect(conn, 'hello');
+    const items = collect(conn, 'item');
+    conn.start();
+    const socket = FakeSocket.last();
+    assert.equal(socket.url.searchParams.get('after'), '90');
+    socket.accept();
+    socket.deliver({ type: 'hello', after: 7, newest: 7, oldest: 1, resumed: true });
+    socket.deliver(msg(8, 'new'));
+    assert.deepEqual(items.map((i) => i.body.text), ['new']);
+    assert.equal(hellos.length, 1);
+    assert.equal(storage.getItem('natter:alice:laptop:cursor'), '8');
+  });
+
   it('resumes after the stored cursor, on reconnect and in a new page', () => {
     const conn = connection();
     conn.start();
