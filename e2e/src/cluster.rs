@@ -80,11 +80,9 @@ impl NatsCluster {
         let dir =
             std::env::temp_dir().join(format!("natter-e2e-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(
-            repo_root().join("nats/accounts.conf"),
-            dir.join("accounts.conf"),
-        )
-        .unwrap();
+        for file in ["accounts.conf", "permissions.conf"] {
+            std::fs::copy(repo_root().join("nats").join(file), dir.join(file)).unwrap();
+        }
         let ports: Vec<(u16, u16, u16)> = (0..size)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();

@@ -134,10 +134,7 @@ pub fn nats_settings(urls: &str, user: &str, name: &str) -> NatsSettings {
         user: Some(user.to_owned()),
         password: Some(format!("{user}-dev")),
         name: name.to_owned(),
-        replicas: 3,
-        subscription_capacity: 1024,
-        discover_servers: true,
-        tls_ca_file: None,
+        ..NatsSettings::default()
     }
 }
 

@@ -27,6 +27,9 @@ pub struct NatsSettings {
     /// PEM certificate(s) to trust for the servers (their CA, or a self-signed
     /// certificate); setting it requires TLS on every connection (as do `tls://` URLs).
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// A file holding this process's NATS nkey seed (`SU…`), for servers configured with
+    /// nkeys (nats/production/); used instead of `user`/`password`.
+    pub nkey_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NatsSettings {
@@ -40,6 +43,7 @@ impl Default for NatsSettings {
             subscription_capacity: 1024,
             discover_servers: true,
             tls_ca_file: None,
+            nkey_file: None,
         }
     }
 }
@@ -64,6 +68,9 @@ pub struct NatsArgs {
     /// PEM CA (or self-signed certificate) of the NATS servers: connect over TLS only.
     #[arg(long = "nats-ca", env = "NATTER_NATS_CA")]
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// File holding the NATS nkey seed to log in with (instead of user and password).
+    #[arg(long = "nats-nkey-file", env = "NATTER_NATS_NKEY_FILE")]
+    pub nkey_file: Option<std::path::PathBuf>,
 }
 
 impl NatsArgs {
@@ -83,7 +90,74 @@ impl NatsArgs {
         if self.tls_ca_file.is_some() {
             settings.tls_ca_file.clone_from(&self.tls_ca_file);
         }
+        if self.nkey_file.is_some() {
+            settings.nkey_file.clone_from(&self.nkey_file);
+        }
     }
+}
+
+/// The passwords `nats/accounts.conf` gives its users for the local setup. They are
+/// public, so a process refuses them for any server that is not on this machine.
+pub const DEVELOPMENT_PASSWORDS: [&str; 4] = ["gateway-dev", "workers-dev", "bench-dev", "sys-dev"];
+
+/// Why a connection was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailed {
+    #[error(transparent)]
+    Nats(#[from] async_nats::ConnectError),
+    #[error(
+        "the NATS password given is a public development one (nats/accounts.conf) and {url} \
+         is not on this machine: log in with the production credentials (nats/production/)"
+    )]
+    DevelopmentPassword { url: String },
+    #[error("reading the NATS nkey seed from {path}: {source}")]
+    NkeyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl NatsSettings {
+    /// The server URLs, trimmed, without empty entries.
+    fn servers(&self) -> Vec<&str> {
+        self.urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// Refuses a development password unless every server is on a loopback address.
+    pub fn check_credentials(&self) -> Result<(), ConnectFailed> {
+        let Some(password) = &self.password else {
+            return Ok(());
+        };
+        if !DEVELOPMENT_PASSWORDS.contains(&password.as_str()) {
+            return Ok(());
+        }
+        match self.servers().into_iter().find(|url| !on_loopback(url)) {
+            Some(url) => Err(ConnectFailed::DevelopmentPassword {
+                url: url.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether a server URL (`nats://host:port`, `tls://…`, `host:port`, with or without
+/// `user:password@`) names this machine: `localhost`, 127.0.0.0/8 or `::1`.
+fn on_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split('/').next().unwrap_or_default();
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Connects, retrying for up to `patience` while the cluster comes up. Connection events
@@ -92,7 +166,19 @@ pub async fn connect(
     settings: &NatsSettings,
     events: broadcast::Sender<Event>,
     patience: Duration,
-) -> Result<Client, async_nats::ConnectError> {
+) -> Result<Client, ConnectFailed> {
+    settings.check_credentials()?;
+    let nkey = match &settings.nkey_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|seed| seed.trim().to_owned())
+                .map_err(|source| ConnectFailed::NkeyFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let events = events.clone();
@@ -113,25 +199,94 @@ pub async fn connect(
         if let Some(ca) = &settings.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        if let Some(seed) = &nkey {
+            options = options.nkey(seed.clone());
+        } else if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
-        let servers: Vec<&str> = settings
-            .urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .collect();
+        let servers = settings.servers();
         match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(err) if matches!(err.kind(), async_nats::ConnectErrorKind::ServerParse) => {
-                return Err(err);
+                return Err(err.into());
             }
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %err, urls = %settings.urls, "NATS not reachable yet; retrying");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConnectFailed, DEVELOPMENT_PASSWORDS, NatsSettings, on_loopback};
+
+    #[test]
+    fn loopback_urls_are_told_from_others() {
+        for url in [
+            "nats://127.0.0.1:4222",
+            "localhost:4222",
+            "tls://gateway:secret@127.0.0.2:4222",
+            "nats://[::1]:4222",
+            "127.0.0.1",
+        ] {
+            assert!(on_loopback(url), "{url}");
+        }
+        for url in [
+            "nats://10.0.0.5:4222",
+            "nats://nats.example.com:4222",
+            "nats://127.0.0.1.example.com:4222",
+            "tls://[2001:db8::1]:4222",
+            "nats://localhost@evil.example:4222",
+        ] {
+            assert!(!on_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_development_password_is_refused_for_a_server_elsewhere() {
+        let local = NatsSettings {
+            password: Some("gateway-dev".into()),
+            ..NatsSettings::default()
+        };
+        assert!(local.check_credentials().is_ok());
+        let remote = NatsSettings {
+            urls: "nats://127.0.0.1:4222, nats://nats-2.internal:4222".into(),
+            ..local.clone()
+        };
+        assert!(matches!(
+            remote.check_credentials(),
+            Err(ConnectFailed::DevelopmentPassword { url }) if url == "nats://nats-2.internal:4222"
+        ));
+        let real = NatsSettings {
+            password: Some("a-real-secret".into()),
+            ..remote
+        };
+        assert!(real.check_credentials().is_ok());
+    }
+
+    #[test]
+    fn every_password_of_the_local_accounts_is_known_as_a_development_one() {
+        let accounts = include_str!("../../nats/accounts.conf");
+        let passwords: Vec<&str> = accounts
+            .split("password:")
+            .skip(1)
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches([',', '}'])
+            })
+            .collect();
+        assert_eq!(
+            passwords.len(),
+            DEVELOPMENT_PASSWORDS.len(),
+            "{passwords:?}"
+        );
+        for password in passwords {
+            assert!(DEVELOPMENT_PASSWORDS.contains(&password), "{password}");
         }
     }
 }

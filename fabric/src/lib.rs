@@ -29,7 +29,7 @@ pub mod subjects;
 pub mod telemetry;
 pub mod watermarks;
 
-pub use connect::{NatsSettings, connect};
+pub use connect::{ConnectFailed, NatsSettings, connect};
 pub use inbox::{Inbox, InboxError, StoredItem};
 pub use publish::{PublishFailed, publish_durable};
 

@@ -77,7 +77,7 @@ pub enum GatewayError {
         source: std::io::Error,
     },
     #[error("cannot connect to NATS: {0}")]
-    Connect(#[from] async_nats::ConnectError),
+    Connect(#[from] natter_fabric::ConnectFailed),
     #[error("cannot set up JetStream streams: {0}")]
     Streams(#[from] jetstream::context::CreateStreamError),
     #[error("cannot open a stream: {0}")]

@@ -68,7 +68,7 @@ pub(crate) type Task = Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Se
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("cannot connect to NATS: {0}")]
-    Connect(#[from] async_nats::ConnectError),
+    Connect(#[from] natter_fabric::ConnectFailed),
     #[error("cannot set up JetStream streams: {0}")]
     Streams(#[from] jetstream::context::CreateStreamError),
     #[error("cannot open a stream: {0}")]
