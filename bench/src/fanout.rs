@@ -3,6 +3,9 @@
 //! the last of the other members has the message on its socket (the fanout worker writes
 //! one replicated inbox item per member; each gateway forwards it live). Members ack as
 //! phones do, so delivered receipts flow during the run as they would in a real group.
+//! With `--read`, members also mark each message read as it arrives (a chat open on every
+//! phone), and each round is also timed until the sender's `read` receipt for everyone
+//! (`all: true`): the message fully read.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,9 @@ pub struct Options {
     /// HS256 secret of the gateways (default: the development secret).
     #[arg(long, env = "NATTER_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Members mark each message read on arrival; time send → read by everyone.
+    #[arg(long)]
+    pub read: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +54,8 @@ pub struct FanoutReport {
     pub send_to_last_member_ms: Latency,
     /// Per member and round: send → that member has it.
     pub send_to_each_member_ms: Latency,
+    /// Per round, with `--read`: send → the sender's `read` receipt for every member.
+    pub send_to_all_read_ms: Option<Latency>,
     /// Over the rounds; per member delivery.
     pub cpu: CpuReport,
 }
@@ -66,6 +74,12 @@ impl FanoutReport {
                 self.members, self.rounds, self.complete_rounds, s.p50, s.p99, l.p50, l.p99, e.p50, e.p99
             ),
         ];
+        if let Some(r) = self.send_to_all_read_ms {
+            lines.push(format!(
+                "read by all p50/p99 ms: {:.1} / {:.1}",
+                r.p50, r.p99
+            ));
+        }
         lines.extend(self.cpu.table());
         lines
     }
@@ -111,6 +125,7 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<Fan
         listeners.push(tokio::spawn(listen(
             socket,
             origin,
+            options.read,
             arrivals_tx.clone(),
             joined_tx.clone(),
         )));
@@ -145,7 +160,8 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<Fan
     }
 
     let recipients = options.members - 1;
-    let (mut sent, mut last, mut each) = (histogram(), histogram(), histogram());
+    let (mut sent, mut last, mut each, mut read) =
+        (histogram(), histogram(), histogram(), histogram());
     let (mut complete, mut doubled) = (0, 0u64);
     let window = watch.start()?;
     for round in 0..options.rounds {
@@ -161,6 +177,7 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<Fan
         if answer["type"] != "sent" {
             bail!("send refused: {answer}");
         }
+        let id = answer["id"].as_str().context("sent.id")?.to_owned();
         sent.saturating_record(origin.elapsed().as_micros() as u64 - at);
         let mut got = 0;
         let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
@@ -180,6 +197,10 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<Fan
                 complete += 1;
             }
         }
+        if options.read {
+            let when = read_by_all(&mut sender, &id, origin).await?;
+            read.saturating_record(when.saturating_sub(at));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu = window.finish(each.len(), "delivery");
@@ -198,14 +219,38 @@ pub async fn run_watched(options: &Options, watch: &Watch) -> anyhow::Result<Fan
         send_to_sent_ms: Latency::of(&sent),
         send_to_last_member_ms: Latency::of(&last),
         send_to_each_member_ms: Latency::of(&each),
+        send_to_all_read_ms: options.read.then(|| Latency::of(&read)),
         cpu,
     })
 }
 
-/// A member's socket: reports the group event and every message, acks every 200 ms.
+/// When the sender's socket gets the `read` receipt for everyone that covers message `id`
+/// (microseconds since `origin`).
+async fn read_by_all(sender: &mut Socket, id: &str, origin: Instant) -> anyhow::Result<u64> {
+    let deadline = tokio::time::Instant::now() + ROUND_LIMIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, sender.next())
+            .await
+            .context("not read by every member within 30 s")?
+            .context("sender socket closed")??;
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(text.as_str())?;
+        let covers = frame["id"].as_str().is_some_and(|r| r >= id);
+        if frame["type"] == "receipt" && frame["status"] == "read" && frame["all"] == true && covers
+        {
+            return Ok(origin.elapsed().as_micros() as u64);
+        }
+    }
+}
+
+/// A member's socket: reports the group event and every message (marking it read with
+/// `read`), acks every 200 ms.
 async fn listen(
     socket: Socket,
     origin: Instant,
+    read: bool,
     arrivals: mpsc::UnboundedSender<Arrival>,
     joined: mpsc::UnboundedSender<()>,
 ) -> anyhow::Result<()> {
@@ -227,6 +272,10 @@ async fn listen(
                 match frame["type"].as_str() {
                     Some("group_event") => { let _ = joined.send(()); }
                     Some("msg") => {
+                        if read {
+                            let mark = json!({"type": "read", "conv": frame["conv"], "up_to": frame["id"]});
+                            sink.send(Message::text(mark.to_string())).await?;
+                        }
                         let round = frame["body"]["text"].as_str()
                             .and_then(|t| t.split(' ').next())
                             .and_then(|r| r.parse().ok())

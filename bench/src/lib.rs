@@ -16,6 +16,7 @@ pub mod history;
 pub mod idle;
 pub mod net;
 pub mod plot;
+pub mod presence;
 pub mod raw;
 pub mod report;
 pub mod senders;

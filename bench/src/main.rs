@@ -5,8 +5,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use natter_bench::{
-    ceiling, control, cpu::WatchArgs, dm, fanout, history, idle, plot, raw, report, storm,
-    summarize,
+    ceiling, control, cpu::WatchArgs, dm, fanout, history, idle, plot, presence, raw, report,
+    storm, summarize,
 };
 
 #[derive(Debug, Parser)]
@@ -31,6 +31,8 @@ enum Scenario {
     Sweep(dm::SweepOptions),
     /// Seed one conversation, then time history pages.
     History(history::Options),
+    /// Seed many groups, then time presence_subscribe of 256 users sharing a group.
+    Presence(presence::Options),
     /// Natter's one-on-one rate against raw JetStream writes, in one run.
     Ceiling {
         #[command(flatten)]
@@ -93,6 +95,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::History(options) => {
             let page = history::run(&options).await?;
             report::emit(&page, &[])
+        }
+        Scenario::Presence(options) => {
+            let presence = presence::run(&options).await?;
+            report::emit(&presence, &[])
         }
         Scenario::Ceiling { options, watch } => {
             let ceiling = ceiling::run_watched(&options, &watch.watch()?).await?;

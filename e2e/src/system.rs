@@ -86,6 +86,8 @@ pub struct Options {
     pub send_burst: f64,
     /// Groups a user may create a day (`limits.groups_per_day`; 0: no cap).
     pub groups_per_day: u32,
+    /// Members of cached groups a gateway keeps (`limits.cached_group_members`).
+    pub cached_group_members: usize,
     /// All media together (`media.max_total_bytes`), and one user's uploads a day
     /// (`media.mib_per_day`).
     pub media_max_total_bytes: u64,
@@ -106,6 +108,7 @@ impl Default for Options {
             send_per_sec: 0.0,
             send_burst: 1.0,
             groups_per_day: 0,
+            cached_group_members: natter_fabric::groups::DEFAULT_CACHED_MEMBERS,
             media_max_total_bytes: MEDIA_MAX_TOTAL_BYTES,
             media_mib_per_day: 1024,
             presence_ttl_ms: 3_000,
@@ -186,6 +189,7 @@ fn start(options: Options) -> System {
                     config.limits.send_per_sec = options.send_per_sec;
                     config.limits.send_burst = options.send_burst;
                     config.limits.groups_per_day = options.groups_per_day;
+                    config.limits.cached_group_members = options.cached_group_members;
                     config.media.mib_per_day = options.media_mib_per_day;
                     config.redis.url.clone_from(&redis_url);
                     config.presence.ttl_ms = options.presence_ttl_ms;

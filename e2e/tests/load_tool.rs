@@ -40,6 +40,7 @@ async fn a_short_fanout_run_reaches_every_member_every_round() {
         members: 24,
         rounds: 3,
         secret: Some(SECRET.into()),
+        read: true,
     })
     .await
     .unwrap();
@@ -48,6 +49,9 @@ async fn a_short_fanout_run_reaches_every_member_every_round() {
     assert_eq!(report.send_to_each_member_ms.count, 3 * 23);
     assert_eq!(report.send_to_last_member_ms.count, 3);
     assert!(report.send_to_last_member_ms.max >= report.send_to_each_member_ms.p50);
+    let read = report.send_to_all_read_ms.expect("timed with --read");
+    assert_eq!(read.count, 3, "every round fully read: {report:?}");
+    assert!(read.p50 >= report.send_to_last_member_ms.p50, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

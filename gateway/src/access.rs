@@ -1,6 +1,8 @@
 //! Who may do what: read or write a conversation, see a file, follow someone's presence.
 //! Used by the socket's frame handlers and by the HTTP routes alike.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use natter_fabric::{
     groups::Refusal,
@@ -78,8 +80,18 @@ pub(crate) async fn unshare_media(app: &App, media_id: &str, conv: &str) {
 
 /// Whether `me` may see `other`'s presence: themselves, someone in a group with them, or
 /// someone they have a one-on-one conversation with (at least one message in history).
-pub(crate) async fn may_follow(app: &App, me: &str, other: &str) -> Result<bool, String> {
-    if me == other || app.groups.share_a_group(me, other) {
+/// `my_groups` is what `me`'s group index lists (`Groups::groups_of`).
+pub(crate) async fn may_follow(
+    app: &App,
+    me: &str,
+    my_groups: &BTreeSet<String>,
+    other: &str,
+) -> Result<bool, String> {
+    if me == other {
+        return Ok(true);
+    }
+    let shared = app.groups.share_a_group(me, my_groups, other).await;
+    if shared.map_err(|err| format!("groups unavailable: {err}"))? {
         return Ok(true);
     }
     let query = HistoryQuery {

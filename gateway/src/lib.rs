@@ -197,8 +197,11 @@ pub async fn run(
     let inbox = Inbox::open(&js).await?;
     let patience = std::time::Duration::from_secs(60);
     let replicas = config.nats.replicas;
-    let groups =
-        streams::with_patience("groups bucket", patience, || Groups::open(&js, replicas)).await?;
+    let cached = config.limits.cached_group_members;
+    let groups = streams::with_patience("groups bucket", patience, || {
+        Groups::open(&js, replicas, cached)
+    })
+    .await?;
     let devices = streams::with_patience("devices bucket", patience, || {
         natter_fabric::devices::Devices::open(&js, replicas)
     })

@@ -203,7 +203,8 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     streams::ensure_with_patience(&js, nats.replicas, SETUP_PATIENCE).await?;
     let groups = streams::with_patience("groups bucket", SETUP_PATIENCE, || {
-        Groups::open(&js, nats.replicas)
+        // Workers read groups fresh and run no watch, so they cache none.
+        Groups::open(&js, nats.replicas, 0)
     })
     .await?;
     let checkpoints = streams::with_patience("receipt checkpoints", SETUP_PATIENCE, || {

@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most members of one group (WhatsApp's limit by default).
     pub max_group_members: usize,
+    /// Members of the groups the gateway keeps cached, all together (≈ 100 bytes each);
+    /// the least recently used groups go first.
+    pub cached_group_members: usize,
     /// Tokens a user's bucket refills per second, over all their sockets and gateways (in
     /// Redis): every action that writes or fans out costs some (a one-on-one send 1; the
     /// table is in `charge.rs` and docs/PROTOCOL.md); 0 for no limit.
@@ -76,6 +79,7 @@ impl Default for Limits {
             ping_every_ms: 30_000,
             max_frame_bytes: 64 * 1024,
             max_group_members: natter_fabric::groups::DEFAULT_MAX_MEMBERS,
+            cached_group_members: natter_fabric::groups::DEFAULT_CACHED_MEMBERS,
             send_per_sec: 20.0,
             send_burst: 100.0,
             groups_per_day: 100,

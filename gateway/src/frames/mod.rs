@@ -136,7 +136,7 @@ impl From<Refusal> for Denied {
     fn from(refusal: Refusal) -> Self {
         let code = match refusal {
             Refusal::NotMember | Refusal::NotAdmin => ErrorCode::Forbidden,
-            Refusal::TooMany { .. } => ErrorCode::LimitExceeded,
+            Refusal::TooMany { .. } | Refusal::InTooManyGroups { .. } => ErrorCode::LimitExceeded,
             Refusal::BadName => ErrorCode::BadRequest,
             Refusal::BadMember(_) => ErrorCode::BadId,
         };

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures_util::{StreamExt, stream};
 use natter_schemas::{ErrorCode, ServerFrame, ids::check_id};
 use tokio::time::timeout;
 
@@ -16,6 +17,8 @@ use crate::{
 /// How long a `presence_subscribe` may take (privacy checks and Redis) before it is
 /// answered `unavailable`.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Users whose privacy is checked at once (each reads their group index, maybe history).
+const CHECKS_AT_ONCE: usize = 16;
 
 impl Session {
     /// `presence_subscribe`: a `presence` frame for each user now, and on every change
@@ -63,10 +66,26 @@ impl Session {
                 wanted.push(user);
             }
         }
-        let mut allowed = Vec::with_capacity(wanted.len());
+        let my_groups =
+            self.app.groups.groups_of(&self.user).await.map_err(|err| {
+                Refused(ErrorCode::Unavailable, format!("groups unavailable: {err}"))
+            })?;
+        let (app, me) = (&self.app, self.user.as_str());
+        let checked: Vec<(String, Result<bool, String>)> = stream::iter(wanted)
+            .map(|other| {
+                let my_groups = &my_groups;
+                async move {
+                    let may = may_follow(app, me, my_groups, &other).await;
+                    (other, may)
+                }
+            })
+            .buffered(CHECKS_AT_ONCE)
+            .collect()
+            .await;
+        let mut allowed = Vec::with_capacity(checked.len());
         let mut denied = Vec::new();
-        for other in wanted {
-            match may_follow(&self.app, &self.user, &other).await {
+        for (other, may) in checked {
+            match may {
                 Ok(true) => allowed.push(other),
                 Ok(false) => denied.push(other),
                 Err(why) => return Err(Refused(ErrorCode::Unavailable, why)),

@@ -1,35 +1,31 @@
 //! Groups: metadata and membership, kept in the replicated KV bucket `groups` (R3 on the
-//! local cluster, one key per group id).
+//! local cluster, one key per group id, and one key per user listing their groups).
 //!
 //! Why a KV bucket and not the history store: membership is read on every group send (by
 //! the gateway) and every group fanout, from every process, and must survive the loss of a
 //! node; JetStream KV gives that with the cluster we already run, compare-and-set updates
 //! (two admins changing a group at once cannot lose each other's change), and a watch that
-//! keeps the gateways' cached copies current.
+//! keeps cached copies current.
 //!
-//! [`Group`] holds the rules (who may add, remove, leave; the member limit; promoting a
-//! member when the last admin leaves) as plain functions; [`Groups`] stores and caches.
+//! - here: [`Group`] holds the rules (who may add, remove, leave; the member limit;
+//!   promoting a member when the last admin leaves) as plain functions;
+//! - [`store`]: [`Groups`], the bucket with a bounded cache of the groups a process used;
+//! - [`cache`]: that cache, kept current by a watch of changes;
+//! - [`index`]: each user's groups (`member_of.<uid>`), so "do these two share a group"
+//!   reads two keys instead of scanning every group.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+mod cache;
+mod index;
+mod store;
 
-use async_nats::jetstream::{
-    self,
-    kv::{self, Operation},
-    stream::StorageType,
-};
-use futures_util::StreamExt;
+use std::collections::BTreeMap;
+
 use natter_schemas::{GroupEventItem, GroupEventKind, GroupInfo, ids::check_id};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
-use crate::{
-    buckets::{lost_race, open_bucket, read_latest},
-    records::GroupEventRecord,
-};
+use crate::records::GroupEventRecord;
+pub use index::MAX_GROUPS_PER_USER;
+pub use store::{DEFAULT_CACHED_MEMBERS, Groups};
 
 pub const BUCKET: &str = "groups";
 /// WhatsApp's limit, and the default of `limits.max_group_members`.
@@ -65,6 +61,8 @@ pub enum Refusal {
     BadName,
     #[error("{0}")]
     BadMember(String),
+    #[error("{user} is in {limit} groups already")]
+    InTooManyGroups { user: String, limit: usize },
 }
 
 /// A change that concerns members' inboxes: the item, and whose inboxes get it.
@@ -275,244 +273,6 @@ pub enum GroupsError {
 /// How often a compare-and-set update is retried when another writer got there first.
 const CAS_ATTEMPTS: usize = 20;
 
-/// The `groups` bucket, with a cache of the groups this process looked at.
-///
-/// The cache only ever answers "yes, a member" quickly: anything else is read from the
-/// bucket. A watch keeps cached groups current (so a removed member stops passing within
-/// milliseconds); entries carry their revision, so a slow read cannot overwrite a newer
-/// watched value.
-#[derive(Clone)]
-pub struct Groups {
-    kv: kv::Store,
-    cache: Arc<RwLock<Cache>>,
-}
-
-/// The cached groups, and for each member the cached groups they are in: "do these two
-/// share a group" looks at one user's groups, never at every group.
-#[derive(Default)]
-struct Cache {
-    /// Group id → (revision, group).
-    groups: HashMap<String, (u64, Arc<Group>)>,
-    /// User → ids of the cached groups they are a member of.
-    member_of: HashMap<String, HashSet<Arc<str>>>,
-}
-
-impl Cache {
-    fn get(&self, gid: &str) -> Option<&(u64, Arc<Group>)> {
-        self.groups.get(gid)
-    }
-
-    fn insert(&mut self, revision: u64, group: Arc<Group>) {
-        self.remove(&group.id);
-        let gid: Arc<str> = Arc::from(group.id.as_str());
-        for member in &group.members {
-            self.member_of
-                .entry(member.clone())
-                .or_default()
-                .insert(gid.clone());
-        }
-        self.groups.insert(group.id.clone(), (revision, group));
-    }
-
-    fn remove(&mut self, gid: &str) {
-        let Some((_, old)) = self.groups.remove(gid) else {
-            return;
-        };
-        for member in &old.members {
-            if let Some(groups) = self.member_of.get_mut(member) {
-                groups.remove(gid);
-                if groups.is_empty() {
-                    self.member_of.remove(member);
-                }
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.groups.clear();
-        self.member_of.clear();
-    }
-
-    /// Whether `a` and `b` are in a cached group together: the smaller of their two group
-    /// sets is walked.
-    fn share_a_group(&self, a: &str, b: &str) -> bool {
-        let (Some(of_a), Some(of_b)) = (self.member_of.get(a), self.member_of.get(b)) else {
-            return false;
-        };
-        let (small, large) = if of_a.len() <= of_b.len() {
-            (of_a, of_b)
-        } else {
-            (of_b, of_a)
-        };
-        small.iter().any(|gid| large.contains(gid))
-    }
-}
-
-impl Groups {
-    /// Opens the bucket, creating it on first use.
-    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, GroupsError> {
-        let kv = open_bucket(
-            js,
-            kv::Config {
-                bucket: BUCKET.to_owned(),
-                description: "Natter group metadata and membership".to_owned(),
-                history: 1,
-                storage: StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(GroupsError::Bucket)?;
-        Ok(Self {
-            kv,
-            cache: Arc::default(),
-        })
-    }
-
-    /// The group as stored now (not from the cache).
-    pub async fn get(&self, gid: &str) -> Result<Option<Arc<Group>>, GroupsError> {
-        Ok(self.entry(gid).await?.map(|(_, group)| group))
-    }
-
-    /// Whether `uid` is a member of `gid`: from the cache when it says so, else from the
-    /// bucket.
-    pub async fn is_member(&self, gid: &str, uid: &str) -> Result<bool, GroupsError> {
-        let cached = self.cache.read().expect("cache lock").get(gid).cloned();
-        if let Some((_, group)) = cached
-            && group.is_member(uid)
-        {
-            return Ok(true);
-        }
-        Ok(self
-            .entry(gid)
-            .await?
-            .is_some_and(|(_, group)| group.is_member(uid)))
-    }
-
-    /// Whether `a` and `b` are both members of a group this process has cached. A gateway
-    /// watches the whole bucket, so there this covers every group. It looks only at the
-    /// groups of one of the two (an index kept with the cache), never at every group.
-    pub fn share_a_group(&self, a: &str, b: &str) -> bool {
-        self.cache.read().expect("cache lock").share_a_group(a, b)
-    }
-
-    /// How many members `gid` has, as cached (a gateway caches every group); `None` for a
-    /// group not in the cache.
-    pub fn cached_size(&self, gid: &str) -> Option<usize> {
-        let cache = self.cache.read().expect("cache lock");
-        cache.get(gid).map(|(_, group)| group.members.len())
-    }
-
-    /// Stores a new group (its id is fresh, so it cannot exist yet).
-    pub async fn create(&self, group: &Group) -> Result<(), GroupsError> {
-        let value = serde_json::to_vec(group).expect("groups serialize");
-        self.kv
-            .create(&group.id, value.into())
-            .await
-            .map_err(|e| GroupsError::Store(e.to_string()))?;
-        Ok(())
-    }
-
-    /// Applies `change` to the stored group with compare-and-set, retrying when another
-    /// writer changed it in between. `Ok(None)` from `change` means nothing to store.
-    pub async fn update<T>(
-        &self,
-        gid: &str,
-        mut change: impl FnMut(&mut Group) -> Result<T, Refusal>,
-    ) -> Result<(Group, T), GroupsError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let Some((revision, stored)) = self.entry(gid).await? else {
-                return Err(Refusal::NotMember.into());
-            };
-            let mut group = (*stored).clone();
-            let outcome = change(&mut group)?;
-            if group == *stored {
-                return Ok((group, outcome));
-            }
-            let value = serde_json::to_vec(&group).expect("groups serialize");
-            match self.kv.update(gid, value.into(), revision).await {
-                Ok(revision) => {
-                    self.remember(revision, Arc::new(group.clone()));
-                    return Ok((group, outcome));
-                }
-                Err(err)
-                    if lost_race(err.kind() == kv::UpdateErrorKind::WrongLastRevision, &err) =>
-                {
-                    continue;
-                }
-                Err(err) => return Err(GroupsError::Store(err.to_string())),
-            }
-        }
-        Err(GroupsError::Contended(gid.to_owned()))
-    }
-
-    /// Keeps cached groups current until `stop`; re-watches after an interruption.
-    pub async fn watch(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            match self.kv.watch_all().await {
-                Ok(mut updates) => loop {
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        next = updates.next() => match next {
-                            Some(Ok(entry)) => self.apply(entry),
-                            Some(Err(err)) => {
-                                tracing::warn!(error = %err, "group watch interrupted");
-                                break;
-                            }
-                            None => break,
-                        },
-                    }
-                },
-                Err(err) => tracing::warn!(error = %err, "cannot watch groups"),
-            }
-            // Whatever changed while not watching is unknown: forget it all.
-            self.cache.write().expect("cache lock").clear();
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-
-    fn apply(&self, entry: kv::Entry) {
-        match entry.operation {
-            Operation::Put => match serde_json::from_slice::<Group>(&entry.value) {
-                Ok(group) => self.remember(entry.revision, Arc::new(group)),
-                Err(_) => {
-                    self.cache.write().expect("cache lock").remove(&entry.key);
-                }
-            },
-            Operation::Delete | Operation::Purge => {
-                self.cache.write().expect("cache lock").remove(&entry.key);
-            }
-        }
-    }
-
-    fn remember(&self, revision: u64, group: Arc<Group>) {
-        let mut cache = self.cache.write().expect("cache lock");
-        let newer = cache.get(&group.id).is_none_or(|(r, _)| *r < revision);
-        if newer {
-            cache.insert(revision, group);
-        }
-    }
-
-    async fn entry(&self, gid: &str) -> Result<Option<(u64, Arc<Group>)>, GroupsError> {
-        check_id(gid, "group id").map_err(|_| Refusal::NotMember)?;
-        let Some((revision, value)) = read_latest(&self.kv, gid)
-            .await
-            .map_err(GroupsError::Store)?
-        else {
-            return Ok(None);
-        };
-        let group: Group =
-            serde_json::from_slice(&value).map_err(|_| GroupsError::Corrupt(gid.into()))?;
-        let group = Arc::new(group);
-        self.remember(revision, group.clone());
-        Ok(Some((revision, group)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,25 +390,5 @@ mod tests {
         g.leave("bob", 4).unwrap();
         g.leave("cat", 5).unwrap();
         assert!(g.members.is_empty() && g.admins.is_empty());
-    }
-
-    #[test]
-    fn the_member_index_follows_the_cached_groups() {
-        let mut cache = Cache::default();
-        let mut g = group();
-        cache.insert(1, Arc::new(g.clone()));
-        let [first, second] = [&g.members[0], &g.members[1]].map(|m| m.clone());
-        assert!(cache.share_a_group(&first, &second));
-        assert!(!cache.share_a_group(&first, "stranger"));
-        // A newer version without `second`: they no longer share it.
-        g.members.retain(|m| *m != second);
-        cache.insert(2, Arc::new(g.clone()));
-        assert!(!cache.share_a_group(&first, &second));
-        assert!(
-            !cache.member_of.contains_key(&second),
-            "no empty entries left"
-        );
-        cache.remove(&g.id);
-        assert!(cache.member_of.is_empty() && cache.groups.is_empty());
     }
 }
