@@ -85,9 +85,10 @@ pub async fn run(options: &Options) -> anyhow::Result<Value> {
     let followed: Vec<String> = (0..options.follow)
         .map(|u| format!("pres-{run}-u{u}"))
         .collect();
-    let pairs: Vec<Group> = followers
+    // Followed-user-major, so the groups written at once list different users.
+    let pairs: Vec<Group> = followed
         .iter()
-        .flat_map(|f| followed.iter().map(move |u| (f, u)))
+        .flat_map(|u| followers.iter().map(move |f| (f, u)))
         .map(|(f, u)| group(f, std::slice::from_ref(u)))
         .collect::<anyhow::Result<_>>()?;
     let paired = pairs.len();
@@ -163,7 +164,12 @@ async fn seed_fillers(urls: &str, run: &str, count: usize) -> anyhow::Result<()>
         "gateway".to_owned(),
         "gateway-dev".to_owned(),
     )
-    .connect(urls)
+    .connect(
+        urls.split(',')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .as_slice(),
+    )
     .await?;
     let js = async_nats::jetstream::new(client);
     let mut state = 0x2545_F491_4F6C_DD1D_u64;

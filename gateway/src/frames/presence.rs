@@ -18,7 +18,7 @@ use crate::{
 /// answered `unavailable`.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Users whose privacy is checked at once (each reads their group index, maybe history).
-const CHECKS_AT_ONCE: usize = 16;
+const CHECKS_AT_ONCE: usize = 64;
 
 impl Session {
     /// `presence_subscribe`: a `presence` frame for each user now, and on every change
