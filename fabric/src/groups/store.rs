@@ -185,26 +185,14 @@ impl Groups {
 
     /// Lists `gid` in each of `users`' indexes.
     async fn list(&self, gid: &str, users: &[&String]) -> Result<(), GroupsError> {
-        let writes: Vec<_> = users
-            .iter()
-            .map(|uid| index::list(&self.kv, uid, gid))
-            .collect();
-        stream::iter(writes)
-            .buffer_unordered(INDEX_WRITES_AT_ONCE)
-            .try_collect()
-            .await
+        let writes = users.iter().map(|uid| index::list(&self.kv, uid, gid));
+        at_most_some_at_once(writes.collect()).await
     }
 
     /// Takes `gid` out of each of `users`' indexes, unless the group has them.
     async fn unlist(&self, gid: &str, users: &[&String]) -> Result<(), GroupsError> {
-        let writes: Vec<_> = users
-            .iter()
-            .map(|uid| index::unlist(&self.kv, uid, gid))
-            .collect();
-        stream::iter(writes)
-            .buffer_unordered(INDEX_WRITES_AT_ONCE)
-            .try_collect()
-            .await
+        let writes = users.iter().map(|uid| index::unlist(&self.kv, uid, gid));
+        at_most_some_at_once(writes.collect()).await
     }
 
     /// Keeps cached groups current until `stop`: from the bucket's next revision (no
@@ -292,6 +280,16 @@ impl Groups {
         self.remember(revision, group.clone(), watched);
         Ok(Some((revision, group)))
     }
+}
+
+/// Runs index writes, [`INDEX_WRITES_AT_ONCE`] at a time; the first failure ends it.
+async fn at_most_some_at_once(
+    writes: Vec<impl Future<Output = Result<(), GroupsError>>>,
+) -> Result<(), GroupsError> {
+    stream::iter(writes)
+        .buffer_unordered(INDEX_WRITES_AT_ONCE)
+        .try_collect()
+        .await
 }
 
 /// Members of `after` who are not in `before`.
