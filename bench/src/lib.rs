@@ -8,6 +8,7 @@
 //! serializable report; `main.rs` only parses flags and prints.
 
 pub mod ceiling;
+pub mod chatlist;
 pub mod control;
 pub mod cpu;
 pub mod dm;

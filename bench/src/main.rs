@@ -33,6 +33,8 @@ enum Scenario {
     History(history::Options),
     /// Seed many groups, then time presence_subscribe of 256 users sharing a group.
     Presence(presence::Options),
+    /// Seed 200 conversations (20,000 inbox items), then time a new device's chat list.
+    Chatlist(natter_bench::chatlist::Options),
     /// Natter's one-on-one rate against raw JetStream writes, in one run.
     Ceiling {
         #[command(flatten)]
@@ -95,6 +97,10 @@ async fn main() -> anyhow::Result<()> {
         Scenario::History(options) => {
             let page = history::run(&options).await?;
             report::emit(&page, &[])
+        }
+        Scenario::Chatlist(options) => {
+            let list = natter_bench::chatlist::run(&options).await?;
+            report::emit(&list, &[])
         }
         Scenario::Presence(options) => {
             let presence = presence::run(&options).await?;

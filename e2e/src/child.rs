@@ -69,6 +69,24 @@ impl TestProcess {
         self.child.id()
     }
 
+    /// SIGTERM (what an operator's `kill` or a service manager sends to stop a process),
+    /// then waits up to `patience` for it to exit; its exit status, `None` if it did not.
+    #[allow(unsafe_code)]
+    pub fn terminate(&mut self, patience: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid");
+        // SAFETY: kill(2) only sends a signal; the pid is our own child, not reaped yet.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "SIGTERM not delivered");
+        let deadline = std::time::Instant::now() + patience;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -84,7 +102,8 @@ impl Drop for TestProcess {
 
 /// The body of a gateway child process: a gateway on a free loopback port, announced as
 /// `listening <addr>` on standard output, with the test secret and `configure`'s changes,
-/// run until the process is killed. Returns at once in a plain test run (`urls_var` unset).
+/// run until the process is killed or told to stop (SIGTERM, Ctrl-C: then it shuts down
+/// as the real binary does). Returns at once in a plain test run (`urls_var` unset).
 pub fn gateway_process(
     urls_var: &str,
     name: &str,
@@ -107,7 +126,7 @@ pub fn gateway_process(
         config.limits.send_per_sec = 0.0;
         configure(&mut config);
         crate::system::test_settings(&mut config);
-        natter_gateway::run(listener, config, std::future::pending())
+        natter_gateway::run(listener, config, natter_fabric::process::shutdown_signal())
             .await
             .expect("gateway");
     });

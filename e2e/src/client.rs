@@ -47,6 +47,15 @@ impl Client {
         device: &str,
         after: u64,
     ) -> Self {
+        Self::open(addr, user, device, &after.to_string()).await
+    }
+
+    /// Connects a new device with `after=latest`: nothing from before is replayed.
+    pub async fn connect_latest(gateway: usize, user: &str, device: &str) -> Self {
+        Self::open(system().gateways[gateway], user, device, "latest").await
+    }
+
+    async fn open(addr: std::net::SocketAddr, user: &str, device: &str, after: &str) -> Self {
         let url = format!(
             "ws://{addr}/v1/ws?token={}&device={device}&after={after}",
             token(user)
@@ -61,7 +70,7 @@ impl Client {
             pending: VecDeque::new(),
             seqs: Vec::new(),
             hello: Value::Null,
-            last_seq: after,
+            last_seq: 0,
             next_ref: 0,
         };
         let hello = tokio::time::timeout(PATIENCE, client.receive())
@@ -158,6 +167,30 @@ impl Client {
         }
     }
 
+    /// Subscribes to `user`'s presence, again while refused (the conversation that allows
+    /// it is in history a moment after its message); returns the `presence` frame that
+    /// answers (it has no `ref`: it is the same frame later changes come in).
+    pub async fn follow(&mut self, user: &str) -> Value {
+        for attempt in 0..50 {
+            let reference = format!("follow-{attempt}");
+            self.send_json(
+                json!({"type": "presence_subscribe", "users": [user], "ref": reference}),
+            )
+            .await;
+            let answer = self
+                .wait_for("presence or refusal", |f| {
+                    (f["type"] == "presence" && f["user"] == user) || f["ref"] == reference.as_str()
+                })
+                .await;
+            if answer["type"] == "presence" {
+                return answer;
+            }
+            assert_eq!(answer["code"], "forbidden", "{answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} may never follow {user}", self.user);
+    }
+
     /// The next `msg` item with body text `text`.
     pub async fn wait_for_text(&mut self, text: &str) -> Value {
         self.wait_for(&format!("message {text:?}"), |f| {
@@ -179,6 +212,18 @@ impl Client {
             self.pending.push_back(frame);
         }
         self.pending.drain(..).collect()
+    }
+
+    /// Reads (and drops) frames until the server closes the socket; the close code it
+    /// gave, `None` when the socket ended without a close frame.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
     }
 
     /// Reads one frame; `None` when the socket closed.

@@ -52,7 +52,7 @@ use natter_e2e::{
 };
 use natter_gateway::auth::{Audience, Claims};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// Ids that are not ids, each with what is wrong with it.
@@ -89,21 +89,10 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let inner = Sha256::new()
-        .chain_update(block.map(|b| b ^ 0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(block.map(|b| b ^ 0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// A JWT with `header` and `claims` as given, signed with HMAC-SHA256 under `secret`

@@ -2,6 +2,9 @@
 //! (SIGKILL, by PID) reconnect to the other gateway with `after` = the last sequence they
 //! stored, and get every message that was `sent` exactly once, in order, with no gap.
 //!
+//! A gateway told to stop (SIGTERM) instead closes its sockets with 1001 (going away) and
+//! exits cleanly.
+//!
 //! The checker is the clients: senders record what got `sent`, recipients what arrived
 //! (and `Client` asserts increasing inbox sequences on every frame, across the reconnect).
 
@@ -101,4 +104,35 @@ async fn recipients_of_a_killed_gateway_resume_on_the_other_with_nothing_lost_or
         "gateway killed; {PAIRS} recipients resumed on the other gateway with {resumed_total} \
          messages, none lost or doubled"
     );
+}
+
+/// SIGTERM, as a service manager stops a gateway: every socket is closed with 1001 (going
+/// away, so clients reconnect elsewhere at once), the process exits with success within
+/// its drain time, and what is sent meanwhile waits in the inbox for the reconnect.
+#[tokio::test]
+async fn a_gateway_told_to_stop_closes_its_sockets_as_going_away_and_exits() {
+    let urls = system::system().nats_urls.clone();
+    let (mut leaving, addr) = child::start_gateway("gateway_process", URLS_VAR, &urls);
+    system::wait_healthy(addr).await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut phone = Client::connect_to(addr, &bob, "phone", 0).await;
+    let mut laptop = Client::connect_to(addr, &bob, "laptop", 0).await;
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    a.send_text(&bob, "before").await;
+    phone.wait_for_text("before").await;
+    laptop.wait_for_text("before").await;
+
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = leaving.terminate(Duration::from_secs(20));
+        (leaving, status)
+    });
+    assert_eq!(phone.close_code().await, Some(1001), "phone");
+    assert_eq!(laptop.close_code().await, Some(1001), "laptop");
+    let (_leaving, status) = exited.await.unwrap();
+    let status = status.expect("the gateway exits within 20 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+
+    a.send_text(&bob, "after").await;
+    let mut back = Client::connect(0, &bob, "phone", phone.last_seq).await;
+    back.wait_for_text("after").await;
 }

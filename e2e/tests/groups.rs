@@ -437,6 +437,8 @@ async fn records_from_non_members_and_unreadable_records_reach_nobody_and_the_pa
             text: "forged".into(),
         },
         reply_to: None,
+        forwarded: None,
+        mentions: Vec::new(),
     };
     for payload in [
         b"not a record".to_vec(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use natter_e2e::{Client, unique};
+use natter_e2e::{Client, client::token, system, system::http_get, unique};
 use serde_json::json;
 
 async fn page_back(client: &mut Client, conv: &str, limit: u32) -> Vec<String> {
@@ -200,6 +200,28 @@ async fn wait_for_ticks(client: &mut Client, conv: &str, expected: serde_json::V
     }
 }
 
+/// Waits until the message info of group message `id` says `member` got to `status`.
+async fn wait_for_member_status(sender: &str, id: &serde_json::Value, member: &str, status: &str) {
+    let path = format!("/v1/messages/{}/receipts", id.as_str().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(system().gateways[0], &path, Some(&token(sender))).await;
+        let info: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let members = info["members"].as_array().cloned().unwrap_or_default();
+        if members
+            .iter()
+            .any(|m| m["user"] == member && m["status"] == status)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{member} never {status} in {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn history_carries_the_ticks_of_the_readers_own_messages() {
     let (alice, bob, cat) = (unique("alice"), unique("bob"), unique("cat"));
@@ -251,9 +273,9 @@ async fn history_carries_the_ticks_of_the_readers_own_messages() {
     b.ack(at_bob["seq"].as_u64().unwrap()).await;
     b.send_json(json!({"type": "read", "conv": gconv, "up_to": id}))
         .await;
-    // Wait until Bob's read is counted (Cat's receipt for Bob's read is not the signal:
-    // history follows RCPT on its own), then check the ticks are not blue yet.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until Bob's read is counted (message info shows it), then check the ticks are
+    // not blue yet: Cat has not even got the message.
+    wait_for_member_status(&alice, &id, &bob, "read").await;
     wait_for_ticks(&mut a, &gconv, json!(["sent"])).await;
     let at_cat = c.wait_for_text("g1").await;
     c.ack(at_cat["seq"].as_u64().unwrap()).await;

@@ -37,29 +37,6 @@ fn is_presence(user: &str, online: bool) -> impl Fn(&Value) -> bool {
     move |f| f["type"] == "presence" && f["user"] == user.as_str() && f["online"] == online
 }
 
-/// Subscribes `watcher` to `user`, retrying while the conversation that allows it is not
-/// in history yet; returns the `presence` frame that answers (it has no `ref`: it is the
-/// same frame later changes come in).
-async fn follow(watcher: &mut Client, user: &str) -> Value {
-    for attempt in 0..50 {
-        let reference = format!("follow-{attempt}");
-        watcher
-            .send_json(json!({"type": "presence_subscribe", "users": [user], "ref": reference}))
-            .await;
-        let answer = watcher
-            .wait_for("presence or refusal", |f| {
-                (f["type"] == "presence" && f["user"] == user) || f["ref"] == reference.as_str()
-            })
-            .await;
-        if answer["type"] == "presence" {
-            return answer;
-        }
-        assert_eq!(answer["code"], "forbidden", "{answer}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} may never follow {user}", watcher.user);
-}
-
 /// A refusal of a subscription to `users`.
 async fn refused(watcher: &mut Client, users: Value) -> Value {
     let answer = watcher
@@ -75,7 +52,7 @@ async fn a_contact_sees_online_then_offline_with_last_seen() {
     let mut a = Client::connect(0, &alice, "phone", 0).await;
     a.send_text(&bob, "are you there?").await;
 
-    let first = follow(&mut a, &bob).await;
+    let first = a.follow(&bob).await;
     assert_eq!(first["online"], false, "{first}");
     assert!(first.get("last_seen").is_none(), "never seen: {first}");
 
@@ -97,7 +74,7 @@ async fn a_contact_sees_online_then_offline_with_last_seen() {
         "last seen {seen} vs closed at {closed_at}"
     );
     // Asking again gives the same state.
-    let again = follow(&mut a, &bob).await;
+    let again = a.follow(&bob).await;
     assert_eq!(
         (again["online"].clone(), again["last_seen"].as_u64()),
         (json!(false), Some(seen))
@@ -115,7 +92,7 @@ async fn every_device_must_go_before_a_user_is_offline() {
     a.send_text(&bob, "hello").await;
     let phone = Client::connect(0, &bob, "phone", 0).await;
     let laptop = Client::connect(1, &bob, "laptop", 0).await;
-    assert_eq!(follow(&mut a, &bob).await["online"], true);
+    assert_eq!(a.follow(&bob).await["online"], true);
     phone.close().await;
     let meanwhile = a.collect_for(Duration::from_millis(800)).await;
     assert!(
@@ -143,7 +120,7 @@ async fn only_people_who_share_a_conversation_may_follow() {
         .request(json!({"type": "group_create", "name": "pals", "members": [dave]}))
         .await;
     assert_eq!(group["type"], "group", "{group}");
-    let state = follow(&mut a, &dave).await;
+    let state = a.follow(&dave).await;
     assert_eq!(state["user"], dave.as_str());
     // Bad requests are refused and the socket goes on.
     let bad = refused(&mut a, json!(["no.dots"])).await;
@@ -172,7 +149,7 @@ async fn a_killed_gateway_leaves_its_users_offline_after_the_ttl() {
     let mut a = Client::connect(0, &alice, "phone", 0).await;
     a.send_text(&bob, "hi").await;
     let _b = Client::connect_to(addr, &bob, "phone", 0).await;
-    let mut online = follow(&mut a, &bob).await;
+    let mut online = a.follow(&bob).await;
     for _ in 0..20 {
         if online["online"] == true {
             break;
@@ -190,7 +167,7 @@ async fn a_killed_gateway_leaves_its_users_offline_after_the_ttl() {
         took >= Duration::from_millis(500),
         "offline before the TTL could pass ({took:?}): nobody could have known"
     );
-    let state = follow(&mut a, &bob).await;
+    let state = a.follow(&bob).await;
     assert_eq!(state["online"], false, "{state}");
     println!("gateway killed: its user shown offline to followers after {took:?} (TTL 3 s)");
 }

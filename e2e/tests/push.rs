@@ -4,7 +4,8 @@
 //! retried; device registrations with bad input are refused.
 //!
 //! The workers of this test binary notify a webhook receiver the test runs (a plain HTTP
-//! server on a loopback port) with a 1 s coalescing window and at most one notification
+//! server on a loopback port) with a 2 s coalescing window (a deletion made right after
+//! its message lands within it, even on a loaded machine) and at most one notification
 //! per user a minute.
 
 use std::{
@@ -112,7 +113,7 @@ fn setup() {
         push: Some(PushSettings {
             redis: natter_redis::RedisSettings::default(), // the system's URL is put in
             coalescing: Coalescing {
-                window: Duration::from_secs(1),
+                window: Duration::from_secs(2),
                 min_interval: Duration::from_secs(60),
             },
             include_text: false,
@@ -145,6 +146,17 @@ async fn wait_for_a_push(user: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no push for {user} within 20 s");
+}
+
+/// The positive marker before a check that something was not pushed: a fresh offline
+/// user with a phone gets a message from `from`, sent after everything the check is
+/// about, and their push arrives. The tail reader notes inbox items in order and every
+/// user's window is as long, so a push the check looks for would have come first.
+async fn after_a_later_push(from: &mut Client) {
+    let marker = unique("marker");
+    register_phone(&marker).await;
+    from.send_text(&marker, "marker").await;
+    wait_for_a_push(&marker).await;
 }
 
 /// `POST /v1/devices` as `user`; the status.
@@ -184,8 +196,7 @@ async fn an_offline_user_gets_one_signed_push_per_burst_and_finds_the_messages()
         a.send_text(&bob, &format!("burst {i}")).await;
     }
     wait_for_a_push(&bob).await;
-    // The window closed 1 s after the first message; another push would come by now.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    after_a_later_push(&mut a).await;
     let pushes = pushes_for(&bob);
     assert_eq!(pushes.len(), 1, "one push for the burst: {pushes:?}");
     let push = &pushes[0];
@@ -206,13 +217,120 @@ async fn an_offline_user_gets_one_signed_push_per_burst_and_finds_the_messages()
 
     // A message soon after is not another push (one per minute at most).
     a.send_text(&bob, "one more").await;
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    after_a_later_push(&mut a).await;
     assert_eq!(pushes_for(&bob).len(), 1);
 
     // Opening the app, bob finds all 21 waiting.
     let mut b = Client::connect(1, &bob, "phone", 0).await;
     let waiting = b.messages_within(Duration::from_secs(2)).await;
     assert_eq!(waiting.len(), 21, "{waiting:?}");
+}
+
+#[tokio::test]
+async fn a_message_deleted_before_its_push_leaves_it_and_changes_are_never_pushed() {
+    setup();
+    let (alice, bob, carol, dave) = (
+        unique("alice"),
+        unique("bob"),
+        unique("carol"),
+        unique("dave"),
+    );
+    for user in [&bob, &carol, &dave] {
+        register_phone(user).await;
+    }
+    // Dave says something, then goes offline.
+    let mut d = Client::connect(1, &dave, "phone", 0).await;
+    let dave_said = d.send_text(&alice, "lunch?").await;
+    d.close().await;
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let delete = |sent: &Value| json!({"type": "delete", "id": sent["id"]});
+    // Bob: two messages, the second taken back before the window closes.
+    a.send_text(&bob, "hello").await;
+    let oops = a.send_text(&bob, "wrong chat").await;
+    assert_eq!(a.request(delete(&oops)).await["type"], "changed");
+    // Carol: her only message taken back.
+    let only = a.send_text(&carol, "never mind").await;
+    assert_eq!(a.request(delete(&only)).await["type"], "changed");
+    // Dave: a reaction to his message, which is never pushed.
+    let react = json!({"type": "react", "id": dave_said["id"], "emoji": "👍"});
+    assert_eq!(a.request(react).await["type"], "changed");
+
+    wait_for_a_push(&bob).await;
+    after_a_later_push(&mut a).await;
+    let pushes = pushes_for(&bob);
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].body["count"], 1, "the deleted one is not counted");
+    assert!(pushes_for(&carol).is_empty(), "nothing left to tell carol");
+    assert!(pushes_for(&dave).is_empty(), "reactions are not pushed");
+}
+
+#[tokio::test]
+async fn a_muted_conversation_is_not_pushed_and_the_chat_list_says_so() {
+    setup();
+    let (alice, bob, carol) = (unique("alice"), unique("bob"), unique("carol"));
+    register_phone(&bob).await;
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let conv = format!("dm:{}", {
+        let mut pair = [alice.as_str(), bob.as_str()];
+        pair.sort();
+        pair.join(":")
+    });
+    let muted = b.request(json!({"type": "mute", "conv": conv})).await;
+    assert_eq!(muted["type"], "settings", "{muted}");
+    b.close().await;
+    // Alice's messages are muted; carol's are not.
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    a.send_text(&bob, "muted one").await;
+    a.send_text(&bob, "muted two").await;
+    let mut c = Client::connect(0, &carol, "phone", 0).await;
+    c.send_text(&bob, "not muted").await;
+    wait_for_a_push(&bob).await;
+    after_a_later_push(&mut c).await;
+    let pushes = pushes_for(&bob);
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(
+        (&pushes[0].body["count"], &pushes[0].body["from"]),
+        (&json!(1), &json!(carol)),
+        "only carol's message counts"
+    );
+    // The chat list shows the mute, and both conversations.
+    let mut b = Client::connect(1, &bob, "tablet", 0).await;
+    let list = b.request(json!({"type": "conversations"})).await;
+    let rows = list["conversations"].as_array().expect("a chat list");
+    let row = rows
+        .iter()
+        .find(|r| r["conv"] == conv.as_str())
+        .expect("listed");
+    assert_eq!(row["muted_until"], u64::MAX, "{row}");
+    assert_eq!(row["unread"], 2, "{row}");
+}
+
+#[tokio::test]
+async fn a_mention_is_pushed_even_in_a_muted_group() {
+    setup();
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    register_phone(&bob).await;
+    let mut a = Client::connect(0, &alice, "phone", 0).await;
+    let group = a
+        .request(json!({"type": "group_create", "name": "loud", "members": [bob]}))
+        .await;
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let mut b = Client::connect(1, &bob, "phone", 0).await;
+    let muted = b
+        .request(json!({"type": "mute", "conv": format!("group:{gid}")}))
+        .await;
+    assert_eq!(muted["type"], "settings", "{muted}");
+    b.close().await;
+    a.send_to_group(&gid, "chatter").await;
+    after_a_later_push(&mut a).await;
+    assert!(pushes_for(&bob).is_empty(), "the group is muted");
+    let mention = json!({
+        "type": "send", "id": uuid::Uuid::new_v4().to_string(), "to": format!("group:{gid}"),
+        "body": {"kind": "text", "text": "@bob look"}, "mentions": [bob],
+    });
+    assert_eq!(a.request(mention).await["type"], "sent");
+    wait_for_a_push(&bob).await;
+    assert_eq!(pushes_for(&bob)[0].body["count"], 1, "the mention alone");
 }
 
 #[tokio::test]
@@ -228,7 +346,7 @@ async fn a_user_with_a_device_online_gets_no_push() {
         a.send_text(&carol, &format!("live {i}")).await;
     }
     c.wait_for_text("live 2").await;
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    after_a_later_push(&mut a).await;
     assert!(pushes_for(&carol).is_empty(), "carol was online");
 }
 

@@ -178,9 +178,36 @@ async fn a_group_message_costs_by_the_group_s_size() {
             "body": {"kind": "text", "text": "to everyone"}, "ref": format!("big-{n}"),
         })
     };
-    assert_eq!(o.request(send(1)).await["type"], "sent");
+    let first = o.request(send(1)).await;
+    assert_eq!(first["type"], "sent", "{first}");
     let second = o.request(send(2)).await;
     assert_eq!(second["code"], "rate_limited", "{second}");
     let wait = second["retry_after_ms"].as_u64().expect("retry_after_ms");
     assert!(wait >= 1_000, "a bucket's worth to wait for, not {wait} ms");
+
+    // A reaction there is fanned out like a message and costs the same, charged once
+    // the message's group is known: more than a full bucket again. (Once history has the
+    // message: a change to one it has not stored yet waits for it, while the bucket fills.)
+    let conv = to.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = o.request(json!({"type": "history", "conv": conv})).await;
+        if page["messages"].as_array().is_some_and(|m| !m.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in history: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let react = json!({"type": "react", "id": first["id"], "emoji": "👍"});
+    let refused = o.request(react).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let wait = refused["retry_after_ms"].as_u64().unwrap();
+    assert!(
+        wait >= 500,
+        "a one-token frame would wait at most 200 ms, not {wait}"
+    );
 }

@@ -67,6 +67,8 @@ async fn store(js: &jetstream::Context, to: &str, from: &str, text: &str) -> u64
             text: text.to_owned(),
         },
         reply_to: None,
+        forwarded: None,
+        mentions: Vec::new(),
     });
     let ack = js
         .publish(subjects::inbox(to), item.to_json().into())

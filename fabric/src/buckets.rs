@@ -18,11 +18,27 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream::LastRawMessageErrorKind};
 use bytes::Bytes;
 
-/// Whether a KV compare-and-set lost to another writer. nats-server 2.14 reports that as
-/// "wrong last sequence" with error code 10164, which async-nats 0.51 does not map to
-/// `WrongLastRevision` / `AlreadyExists` (it knows 10071 only), so the text decides too.
-pub(crate) fn lost_race(recognized: bool, err: &impl std::fmt::Display) -> bool {
-    recognized || err.to_string().contains("wrong last sequence")
+/// Whether a KV compare-and-set lost to another writer: async-nats said so (`recognized`:
+/// `WrongLastRevision` / `AlreadyExists`), or the JetStream error under it has one of the
+/// codes for that. nats-server 2.14 answers 10164 (`STREAM_WRONG_LAST_SEQUENCE_CONSTANT`),
+/// which async-nats 0.51 does not map to a kind (it knows 10071 only), so the code found
+/// in the error's source chain decides.
+pub(crate) fn lost_race(recognized: bool, err: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::{self, ErrorCode};
+    let lost = [
+        ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
+        ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT,
+    ];
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if let Some(js) = err.downcast_ref::<jetstream::Error>()
+            && lost.contains(&js.error_code())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    recognized
 }
 
 /// Opens a KV bucket, creating it when it does not exist yet.

@@ -5,6 +5,8 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions, Event};
 use tokio::sync::broadcast;
 
+use crate::retry;
+
 /// Where and as whom to connect (the `[nats]` table of a config file).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -180,6 +182,7 @@ pub async fn connect(
         None => None,
     };
     let deadline = tokio::time::Instant::now() + patience;
+    let mut waits = retry::waits(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         let events = events.clone();
         let mut options = ConnectOptions::new()
@@ -212,7 +215,7 @@ pub async fn connect(
             }
             Err(err) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %err, urls = %settings.urls, "NATS not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                crate::retry::wait_next(&mut waits).await;
             }
             Err(err) => return Err(err.into()),
         }

@@ -14,16 +14,21 @@
 //! - [`telemetry`]: the Prometheus exporter every process runs.
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
+pub mod blocks;
 mod buckets;
 pub mod connect;
 pub mod dead;
+pub mod deletions;
 pub mod devices;
 pub mod groups;
 pub mod inbox;
 pub mod media;
+pub mod per_user;
 pub mod process;
 pub mod publish;
 pub mod records;
+pub mod retry;
+pub mod settings;
 pub mod streams;
 pub mod subjects;
 pub mod telemetry;
@@ -31,7 +36,12 @@ pub mod watermarks;
 
 pub use connect::{ConnectFailed, NatsSettings, connect};
 pub use inbox::{Inbox, InboxError, StoredItem};
-pub use publish::{PublishFailed, publish_durable};
+pub use publish::{PublishFailed, publish_durable, publish_durable_with};
+
+/// Header on a one-on-one message stored only in its sender's inbox because the recipient
+/// blocked the sender: names the recipient, so history keeps the message out of their
+/// pages. Headers never reach clients.
+pub const WITHHELD: &str = "Natter-Withheld";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {

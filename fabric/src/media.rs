@@ -36,6 +36,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::buckets::{lost_race, open_bucket, read_latest};
 
+mod withdraw;
+
 pub const BUCKET: &str = "media";
 /// The stream the object store keeps the files in.
 pub const STREAM: &str = "OBJ_media";

@@ -3,7 +3,7 @@
 //! During an election publishes fail with "no stream found" for 4–8 s, and a retry that
 //! races its own pending original is refused with "duplicate message id is in process"
 //! (NATS-NOTES.md). Both are retried with the same `Nats-Msg-Id`, which makes the retry
-//! idempotent, for up to [`RETRY_FOR`].
+//! idempotent, with jittered waits (`crate::retry`), for up to [`RETRY_FOR`].
 
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ use async_nats::{
     },
 };
 use bytes::Bytes;
+
+use crate::retry::{self, Retryable};
 
 /// How long a publish is retried before the caller hears about it.
 pub const RETRY_FOR: Duration = Duration::from_secs(15);
@@ -78,34 +80,29 @@ pub async fn publish_durable_with(
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<PublishAck, PublishFailed> {
+    let attempt = || async {
+        let ack: PublishAckFuture = js
+            .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
+            .await?;
+        ack.await
+    };
     let deadline = tokio::time::Instant::now() + RETRY_FOR;
-    let mut backoff = Duration::from_millis(25);
-    loop {
-        let attempt = async {
-            let ack: PublishAckFuture = js
-                .publish_with_headers(subject.to_owned(), headers.clone(), payload.clone())
-                .await?;
-            ack.await
-        };
-        match attempt.await {
-            Ok(ack) => return Ok(ack),
-            Err(err)
-                if is_permanent(err.kind())
-                    || refusal(&err).is_some()
-                    || tokio::time::Instant::now() >= deadline =>
-            {
-                return Err(PublishFailed {
-                    subject: subject.to_owned(),
-                    source: err,
-                });
-            }
-            Err(err) => {
-                tracing::debug!(%subject, error = %err, "publish failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(800));
-            }
-        }
-    }
+    let waits = retry::exponential(Duration::from_millis(25), Duration::from_millis(800));
+    attempt
+        .retry(waits)
+        .when(|err| {
+            !is_permanent(err.kind())
+                && refusal(err).is_none()
+                && tokio::time::Instant::now() < deadline
+        })
+        .notify(
+            |err, wait| tracing::debug!(%subject, error = %err, ?wait, "publish failed; retrying"),
+        )
+        .await
+        .map_err(|source| PublishFailed {
+            subject: subject.to_owned(),
+            source,
+        })
 }
 
 fn is_permanent(kind: PublishErrorKind) -> bool {

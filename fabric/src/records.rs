@@ -2,7 +2,9 @@
 //! makes of the history workers. (Group receipt marks on `RCPT` are in
 //! [`crate::watermarks`].)
 
-use natter_schemas::{Body, GroupEventItem, HistoryMessage, MessageItem};
+use natter_schemas::{
+    Body, ConversationSummary, GroupEventItem, HistoryMessage, InboxItem, MessageItem,
+};
 use serde::{Deserialize, Serialize};
 
 /// One accepted message in `MSGS`. The sender comes from the token, never the frame.
@@ -18,6 +20,10 @@ pub struct MsgRecord {
     pub body: Body,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 impl MsgRecord {
@@ -30,6 +36,8 @@ impl MsgRecord {
             ts: self.ts,
             body: self.body.clone(),
             reply_to: self.reply_to.clone(),
+            forwarded: self.forwarded,
+            mentions: self.mentions.clone(),
         }
     }
 }
@@ -44,12 +52,38 @@ pub struct GroupEventRecord {
     pub recipients: Vec<String>,
 }
 
-/// Anything in `MSGS`: a message, or a group change (told apart by their fields).
+/// An edit, delete or reaction of a group message in `MSGS`, on the group's subject: it
+/// follows the message it changes, and the fanout workers put `change` into the inbox of
+/// every member (as the group is then) with `Nats-Msg-Id` `<rev>:<uid>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// The change's own id (its item's `rev`), unique per change.
+    pub rev: String,
+    /// An [`InboxItem::Edit`], [`InboxItem::Delete`] or [`InboxItem::Reaction`].
+    pub change: InboxItem,
+}
+
+impl ChangeRecord {
+    /// The conversation and the member making the change (`None` for an item that is not
+    /// a change).
+    pub fn conv_and_from(&self) -> Option<(&str, &str)> {
+        match &self.change {
+            InboxItem::Edit(c) => Some((&c.conv, &c.from)),
+            InboxItem::Delete(c) => Some((&c.conv, &c.from)),
+            InboxItem::Reaction(c) => Some((&c.conv, &c.from)),
+            _ => None,
+        }
+    }
+}
+
+/// Anything in `MSGS`: a message, a group change, or a change to a message (told apart by
+/// their fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum MsgsEntry {
     Message(MsgRecord),
     GroupEvent(GroupEventRecord),
+    Change(ChangeRecord),
 }
 
 /// A history page request on `history.page`, sent by a gateway that has checked the user
@@ -102,6 +136,50 @@ pub enum InfoAnswer {
         members: Vec<MemberStatus>,
     },
     NotFound,
+    Failed {
+        error: String,
+    },
+}
+
+/// One message by id on `history.message`, for a gateway checking a change to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageQuery {
+    pub id: String,
+}
+
+/// The answer to a [`MessageQuery`]: the message as sent (not as edited), and whether it
+/// was deleted for everyone. The gateway decides who may change it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageAnswer {
+    Found {
+        message: Box<MessageItem>,
+        deleted: bool,
+    },
+    NotFound,
+    Failed {
+        error: String,
+    },
+}
+
+/// A page of `user`'s chat list on `history.conversations`, asked by a gateway for the
+/// signed-in user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationsQuery {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// The answer to a [`ConversationsQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationsAnswer {
+    Page {
+        conversations: Vec<ConversationSummary>,
+        more: bool,
+    },
     Failed {
         error: String,
     },

@@ -18,6 +18,8 @@ use async_nats::jetstream::{
     stream::{Config, DiscardPolicy, Republish, StorageType},
 };
 
+use crate::retry::{self, Retryable};
+
 pub const MSGS: &str = "MSGS";
 pub const INBOX: &str = "INBOX";
 pub const RCPT: &str = "RCPT";
@@ -113,17 +115,13 @@ pub async fn ensure_with_patience(
 pub async fn with_patience<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     patience: Duration,
-    mut attempt: impl FnMut() -> F,
+    attempt: impl FnMut() -> F,
 ) -> Result<T, E> {
     let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %err, "{what}: JetStream not ready yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    let waits = retry::exponential(Duration::from_millis(250), Duration::from_secs(2));
+    attempt
+        .retry(waits)
+        .when(|_| tokio::time::Instant::now() < deadline)
+        .notify(|err, _| tracing::info!(error = %err, "{what}: JetStream not ready yet; retrying"))
+        .await
 }

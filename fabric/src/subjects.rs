@@ -13,6 +13,11 @@ pub const HISTORY_PAGE: &str = "history.page";
 /// Request/reply subject of "message info" (per-member receipts of a group message),
 /// served by the history workers like pages.
 pub const HISTORY_INFO: &str = "history.info";
+/// Request/reply subject of one message by id, for a gateway checking an edit, delete or
+/// reaction; served by the history workers like pages.
+pub const HISTORY_MESSAGE: &str = "history.message";
+/// Request/reply subject of a page of a user's chat list; served by the history workers.
+pub const HISTORY_CONVERSATIONS: &str = "history.conversations";
 
 /// Number of `MSGS` partitions. Changing it moves conversations between partitions, so
 /// it is fixed for the life of a deployment's `MSGS` stream.

@@ -13,10 +13,10 @@ use natter_fabric::{
 use natter_schemas::{Conversation, ErrorCode};
 use tokio::time::timeout;
 
-use crate::{App, frames::Denied};
+use crate::{App, frames::Refused};
 
 /// Refuses anyone who is not (or no longer) a member of `gid`.
-pub(crate) async fn require_member(app: &App, gid: &str, user: &str) -> Result<(), Denied> {
+pub(crate) async fn require_member(app: &App, gid: &str, user: &str) -> Result<(), Refused> {
     match app.groups.is_member(gid, user).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(Refusal::NotMember.into()),
@@ -33,10 +33,10 @@ pub(crate) async fn share_media(
     user: &str,
     conv: &str,
     media: &natter_schemas::body::Media,
-) -> Result<bool, Denied> {
+) -> Result<bool, Refused> {
     let unavailable = |err: String| {
         tracing::warn!(error = %err, "media store failed");
-        Denied(
+        Refused(
             ErrorCode::Unavailable,
             "media unavailable; retry with the same id".into(),
         )
@@ -51,13 +51,13 @@ pub(crate) async fn share_media(
         None => false,
     };
     let Some(access) = access.filter(|_| allowed) else {
-        return Err(Denied(
+        return Err(Refused(
             ErrorCode::Forbidden,
             "no such media, or not yours to share".into(),
         ));
     };
     if access.mime != media.mime {
-        return Err(Denied(
+        return Err(Refused(
             ErrorCode::BadRequest,
             format!("mime must be the uploaded type, {}", access.mime),
         ));
@@ -80,7 +80,8 @@ pub(crate) async fn unshare_media(app: &App, media_id: &str, conv: &str) {
 
 /// Whether `me` may see `other`'s presence: themselves, someone in a group with them, or
 /// someone they have a one-on-one conversation with (at least one message in history).
-/// `my_groups` is what `me`'s group index lists (`Groups::groups_of`).
+/// Never someone who blocked `me` or whom `me` blocked. `my_groups` is what `me`'s group
+/// index lists (`Groups::groups_of`).
 pub(crate) async fn may_follow(
     app: &App,
     me: &str,
@@ -89,6 +90,10 @@ pub(crate) async fn may_follow(
 ) -> Result<bool, String> {
     if me == other {
         return Ok(true);
+    }
+    let blocked = app.blocks.either(me, other).await;
+    if blocked.map_err(|err| format!("blocks unavailable: {err}"))? {
+        return Ok(false);
     }
     let shared = app.groups.share_a_group(me, my_groups, other).await;
     if shared.map_err(|err| format!("groups unavailable: {err}"))? {

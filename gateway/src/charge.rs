@@ -48,7 +48,16 @@ pub(crate) fn cost_of(frame: &ClientFrame, group_size: impl Fn(&str) -> Option<u
             None => 1,
         },
         ClientFrame::Read(_) => 1,
+        // In a group, 1 per 64 members more once the group is known (`pay_more`).
+        ClientFrame::Edit(_) | ClientFrame::Delete(_) | ClientFrame::React(_) => 1,
+        ClientFrame::Block(_) | ClientFrame::Unblock(_) | ClientFrame::Blocks(_) => 1,
+        ClientFrame::Settings(_) | ClientFrame::Mute(_) | ClientFrame::Unmute(_) => 1,
         ClientFrame::History(_) => 2,
+        ClientFrame::Conversations(request) => chat_list_cost(
+            request
+                .limit
+                .unwrap_or(crate::frames::conversations::DEFAULT_LIMIT),
+        ),
         ClientFrame::PresenceSubscribe(subscribe) => {
             1u32.saturating_add(per(subscribe.users.len(), 16))
         }
@@ -59,6 +68,11 @@ pub(crate) fn cost_of(frame: &ClientFrame, group_size: impl Fn(&str) -> Option<u
         }
         ClientFrame::GroupLeave(_) => 2,
     }
+}
+
+/// A chat list page of `limit` conversations: 2, and 1 more per 100 asked for.
+pub(crate) fn chat_list_cost(limit: u32) -> u32 {
+    2 + limit / 100
 }
 
 /// A limit: each user's bucket in Redis, shared by every gateway, and this gateway's
@@ -132,6 +146,12 @@ pub(crate) async fn new_group(app: &App, user: &str) -> Result<(), Limited> {
 /// Charges an HTTP request of `user` (`GET /v1/inbox`, an upload, message info) to their
 /// bucket.
 pub(crate) async fn pay_http(app: &App, user: &str, cost: u32) -> Result<(), Limited> {
+    take_exactly(app.action_limit.as_ref(), user, cost).await
+}
+
+/// Charges what a frame's cost could not know when it was read: a change to a group
+/// message costs 1 per 64 members on top, once the message's group is known.
+pub(crate) async fn pay_more(app: &App, user: &str, cost: u32) -> Result<(), Limited> {
     take_exactly(app.action_limit.as_ref(), user, cost).await
 }
 

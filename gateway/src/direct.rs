@@ -19,7 +19,10 @@
 //! (ARCHITECTURE.md has the measurements behind this choice.)
 
 use bytes::Bytes;
-use natter_fabric::{InboxError, PublishFailed, publish_durable, records::MsgRecord, subjects};
+use natter_fabric::{
+    InboxError, PublishFailed, WITHHELD, publish_durable, publish_durable_with, records::MsgRecord,
+    subjects,
+};
 use natter_schemas::{InboxItem, MessageItem};
 
 use crate::App;
@@ -65,6 +68,51 @@ pub(crate) async fn store(
         .await?;
     }
     Ok(item)
+}
+
+/// Stores a one-on-one message whose recipient blocked its sender: only the sender's own
+/// copy, marked (header [`WITHHELD`], never shown to clients) so history keeps it from the
+/// recipient's pages. The sender gets `sent` as usual and never more: one tick for good,
+/// as WhatsApp does. A re-sent client id answers with the stored copy.
+pub(crate) async fn store_withheld(
+    app: &App,
+    record: &MsgRecord,
+    peer: &str,
+    client_id: &str,
+) -> Result<MessageItem, DirectError> {
+    let sender = record.from.as_str();
+    let payload = Bytes::from(InboxItem::Msg(record.to_item()).to_json());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("{sender}:{client_id}:own").as_str(),
+    );
+    headers.insert(WITHHELD, peer);
+    let stored = publish_durable_with(&app.js, &subjects::inbox(sender), headers, payload).await?;
+    if stored.duplicate {
+        return Ok(original(app, stored.sequence).await?.0);
+    }
+    Ok(record.to_item())
+}
+
+/// Stores a change (edit, delete, reaction) `sender` made to a one-on-one message with
+/// `peer` in both inboxes, the recipient's first, like the message itself. `rev` is new
+/// for each change, so a retry of these writes stores nothing twice.
+pub(crate) async fn store_change(
+    app: &App,
+    change: &InboxItem,
+    peer: &str,
+    sender: &str,
+    rev: &str,
+) -> Result<(), PublishFailed> {
+    let payload = Bytes::from(change.to_json());
+    let msg_id = format!("{sender}:{rev}");
+    publish_durable(&app.js, &subjects::inbox(peer), &msg_id, payload.clone()).await?;
+    if peer != sender {
+        let msg_id = format!("{sender}:{rev}:own");
+        publish_durable(&app.js, &subjects::inbox(sender), &msg_id, payload).await?;
+    }
+    Ok(())
 }
 
 /// A store, timed in `natter_gateway_direct_store_seconds{copy}`.

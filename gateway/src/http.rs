@@ -1,4 +1,4 @@
-//! HTTP routes: the WebSocket upgrade, the inbox over plain HTTP, a group message's
+//! HTTP routes: the WebSocket upgrade, the inbox and the chat list over plain HTTP, a group message's
 //! per-member receipts ("message info"), media upload and download, health, and the web
 //! client's files (`web`).
 //!
@@ -16,6 +16,7 @@ use natter_fabric::{
     records::{InfoAnswer, InfoQuery},
     subjects,
 };
+use natter_schemas::HttpErrorCode;
 use natter_schemas::ids::check_id;
 use serde::Deserialize;
 
@@ -26,6 +27,7 @@ use crate::{
     session, web,
 };
 
+mod conversations;
 mod media;
 
 /// Largest JSON body a route reads (a device registration).
@@ -35,6 +37,7 @@ pub(crate) fn router(app: App) -> Router {
     Router::new()
         .route("/v1/ws", get(websocket))
         .route("/v1/inbox", get(inbox))
+        .route("/v1/conversations", get(conversations::list))
         .route("/v1/messages/{id}/receipts", get(message_info))
         .route("/v1/devices", post(register_device))
         .route("/v1/media", post(media::upload))
@@ -48,7 +51,7 @@ pub(crate) fn router(app: App) -> Router {
 
 impl From<AuthError> for Refusal {
     fn from(err: AuthError) -> Self {
-        Refusal(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+        Refusal(HttpErrorCode::Unauthorized, err.to_string())
     }
 }
 
@@ -69,7 +72,24 @@ fn authenticate(
 struct WsQuery {
     token: Option<String>,
     device: Option<String>,
-    after: Option<u64>,
+    /// An inbox sequence, or `latest`: nothing from before (a new device that shows its
+    /// chat list from `conversations` and pages history).
+    after: Option<String>,
+}
+
+/// `after` as asked: a sequence, or `latest` (u64::MAX, which resumes at the inbox's
+/// newest item).
+fn resume_point(after: Option<&str>) -> Result<u64, Refusal> {
+    match after {
+        None => Ok(0),
+        Some("latest") => Ok(u64::MAX),
+        Some(seq) => seq.parse().map_err(|_| {
+            Refusal(
+                HttpErrorCode::BadRequest,
+                "after must be an inbox sequence or `latest`".into(),
+            )
+        }),
+    }
 }
 
 async fn websocket(
@@ -79,25 +99,22 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
     check_origin(&app, &headers)?;
-    let Query(query) =
-        query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(query) = query.map_err(|e| Refusal(HttpErrorCode::BadRequest, e.body_text()))?;
     let offered = offered_token(&headers);
     let identity = authenticate(&app, &headers, offered.or(query.token.as_deref()))?;
     // A device named in the token is authoritative; `?device=` may only repeat it.
     let device = match (identity.device, query.device) {
         (Some(claimed), Some(asked)) if claimed != asked => {
             return Err(Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_id",
+                HttpErrorCode::BadId,
                 "device does not match the token".into(),
             ));
         }
         (Some(claimed), _) => claimed,
         (None, asked) => asked.unwrap_or_else(|| "default".to_owned()),
     };
-    check_id(&device, "device id")
-        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
-    let after = query.after.unwrap_or(0);
+    check_id(&device, "device id").map_err(|e| Refusal(HttpErrorCode::BadId, e.to_string()))?;
+    let after = resume_point(query.after.as_deref())?;
     let limits = &app.config.limits;
     let registration = app
         .presence
@@ -105,8 +122,7 @@ async fn websocket(
         .await
         .map_err(|_| {
             Refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
+                HttpErrorCode::TooManyConnections,
                 format!(
                     "at most {} connections per user; close one first",
                     limits.max_sockets_per_user
@@ -142,8 +158,7 @@ async fn charge(app: &App, user: &str, cost: u32) -> Result<(), Refusal> {
         .await
         .map_err(|limited| {
             Refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                HttpErrorCode::RateLimited,
                 format!("too many requests; retry in {} ms", limited.retry_after_ms),
             )
         })
@@ -180,8 +195,7 @@ fn check_origin(app: &App, headers: &HeaderMap) -> Result<(), Refusal> {
         return Ok(());
     }
     Err(Refusal(
-        StatusCode::FORBIDDEN,
-        "forbidden_origin",
+        HttpErrorCode::ForbiddenOrigin,
         "this page's origin may not open sockets here".into(),
     ))
 }
@@ -207,14 +221,12 @@ async fn inbox(
 ) -> Result<Response, Refusal> {
     let identity = authenticate(&app, &headers, None)?;
     charge(&app, &identity.user, 2).await?;
-    let Query(query) =
-        query.map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Query(query) = query.map_err(|e| Refusal(HttpErrorCode::BadRequest, e.body_text()))?;
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(100);
     if !(1..=INBOX_PAGE_MAX).contains(&limit) {
         return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            HttpErrorCode::BadRequest,
             format!("limit must be 1..={INBOX_PAGE_MAX}"),
         ));
     }
@@ -230,13 +242,7 @@ async fn inbox(
             },
         )
         .await
-        .map_err(|e| {
-            Refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| Refusal(HttpErrorCode::Unavailable, e.to_string()))?;
     let next = items.last().map_or(after, |item| item.seq);
     let frames: Vec<String> = items
         .iter()
@@ -257,8 +263,7 @@ async fn message_info(
 ) -> Result<Response, Refusal> {
     let identity = authenticate(&app, &headers, None)?;
     charge(&app, &identity.user, 1).await?;
-    check_id(&id, "message id")
-        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
+    check_id(&id, "message id").map_err(|e| Refusal(HttpErrorCode::BadId, e.to_string()))?;
     let query = InfoQuery {
         id: id.clone(),
         reader: identity.user,
@@ -289,8 +294,7 @@ async fn message_info(
             Ok(Json(body).into_response())
         }
         InfoAnswer::NotFound => Err(Refusal(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            HttpErrorCode::NotFound,
             "no group message with this id sent by you".into(),
         )),
         InfoAnswer::Failed { error } => Err(unavailable(error)),
@@ -327,23 +331,21 @@ async fn register_device(
     let registration: DeviceRegistration =
         read_json(body, MAX_JSON_BODY, app.config.limits.body_timeout()).await?;
     check_id(&registration.device, "device id")
-        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, "bad_id", e.to_string()))?;
+        .map_err(|e| Refusal(HttpErrorCode::BadId, e.to_string()))?;
     if identity
         .device
         .as_ref()
         .is_some_and(|own| *own != registration.device)
     {
         return Err(Refusal(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            HttpErrorCode::Forbidden,
             "the token names another device".into(),
         ));
     }
     let push = registration.push;
     if !app.config.push.kinds.contains(&push.kind) {
         return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "unsupported",
+            HttpErrorCode::Unsupported,
             format!(
                 "push kind {:?} is not delivered here (accepted: {})",
                 push.kind,
@@ -356,8 +358,7 @@ async fn register_device(
         || push.token.chars().any(char::is_control)
     {
         return Err(Refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            HttpErrorCode::BadRequest,
             format!("the push token must be 1..={MAX_PUSH_TOKEN} printable characters"),
         ));
     }

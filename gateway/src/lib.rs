@@ -40,14 +40,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use async_nats::jetstream;
 use natter_fabric::{Inbox, groups::Groups, media::MediaStore, streams};
-use tokio::{
-    net::TcpListener,
-    sync::{broadcast, watch},
-};
+use tokio::{net::TcpListener, sync::broadcast};
 
 use crate::live::{LiveHub, reads::Reads, reconcile::Opened, wheel::Wheel};
 
 use crate::{auth::Verifier, config::Config};
+use tokio_util::sync::CancellationToken;
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +88,12 @@ pub enum GatewayError {
     Media(#[from] natter_fabric::media::MediaError),
     #[error("cannot open the devices bucket: {0}")]
     Devices(#[from] natter_fabric::devices::DevicesError),
+    #[error("cannot open the blocks bucket: {0}")]
+    Blocks(#[from] natter_fabric::blocks::BlocksError),
+    #[error("cannot open the deletions bucket: {0}")]
+    Deletions(#[from] natter_fabric::deletions::DeletionsError),
+    #[error("cannot open the settings bucket: {0}")]
+    Settings(#[from] natter_fabric::settings::SettingsError),
     #[error("Redis settings: {0}")]
     Redis(#[from] natter_redis::RedisError),
     #[error("cannot subscribe to advisories: {0}")]
@@ -114,6 +118,12 @@ pub(crate) struct Shared {
     pub devices: natter_fabric::devices::Devices,
     /// Uploaded files and who may fetch them.
     pub media: MediaStore,
+    /// Who blocked whom.
+    pub blocks: natter_fabric::blocks::Blocks,
+    /// Messages deleted for everyone a moment ago (history may not know yet).
+    pub deletions: natter_fabric::deletions::Deletions,
+    /// Users' privacy settings and muted conversations.
+    pub settings: natter_fabric::settings::Settings,
     pub verifier: Verifier,
     /// Online state of this gateway's sockets.
     pub presence: presence::PresenceHub,
@@ -139,8 +149,8 @@ pub(crate) struct Shared {
     pub opened: Opened,
     /// Every socket's keepalive tick.
     pub wheel: Wheel,
-    /// Becomes `true` when the gateway shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
     /// Every socket's task, so shutdown can wait for them to close with 1001.
     pub sessions: tokio_util::task::TaskTracker,
 }
@@ -206,6 +216,18 @@ pub async fn run(
         natter_fabric::devices::Devices::open(&js, replicas)
     })
     .await?;
+    let blocks = streams::with_patience("blocks bucket", patience, || {
+        natter_fabric::blocks::Blocks::open(&js, replicas)
+    })
+    .await?;
+    let deletions = streams::with_patience("deletions bucket", patience, || {
+        natter_fabric::deletions::Deletions::open(&js, replicas)
+    })
+    .await?;
+    let settings = streams::with_patience("settings bucket", patience, || {
+        natter_fabric::settings::Settings::open(&js, replicas)
+    })
+    .await?;
     let media_age = config.media.max_age();
     let media = streams::with_patience("media buckets", patience, || {
         MediaStore::open(&js, replicas, media_age, config.media.max_total_bytes)
@@ -218,6 +240,7 @@ pub async fn run(
     let presence = presence::PresenceHub::new(
         natter_redis::presence::Presence::new(redis.clone(), prefix, config.presence.ttl()),
         nats.clone(),
+        settings.clone(),
         config.presence.sweep_every(),
     );
     let limits = &config.limits;
@@ -238,20 +261,20 @@ pub async fn run(
     let group_limit = per_day("groups", limits.groups_per_day);
     let upload_quota = per_day("media", config.media.mib_per_day);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let live = LiveHub::start(nats.clone(), stop_rx.clone());
+    let stop = CancellationToken::new();
+    let live = LiveHub::start(nats.clone(), stop.clone());
     let reads = Reads::start(nats.clone()).await?;
-    let oldest = live::oldest::Oldest::start(inbox.clone(), stop_rx.clone()).await;
+    let oldest = live::oldest::Oldest::start(inbox.clone(), stop.clone()).await;
     let opened = live::reconcile::start(
         &nats,
         live.clone(),
         reads.clone(),
         events_rx,
         config.limits.reconcile_every(),
-        stop_rx.clone(),
+        stop.clone(),
     )
     .await?;
-    let wheel = Wheel::start(config.limits.ping_every(), stop_rx.clone());
+    let wheel = Wheel::start(config.limits.ping_every(), stop.clone());
     let sessions = tokio_util::task::TaskTracker::new();
     let app: App = Arc::new(Shared {
         nats: nats.clone(),
@@ -262,6 +285,9 @@ pub async fn run(
         marks: marks::MarkSink::default(),
         devices,
         media,
+        blocks,
+        deletions,
+        settings: settings.clone(),
         verifier,
         presence: presence.clone(),
         action_limit,
@@ -275,18 +301,23 @@ pub async fn run(
         oldest,
         opened,
         wheel,
-        shutdown: stop_rx.clone(),
+        shutdown: stop.clone(),
         sessions: sessions.clone(),
     });
-    tokio::spawn(groups.watch(stop_rx.clone()));
-    tokio::spawn(presence.run(stop_rx.clone()));
+    tokio::spawn(groups.watch(stop.clone()));
+    tokio::spawn(app.blocks.clone().watch(stop.clone()));
+    tokio::spawn(settings.watch(stop.clone()));
+    tokio::spawn(presence.run(stop.clone()));
     // Receipts go out until the sockets have closed (their last acks count too).
-    let (marks_stop, marks_stopped) = watch::channel(false);
-    let marks_flushed = tokio::spawn(app.marks.clone().run(app.js.clone(), marks_stopped));
+    let marks_stop = CancellationToken::new();
+    let marks_flushed = tokio::spawn(app.marks.clone().run(app.js.clone(), marks_stop.clone()));
 
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %listener.local_addr()?, scheme, "gateway listening");
@@ -298,12 +329,12 @@ pub async fn run(
         max_connections,
         max_per_address: app.config.limits.max_connections_per_address,
     };
-    serve::serve(listener, tls, http::router(app), limits, stop_rx).await;
+    serve::serve(listener, tls, http::router(app), limits, stop).await;
     // Sockets close themselves with 1001 on shutdown, and leave presence as they go.
     sessions.close();
     let _ = tokio::time::timeout(serve::DRAIN, sessions.wait()).await;
     // The last acks' receipts are stored before the process ends.
-    let _ = marks_stop.send(true);
+    marks_stop.cancel();
     let _ = tokio::time::timeout(serve::DRAIN, marks_flushed).await;
     Ok(())
 }

@@ -30,7 +30,7 @@ use natter_fabric::{
     watermarks::{GroupMark, MarkBatch, SenderMark},
 };
 use natter_schemas::{Conversation, InboxItem, ReceiptItem, ReceiptStatus};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// How long group marks are collected before they are stored.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(40);
@@ -89,7 +89,7 @@ impl MarkSink {
     /// Stores group marks every [`FLUSH_EVERY`] and one-on-one receipts every
     /// [`RECEIPTS_EVERY`] (each on its own, so a slow store of one holds up neither the
     /// other nor sends), until `stop`; then once more.
-    pub async fn run(self, js: jetstream::Context, stop: watch::Receiver<bool>) {
+    pub async fn run(self, js: jetstream::Context, stop: CancellationToken) {
         // Unique per gateway process: a flush's events are retried under the same ids.
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let marks = every(FLUSH_EVERY, stop.clone(), |flush| {
@@ -105,12 +105,12 @@ impl MarkSink {
 /// Runs `flush` every `period` until `stop`, then once more.
 async fn every<F: Future<Output = ()>>(
     period: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     mut flush: impl FnMut(u64) -> F,
 ) {
     for n in 1.. {
         let stopping = tokio::select! {
-            _ = stop.changed() => true,
+            _ = stop.cancelled() => true,
             _ = tokio::time::sleep(period) => false,
         };
         flush(n).await;

@@ -18,10 +18,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use natter_fabric::subjects;
+use natter_fabric::{settings::Settings, subjects};
 use natter_redis::presence::{Admission, Presence, State};
-use natter_schemas::ServerFrame;
-use tokio::sync::watch;
+use natter_schemas::{Audience, ServerFrame};
+use tokio_util::sync::CancellationToken;
 
 /// This gateway's sockets, as presence knows them.
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub(crate) struct PresenceHub {
 struct Inner {
     presence: Presence,
     nats: async_nats::Client,
+    /// Who may see each user's online state and last seen.
+    settings: Settings,
     /// This gateway's sockets.
     local: Mutex<Local>,
     next_socket: AtomicU64,
@@ -84,11 +86,17 @@ impl Drop for Registration {
 }
 
 impl PresenceHub {
-    pub fn new(presence: Presence, nats: async_nats::Client, sweep_every: Duration) -> Self {
+    pub fn new(
+        presence: Presence,
+        nats: async_nats::Client,
+        settings: Settings,
+        sweep_every: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 presence,
                 nats,
+                settings,
                 local: Mutex::default(),
                 next_socket: AtomicU64::new(0),
                 instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -207,17 +215,55 @@ impl PresenceHub {
         Ok(self.inner.presence.status(&users).await?)
     }
 
-    /// Tells everyone following `user` about a change.
+    /// Tells everyone following `user` about their state as it is now (after a change
+    /// of their privacy settings).
+    pub async fn restate(&self, user: &str) {
+        match self.inner.presence.status(&[user.to_owned()]).await {
+            Ok(states) => {
+                for state in states {
+                    self.announce(&state.user, state.online, state.last_seen)
+                        .await;
+                }
+            }
+            Err(err) => redis_failed("status", &err),
+        }
+    }
+
+    /// What followers are shown of a state: nothing online while `online` is `nobody`,
+    /// no last seen while `last_seen` is. (`contacts` is everyone who may follow.)
+    pub async fn shown(&self, state: State) -> natter_schemas::Presence {
+        let settings = match self.inner.settings.of(&state.user).await {
+            Ok(settings) => settings,
+            Err(err) => {
+                tracing::warn!(error = %err, "settings unavailable; presence shown as offline");
+                Arc::new(natter_schemas::UserSettings {
+                    last_seen: Audience::Nobody,
+                    online: Audience::Nobody,
+                    ..Default::default()
+                })
+            }
+        };
+        natter_schemas::Presence {
+            user: state.user,
+            online: state.online && settings.online != Audience::Nobody,
+            last_seen: state
+                .last_seen
+                .filter(|_| settings.last_seen != Audience::Nobody),
+        }
+    }
+
+    /// Tells everyone following `user` about a change, as their settings let them see it.
     async fn announce(&self, user: &str, online: bool, last_seen: Option<u64>) {
         let watchers = match self.inner.presence.watchers(user).await {
             Ok(watchers) => watchers,
             Err(err) => return redis_failed("watchers", &err),
         };
-        let frame = ServerFrame::Presence(natter_schemas::Presence {
+        let state = State {
             user: user.to_owned(),
             online,
             last_seen,
-        });
+        };
+        let frame = ServerFrame::Presence(self.shown(state).await);
         let payload = Bytes::from(frame.to_json());
         for watcher in &watchers {
             if let Err(err) = self
@@ -235,7 +281,7 @@ impl PresenceHub {
     }
 
     /// Heartbeats every `ttl / 3` and sweeps every `sweep_every`, until `stop`.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: CancellationToken) {
         let mut heartbeat = tokio::time::interval(self.inner.presence.ttl() / 3);
         let mut sweep = tokio::time::interval(self.inner.sweep_every);
         for timer in [&mut heartbeat, &mut sweep] {
@@ -243,7 +289,7 @@ impl PresenceHub {
         }
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
                 _ = heartbeat.tick() => self.heartbeat().await,
                 _ = sweep.tick() => self.sweep().await,
             }

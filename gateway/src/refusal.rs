@@ -16,45 +16,73 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use natter_schemas::{HttpError, HttpErrorCode};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-/// An HTTP refusal with a stable code.
-pub(crate) struct Refusal(pub StatusCode, pub &'static str, pub String);
+/// An HTTP refusal: a stable code from the schema's [`HttpErrorCode`] and a message.
+pub(crate) struct Refusal(pub HttpErrorCode, pub String);
+
+/// The one place an HTTP error code gets its status.
+pub(crate) fn status_of(code: HttpErrorCode) -> StatusCode {
+    use HttpErrorCode as C;
+    match code {
+        C::BadRequest | C::BadId | C::Unsupported => StatusCode::BAD_REQUEST,
+        C::Unauthorized => StatusCode::UNAUTHORIZED,
+        C::Forbidden | C::ForbiddenOrigin => StatusCode::FORBIDDEN,
+        C::NotFound => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::Timeout => StatusCode::REQUEST_TIMEOUT,
+        C::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::UnsupportedType | C::WrongType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        C::RateLimited
+        | C::QuotaExceeded
+        | C::TooManyConnections
+        | C::TooManyTransfers
+        | C::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+    }
+}
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        metrics::counter!("natter_gateway_http_refusals_total", "status" => self.0.as_str().to_owned())
+        let status = status_of(self.0);
+        metrics::counter!("natter_gateway_http_refusals_total", "status" => status.as_str().to_owned())
             .increment(1);
-        let body = serde_json::json!({ "error": self.1, "message": self.2 });
-        (self.0, Json(body)).into_response()
+        let body = HttpError {
+            error: self.0,
+            message: self.1,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::frames::Refused> for Refusal {
+    fn from(crate::frames::Refused(code, message): crate::frames::Refused) -> Self {
+        Self(code.into(), message)
     }
 }
 
 impl Refusal {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, "bad_request", message.into())
+        Self(HttpErrorCode::BadRequest, message.into())
     }
 
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self(StatusCode::NOT_FOUND, "not_found", message.into())
+        Self(HttpErrorCode::NotFound, message.into())
     }
 }
 
 /// A store or NATS failure: the client may retry.
 pub(crate) fn unavailable(err: impl std::fmt::Display) -> Refusal {
-    Refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        err.to_string(),
-    )
+    Refusal(HttpErrorCode::Unavailable, err.to_string())
 }
 
 /// `405` for a `/v1` route asked with a method it does not take.
 pub(crate) async fn method_not_allowed() -> Refusal {
     Refusal(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        HttpErrorCode::MethodNotAllowed,
         "this route does not take that method".into(),
     )
 }
@@ -69,15 +97,13 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, max_bytes)).await {
         Err(_) => {
             return Err(Refusal(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
+                HttpErrorCode::Timeout,
                 format!("the request body did not arrive within {deadline:?}"),
             ));
         }
         Ok(Err(_)) => {
             return Err(Refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                HttpErrorCode::TooLarge,
                 format!("request bodies here are at most {max_bytes} bytes"),
             ));
         }
@@ -137,5 +163,42 @@ pub(crate) fn body_stream(
 
 /// 408 for a body that stopped arriving.
 pub(crate) fn body_timed_out(message: String) -> Refusal {
-    Refusal(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+    Refusal(HttpErrorCode::Timeout, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use natter_schemas::HttpErrorCode;
+
+    use super::status_of;
+
+    /// The statuses docs/PROTOCOL.md gives the codes.
+    #[test]
+    fn every_code_has_its_documented_status() {
+        let documented = [
+            ("bad_request", 400),
+            ("unauthorized", 401),
+            ("forbidden_origin", 403),
+            ("not_found", 404),
+            ("method_not_allowed", 405),
+            ("timeout", 408),
+            ("too_large", 413),
+            ("wrong_type", 415),
+            ("quota_exceeded", 429),
+            ("too_many_connections", 429),
+            ("too_many_transfers", 429),
+            ("unavailable", 503),
+            ("storage_full", 507),
+        ];
+        for (code, status) in documented {
+            let found = HttpErrorCode::ALL.into_iter().find(|c| c.as_str() == code);
+            let code = found.unwrap_or_else(|| panic!("{code} is not in the schema"));
+            assert_eq!(
+                status_of(code),
+                StatusCode::from_u16(status).unwrap(),
+                "{code:?}"
+            );
+        }
+    }
 }

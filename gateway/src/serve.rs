@@ -25,12 +25,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpListener,
-    sync::{mpsc, watch},
+    sync::mpsc,
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
 
 use crate::exchange::Deadline;
+use tokio_util::sync::CancellationToken;
 
 /// How long shutdown waits for open connections (and sockets) to finish.
 pub(crate) const DRAIN: Duration = Duration::from_secs(10);
@@ -101,13 +102,13 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true.
+/// Serves `router` on `listener` until `stop` is cancelled.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let Limits {
         handshake_timeout,
@@ -123,11 +124,11 @@ pub(crate) async fn serve(
     let (alive, mut open) = mpsc::channel::<()>(1);
     loop {
         let slot = tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = stop.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let (tcp, peer) = tokio::select! {
-            _ = stopped(&mut stop) => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -176,7 +177,7 @@ async fn connection<I>(
     io: I,
     router: Router,
     (header_timeout, request_timeout): (Duration, Duration),
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -213,16 +214,11 @@ async fn connection<I>(
             metrics::counter!("natter_gateway_exchanges_cut_off_total").increment(1);
             tracing::debug!("an exchange outlived its deadline; connection closed");
         }
-        _ = stopped(&mut stop) => {
+        _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN, conn).await;
         }
     }
-}
-
-/// Resolves when `stop` turns true (without holding its lock across awaits).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 fn handshake_failed(reason: &'static str, err: &dyn std::fmt::Display) {

@@ -16,6 +16,7 @@ use axum::{
     http::{Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use natter_schemas::HttpErrorCode;
 use serde::Deserialize;
 
 use crate::{
@@ -135,7 +136,7 @@ pub(crate) async fn dev_sign_in(
         jwt.issuer.as_deref(),
         jwt.audience.as_deref(),
     )
-    .map_err(|err| Refusal(StatusCode::BAD_REQUEST, "bad_id", err.to_string()))?;
+    .map_err(|err| Refusal(HttpErrorCode::BadId, err.to_string()))?;
     Ok(Json(serde_json::json!({ "user": sign_in.user, "token": token })).into_response())
 }
 

@@ -1,25 +1,32 @@
-//! The ordered key-value interface history is written against, and its two backends:
-//! [`Embedded`] (redb, one file under the data dir: the single-machine default) and
-//! [`Tikv`] (a TiKV cluster through its PD endpoints, for more than one machine).
+//! The ordered key-value interface history is written against, and the configured
+//! backend: [`Embedded`] (redb, one file under the data dir: the single-machine default,
+//! `crate::embedded`) or [`Tikv`] (a TiKV cluster through its PD endpoints, for more than
+//! one machine, `crate::tikv`, behind the `tikv` cargo feature).
 //!
-//! Why redb for the embedded store: one file, pure Rust, ACID transactions with a durable
-//! commit per batch, and ordered range scans in both directions, which is all history
-//! needs; fjall (an LSM tree) would write faster but brings compaction threads and a
-//! directory of files for no gain at one machine's message rates.
-//!
-//! Writes come in batches with a [`Durability`]: the embedded store commits a batch marked
-//! `Soon` without an fsync (redb's `Durability::None`), so a steady stream of small
-//! batches costs one fsync a second instead of one each.
-//!
-//! The TiKV backend uses the raw API (no transactions: history writes are idempotent puts
-//! of immutable messages, so last-writer-wins is exact).
+//! Writes come in batches with a [`Durability`]. The values several writers fold into
+//! (watermarks, a message's changes, chat-list positions) are merged with
+//! [`OrderedStore::put_merging`], so writers sharing a store never undo each other.
 
-use std::{future::Future, path::Path, sync::Arc};
+use std::future::Future;
 
-use redb::{ReadableDatabase, TableDefinition};
+pub use crate::embedded::Embedded;
+#[cfg(feature = "tikv")]
+pub use crate::tikv::Tikv;
 
 /// One key and its value.
 pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A key's new value computed from its value at the time of writing (`None`: leave it).
+pub type Merge = Box<dyn Fn(Option<&[u8]>) -> Option<Vec<u8>> + Send + Sync>;
+
+/// The merge of a value that only moves forward (a watermark): `value` unless the key
+/// holds it or a later one (byte order).
+pub fn forward_to(value: Vec<u8>) -> Merge {
+    Box::new(move |held| {
+        held.is_none_or(|held| held < value.as_slice())
+            .then(|| value.clone())
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +58,22 @@ pub trait OrderedStore: Send + Sync + 'static {
         durability: Durability,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn get(&self, key: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Stores `entries` and applies each merge to its key's value at the time of writing,
+    /// atomically per key against other writers of the store: writers that read the same
+    /// inbox (every TiKV worker does) never undo each other, whatever their pace. In one
+    /// write with `entries` where the backend can.
+    fn put_merging(
+        &self,
+        entries: Vec<Entry>,
+        merges: Vec<(Vec<u8>, Merge)>,
+        durability: Durability,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The values of `keys`, in their order, read together (one read where the backend
+    /// can: a batch of the tail reader reads a few keys per message).
+    fn get_many(
+        &self,
+        keys: Vec<Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>, StoreError>> + Send;
     /// Entries with `start <= key < end`, ascending (descending when `reverse`), at most
     /// `limit`.
     fn scan(
@@ -65,6 +88,13 @@ pub trait OrderedStore: Send + Sync + 'static {
     fn atomic_batches(&self) -> bool {
         true
     }
+    /// Removes each of `keys` (absent ones are no-ops), in one write where the backend
+    /// can.
+    fn delete_keys(
+        &self,
+        keys: Vec<Vec<u8>>,
+        durability: Durability,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Removes every key with `start <= key < end`.
     fn delete_range(
         &self,
@@ -77,6 +107,7 @@ pub trait OrderedStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub enum Store {
     Embedded(Embedded),
+    #[cfg(feature = "tikv")]
     Tikv(Tikv),
 }
 
@@ -88,13 +119,34 @@ impl OrderedStore for Store {
     ) -> Result<(), StoreError> {
         match self {
             Self::Embedded(s) => s.put_batch(entries, durability).await,
+            #[cfg(feature = "tikv")]
             Self::Tikv(s) => s.put_batch(entries, durability).await,
+        }
+    }
+    async fn put_merging(
+        &self,
+        entries: Vec<Entry>,
+        merges: Vec<(Vec<u8>, Merge)>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Embedded(s) => s.put_merging(entries, merges, durability).await,
+            #[cfg(feature = "tikv")]
+            Self::Tikv(s) => s.put_merging(entries, merges, durability).await,
         }
     }
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Self::Embedded(s) => s.get(key).await,
+            #[cfg(feature = "tikv")]
             Self::Tikv(s) => s.get(key).await,
+        }
+    }
+    async fn get_many(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        match self {
+            Self::Embedded(s) => s.get_many(keys).await,
+            #[cfg(feature = "tikv")]
+            Self::Tikv(s) => s.get_many(keys).await,
         }
     }
     async fn scan(
@@ -106,227 +158,33 @@ impl OrderedStore for Store {
     ) -> Result<Vec<Entry>, StoreError> {
         match self {
             Self::Embedded(s) => s.scan(start, end, limit, reverse).await,
+            #[cfg(feature = "tikv")]
             Self::Tikv(s) => s.scan(start, end, limit, reverse).await,
+        }
+    }
+    async fn delete_keys(
+        &self,
+        keys: Vec<Vec<u8>>,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Embedded(s) => s.delete_keys(keys, durability).await,
+            #[cfg(feature = "tikv")]
+            Self::Tikv(s) => s.delete_keys(keys, durability).await,
         }
     }
     async fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StoreError> {
         match self {
             Self::Embedded(s) => s.delete_range(start, end).await,
+            #[cfg(feature = "tikv")]
             Self::Tikv(s) => s.delete_range(start, end).await,
         }
     }
     fn atomic_batches(&self) -> bool {
         match self {
             Self::Embedded(s) => s.atomic_batches(),
+            #[cfg(feature = "tikv")]
             Self::Tikv(s) => s.atomic_batches(),
         }
-    }
-}
-
-const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
-
-fn embedded(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Embedded(err.to_string())
-}
-
-/// redb in one file. Calls run on the blocking pool; redb serializes writers itself.
-#[derive(Clone)]
-pub struct Embedded {
-    db: Arc<redb::Database>,
-}
-
-impl Embedded {
-    /// Opens (or creates) the store in `dir/history.redb`. One process at a time: a second
-    /// opener gets an error, not a corrupted file.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(embedded)?;
-        let db = redb::Database::create(dir.join("history.redb")).map_err(embedded)?;
-        let tx = db.begin_write().map_err(embedded)?;
-        tx.open_table(TABLE).map_err(embedded)?;
-        tx.commit().map_err(embedded)?;
-        Ok(Self { db: Arc::new(db) })
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&redb::Database) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(embedded)?
-    }
-}
-
-impl OrderedStore for Embedded {
-    async fn put_batch(
-        &self,
-        entries: Vec<Entry>,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        self.blocking(move |db| {
-            let mut tx = db.begin_write().map_err(embedded)?;
-            if durability == Durability::Soon {
-                tx.set_durability(redb::Durability::None)
-                    .map_err(embedded)?;
-            }
-            {
-                let mut table = tx.open_table(TABLE).map_err(embedded)?;
-                for (key, value) in &entries {
-                    table
-                        .insert(key.as_slice(), value.as_slice())
-                        .map_err(embedded)?;
-                }
-            }
-            tx.commit().map_err(embedded)
-        })
-        .await
-    }
-
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_vec();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(embedded)?;
-            let table = tx.open_table(TABLE).map_err(embedded)?;
-            Ok(table
-                .get(key.as_slice())
-                .map_err(embedded)?
-                .map(|v| v.value().to_vec()))
-        })
-        .await
-    }
-
-    async fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<Entry>, StoreError> {
-        let (start, end) = (start.to_vec(), end.to_vec());
-        self.blocking(move |db| {
-            if start >= end {
-                return Ok(Vec::new());
-            }
-            let tx = db.begin_read().map_err(embedded)?;
-            let table = tx.open_table(TABLE).map_err(embedded)?;
-            let range = table
-                .range(start.as_slice()..end.as_slice())
-                .map_err(embedded)?;
-            let owned = |(key, value): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>)| {
-                (key.value().to_vec(), value.value().to_vec())
-            };
-            let mut entries = Vec::new();
-            if reverse {
-                for item in range.rev().take(limit) {
-                    entries.push(owned(item.map_err(embedded)?));
-                }
-            } else {
-                for item in range.take(limit) {
-                    entries.push(owned(item.map_err(embedded)?));
-                }
-            }
-            Ok(entries)
-        })
-        .await
-    }
-
-    async fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        let (start, end) = (start.to_vec(), end.to_vec());
-        self.blocking(move |db| {
-            if start >= end {
-                return Ok(());
-            }
-            let tx = db.begin_write().map_err(embedded)?;
-            {
-                let mut table = tx.open_table(TABLE).map_err(embedded)?;
-                table
-                    .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
-                    .map_err(embedded)?;
-            }
-            tx.commit().map_err(embedded)
-        })
-        .await
-    }
-}
-
-fn tikv(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Tikv(err.to_string())
-}
-
-/// A TiKV cluster, through the raw key-value API.
-#[derive(Clone)]
-pub struct Tikv {
-    client: Arc<tikv_client::RawClient>,
-}
-
-impl Tikv {
-    /// Connects through the cluster's PD endpoints (`host:port`, all of them if possible).
-    pub async fn connect(pd_endpoints: Vec<String>) -> Result<Self, StoreError> {
-        let client = tikv_client::RawClient::new(pd_endpoints)
-            .await
-            .map_err(tikv)?;
-        Ok(Self {
-            client: Arc::new(client),
-        })
-    }
-}
-
-/// Most entries one TiKV raw scan returns (the server's own limit is 10,240).
-const TIKV_SCAN_MAX: usize = 10_240;
-
-impl OrderedStore for Tikv {
-    /// A raw batch put spans regions: not all or nothing.
-    fn atomic_batches(&self) -> bool {
-        false
-    }
-
-    /// Every raw put is durable when it returns.
-    async fn put_batch(&self, entries: Vec<Entry>, _: Durability) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let pairs = entries
-            .into_iter()
-            .map(|(key, value)| tikv_client::KvPair(key.into(), value));
-        self.client.batch_put(pairs).await.map_err(tikv)
-    }
-
-    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.client.get(key.to_vec()).await.map_err(tikv)
-    }
-
-    async fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<Entry>, StoreError> {
-        if start >= end || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let range = start.to_vec()..end.to_vec();
-        let limit = limit.min(TIKV_SCAN_MAX) as u32;
-        let pairs = if reverse {
-            self.client.scan_reverse(range, limit).await
-        } else {
-            self.client.scan(range, limit).await
-        }
-        .map_err(tikv)?;
-        Ok(pairs
-            .into_iter()
-            .map(|pair| (Vec::<u8>::from(pair.0), pair.1))
-            .collect())
-    }
-
-    async fn delete_range(&self, start: &[u8], end: &[u8]) -> Result<(), StoreError> {
-        if start >= end {
-            return Ok(());
-        }
-        self.client
-            .delete_range(start.to_vec()..end.to_vec())
-            .await
-            .map_err(tikv)
     }
 }

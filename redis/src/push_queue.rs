@@ -4,10 +4,12 @@
 //! A user is notified at most once per `min_interval`, so a burst of 20 messages is one
 //! push, and a chatty conversation is one push every `min_interval`.
 //!
-//! Keys: `pq:<user>` hash {count, conv, from, text}; `pdue` user → when their window
-//! closes; `pl:<user>` when they were last notified; `pn:<user>` the newest inbox sequence
-//! noted, so an item noted again (a reader replaying after a restart, or a second reader)
-//! counts once. Whether the user is online is read
+//! Keys: `pq:<user>` hash {count, conv, from, text, id (the latest message's)}; `pqm:<user>`
+//! the ids of the messages counted; `pdue` user → when their window closes; `pl:<user>`
+//! when they were last notified; `pn:<user>` the newest inbox sequence noted, so an item
+//! noted again (a reader replaying after a restart, or a second reader) counts once. A
+//! message deleted for everyone while its notification waits is taken out of it: no longer
+//! counted, its text not shown, and no notification at all when it was the only one. Whether the user is online is read
 //! from presence's `p:<user>` in the same script, so a user who is online is never queued,
 //! and one who came online before their window closed is not notified.
 
@@ -33,16 +35,27 @@ pub struct Pending {
     pub text: String,
 }
 
-/// One message to note.
+/// One message to note, or one deleted for everyone to take back.
 #[derive(Debug, Clone, Copy)]
 pub struct Note<'a> {
+    pub kind: NoteKind,
     pub user: &'a str,
-    /// Its inbox sequence (each is counted once).
+    /// Its inbox sequence (each message is counted once).
     pub seq: u64,
+    /// The message's id.
+    pub id: &'a str,
     pub conv: &'a str,
     pub from: &'a str,
     /// Its text when notifications carry text, else empty.
     pub text: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A new message for the user.
+    Message,
+    /// A message deleted for everyone: out of the waiting notification.
+    Deleted,
 }
 
 /// How notifications are coalesced.
@@ -80,13 +93,16 @@ impl PushQueue {
         &self,
         user: &str,
         seq: u64,
+        id: &str,
         conv: &str,
         from: &str,
         text: &str,
     ) -> Result<bool, RedisError> {
         let note = Note {
+            kind: NoteKind::Message,
             user,
             seq,
+            id,
             conv,
             from,
             text,
@@ -100,14 +116,20 @@ impl PushQueue {
         let mut total = 0;
         for chunk in notes.chunks(NOTE_BATCH) {
             let keys = vec![format!("{}pdue", self.prefix)];
-            let mut args = Vec::with_capacity(3 + chunk.len() * 5);
+            let mut args = Vec::with_capacity(3 + chunk.len() * 7);
             args.push(self.prefix.clone());
             args.push(self.coalescing.window.as_millis().to_string());
             args.push(self.coalescing.min_interval.as_millis().to_string());
             for note in chunk {
+                let kind = match note.kind {
+                    NoteKind::Message => "m",
+                    NoteKind::Deleted => "d",
+                };
                 args.extend([
+                    kind.to_owned(),
                     note.user.to_owned(),
                     note.seq.to_string(),
+                    note.id.to_owned(),
                     note.conv.to_owned(),
                     note.from.to_owned(),
                     note.text.to_owned(),
@@ -145,30 +167,45 @@ impl PushQueue {
     }
 }
 
-/// KEYS: pdue. ARGV: prefix, window ms, min interval ms, then for each note: user, inbox
-/// sequence, conv, from, text. For each: skipped when its sequence was noted before
-/// (`pn:<user>`) or the user is online (`p:<user>`); otherwise counted in `pq:<user>`, and
-/// the user is scheduled in `pdue` when this opens their window. Returns how many were
-/// queued.
+/// KEYS: pdue. ARGV: prefix, window ms, min interval ms, then for each note: kind (`m` a
+/// message, `d` a deletion), user, inbox sequence, message id, conv, from, text. A
+/// message is skipped when its sequence was noted before (`pn:<user>`) or the user is
+/// online (`p:<user>`); otherwise counted in `pq:<user>` (its id in `pqm:<user>`), and the
+/// user is scheduled in `pdue` when this opens their window. A deletion uncounts its
+/// message if it is waiting (and unschedules a notification left with none). Returns how
+/// many messages were queued.
 const NOTE: &str = "
 local prefix = ARGV[1]
 local window, min_interval = tonumber(ARGV[2]), tonumber(ARGV[3])
 local queued = 0
-for i = 4, #ARGV, 5 do
-  local user, seq = ARGV[i], tonumber(ARGV[i + 1])
-  local pn = prefix .. 'pn:' .. user
-  if seq > (tonumber(redis.call('GET', pn)) or 0) then
-    redis.call('SET', pn, seq, 'PX', 86400000)
-    if redis.call('ZCOUNT', prefix .. 'p:' .. user, now, '+inf') == 0 then
-      local q = prefix .. 'pq:' .. user
-      local count = redis.call('HINCRBY', q, 'count', 1)
-      redis.call('HSET', q, 'conv', ARGV[i + 2], 'from', ARGV[i + 3], 'text', ARGV[i + 4])
-      redis.call('PEXPIRE', q, 86400000)
-      if count == 1 then
-        local last = tonumber(redis.call('GET', prefix .. 'pl:' .. user)) or 0
-        redis.call('ZADD', KEYS[1], 'NX', math.max(now + window, last + min_interval), user)
+for i = 4, #ARGV, 7 do
+  local kind, user, seq, id = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  local q, qm = prefix .. 'pq:' .. user, prefix .. 'pqm:' .. user
+  if kind == 'd' then
+    if redis.call('SREM', qm, id) == 1 then
+      if redis.call('HINCRBY', q, 'count', -1) <= 0 then
+        redis.call('DEL', q, qm)
+        redis.call('ZREM', KEYS[1], user)
+      elseif redis.call('HGET', q, 'id') == id then
+        redis.call('HSET', q, 'text', '')
       end
-      queued = queued + 1
+    end
+  else
+    local pn = prefix .. 'pn:' .. user
+    if seq > (tonumber(redis.call('GET', pn)) or 0) then
+      redis.call('SET', pn, seq, 'PX', 86400000)
+      if redis.call('ZCOUNT', prefix .. 'p:' .. user, now, '+inf') == 0 then
+        local count = redis.call('HINCRBY', q, 'count', 1)
+        redis.call('HSET', q, 'conv', ARGV[i + 4], 'from', ARGV[i + 5], 'text', ARGV[i + 6], 'id', id)
+        redis.call('SADD', qm, id)
+        redis.call('PEXPIRE', q, 86400000)
+        redis.call('PEXPIRE', qm, 86400000)
+        if count == 1 then
+          local last = tonumber(redis.call('GET', prefix .. 'pl:' .. user)) or 0
+          redis.call('ZADD', KEYS[1], 'NX', math.max(now + window, last + min_interval), user)
+        end
+        queued = queued + 1
+      end
     end
   end
 end
@@ -185,7 +222,7 @@ for _, user in ipairs(due) do
   redis.call('ZREM', KEYS[1], user)
   local q = prefix .. 'pq:' .. user
   local h = redis.call('HMGET', q, 'count', 'conv', 'from', 'text')
-  redis.call('DEL', q)
+  redis.call('DEL', q, prefix .. 'pqm:' .. user)
   local online = redis.call('ZCOUNT', prefix .. 'p:' .. user, now, '+inf') > 0
   if h[1] and not online then
     redis.call('SET', prefix .. 'pl:' .. user, now, 'PX', tonumber(ARGV[3]))

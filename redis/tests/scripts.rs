@@ -10,7 +10,7 @@ use std::{
 use natter_redis::{
     RedisSettings,
     presence::{Admission, Presence},
-    push_queue::{Coalescing, PushQueue},
+    push_queue::{Coalescing, Note, NoteKind, PushQueue},
     rate_limit::{Decision, Lease, RateLimiter},
 };
 
@@ -209,14 +209,21 @@ async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     presence.online("online-user", "s1", 8).await.unwrap();
     assert!(
         !queue
-            .note("online-user", 1, "dm:a:b", "a", "")
+            .note("online-user", 1, "x", "dm:a:b", "a", "")
             .await
             .unwrap()
     );
     for i in 0..20 {
         assert!(
             queue
-                .note("bob", 10 + i, "dm:alice:bob", "alice", &format!("m{i}"))
+                .note(
+                    "bob",
+                    10 + i,
+                    &format!("id{i}"),
+                    "dm:alice:bob",
+                    "alice",
+                    &format!("m{i}")
+                )
                 .await
                 .unwrap()
         );
@@ -225,7 +232,7 @@ async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     for seq in [10, 29] {
         assert!(
             !queue
-                .note("bob", seq, "dm:alice:bob", "alice", "again")
+                .note("bob", seq, "id", "dm:alice:bob", "alice", "again")
                 .await
                 .unwrap()
         );
@@ -245,9 +252,53 @@ async fn a_burst_for_an_offline_user_is_one_notification_with_its_count() {
     assert!(queue.claim_due().await.unwrap().is_empty(), "claimed once");
     // The next message waits for min_interval (a minute) after that notification.
     queue
-        .note("bob", 30, "dm:alice:bob", "alice", "later")
+        .note("bob", 30, "id30", "dm:alice:bob", "alice", "later")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(queue.claim_due().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_message_deleted_while_its_notification_waits_is_taken_out_of_it() {
+    let redis = redis();
+    let queue = PushQueue::new(
+        client(&redis).await,
+        "t:",
+        Coalescing {
+            window: Duration::from_millis(300),
+            min_interval: Duration::from_millis(1),
+        },
+    );
+    let note = |kind, user, seq, id, text| Note {
+        kind,
+        user,
+        seq,
+        id,
+        conv: "dm:alice:bob",
+        from: "alice",
+        text,
+    };
+    // Two messages, the latest deleted: one counted, and not the deleted one's text.
+    let notes = [
+        note(NoteKind::Message, "bob", 1, "m1", "hello"),
+        note(NoteKind::Message, "bob", 2, "m2", "oops"),
+        note(NoteKind::Deleted, "bob", 3, "m2", ""),
+        note(NoteKind::Deleted, "bob", 4, "m2", ""), // again: nothing more
+        // The only message deleted: no notification at all.
+        note(NoteKind::Message, "carol", 5, "m3", "secret"),
+        note(NoteKind::Deleted, "carol", 6, "m3", ""),
+        // A deletion of a message that was never waiting changes nothing.
+        note(NoteKind::Message, "dave", 7, "m4", "hi"),
+        note(NoteKind::Deleted, "dave", 8, "m0", ""),
+    ];
+    assert_eq!(queue.note_all(&notes).await.unwrap(), 4);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut due = queue.claim_due().await.unwrap();
+    due.sort_by(|a, b| a.user.cmp(&b.user));
+    let seen: Vec<(&str, u64, &str)> = due
+        .iter()
+        .map(|p| (p.user.as_str(), p.count, p.text.as_str()))
+        .collect();
+    assert_eq!(seen, [("bob", 1, ""), ("dave", 1, "hi")]);
 }

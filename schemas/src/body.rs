@@ -14,12 +14,16 @@ pub const MAX_CAPTION_BYTES: usize = 4 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
-    Text { text: String },
+    Text {
+        text: String,
+    },
     Media(Media),
     Image(Media),
     Video(Media),
     Audio(Media),
     Document(Media),
+    /// Only in history, in place of a message deleted for everyone: never sent.
+    Deleted,
 }
 
 /// A media body: the id returned by `POST /v1/media` and how to show it.
@@ -39,6 +43,7 @@ impl Body {
     /// Checks what the schema cannot: text is non-empty and not too long.
     pub fn check(&self) -> Result<(), &'static str> {
         match self {
+            Self::Deleted => Err("a deleted body cannot be sent"),
             Self::Text { text } if text.trim().is_empty() => Err("text must not be empty"),
             Self::Text { text } if text.len() > MAX_TEXT_BYTES => Err("text is longer than 32 KiB"),
             Self::Text { .. } => Ok(()),
@@ -67,7 +72,7 @@ impl Body {
     /// The media a body refers to (`None` for text).
     pub fn media(&self) -> Option<&Media> {
         match self {
-            Self::Text { .. } => None,
+            Self::Text { .. } | Self::Deleted => None,
             Self::Media(m)
             | Self::Image(m)
             | Self::Video(m)
@@ -76,7 +81,32 @@ impl Body {
         }
     }
 
+    /// The body cut for a preview or a quote: text and caption to `chars` characters, no
+    /// thumbnail.
+    pub fn shortened(mut self, chars: usize) -> Self {
+        let cut = |text: &mut String| {
+            if let Some((at, _)) = text.char_indices().nth(chars) {
+                text.truncate(at);
+            }
+        };
+        match &mut self {
+            Self::Text { text } => cut(text),
+            Self::Deleted => {}
+            Self::Media(media)
+            | Self::Image(media)
+            | Self::Video(media)
+            | Self::Audio(media)
+            | Self::Document(media) => {
+                if let Some(caption) = &mut media.caption {
+                    cut(caption);
+                }
+                media.thumbnail = None;
+            }
+        }
+        self
+    }
+
     pub fn is_media(&self) -> bool {
-        !matches!(self, Self::Text { .. })
+        self.media().is_some()
     }
 }

@@ -4,7 +4,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::MessageItem;
+use std::collections::BTreeMap;
+
+use crate::{MessageItem, Millis};
 
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -31,14 +33,61 @@ pub struct HistoryPage {
     pub r#ref: Option<String>,
 }
 
-/// A message in a history page: as every member saw it, plus, on the reader's own
-/// messages, how far it got (the ticks).
+/// A message in a history page: as every member sees it now (the latest edit's body, or
+/// `{"kind":"deleted"}` once deleted for everyone), plus, on the reader's own messages,
+/// how far it got (the ticks), and the members' reactions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryMessage {
     #[serde(flatten)]
     pub message: MessageItem,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Ticks>,
+    /// When the body shown was edited (absent: never edited, or deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<Millis>,
+    /// When it was deleted for everyone, and by whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Deletion>,
+    /// How many members reacted with each emoji.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reactions: BTreeMap<String, u32>,
+    /// The reader's own reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub my_reaction: Option<String>,
+    /// What the message replies to (`reply_to`), as it is now, cut short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Quote>,
+}
+
+/// A short quote of the message replied to: its sender and body (text cut to 100
+/// characters, no thumbnail; `{"kind":"deleted"}` once deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Quote {
+    pub id: String,
+    pub from: String,
+    pub body: crate::Body,
+}
+
+impl HistoryMessage {
+    /// A message as stored, with no ticks and no changes.
+    pub fn plain(message: MessageItem) -> Self {
+        Self {
+            message,
+            status: None,
+            edited: None,
+            deleted: None,
+            reactions: BTreeMap::new(),
+            my_reaction: None,
+            quote: None,
+        }
+    }
+}
+
+/// Who deleted a message for everyone, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Deletion {
+    pub by: String,
+    pub ts: Millis,
 }
 
 /// How far a message got: one grey tick, two grey ticks (every other member has it),

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 
-use crate::{Body, GroupEventItem, Millis, ReceiptItem};
+use crate::{Body, DeleteItem, EditItem, GroupEventItem, Millis, ReactionItem, ReceiptItem};
 
 /// One item of a user's inbox as stored: a frame without its `seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -13,6 +13,9 @@ pub enum InboxItem {
     Msg(MessageItem),
     Receipt(ReceiptItem),
     GroupEvent(GroupEventItem),
+    Edit(EditItem),
+    Delete(DeleteItem),
+    Reaction(ReactionItem),
 }
 
 /// A message as every member of the conversation sees it.
@@ -26,6 +29,13 @@ pub struct MessageItem {
     pub body: Body,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// How many times it was forwarded on its way here (absent: its sender wrote it).
+    /// Clients show "forwarded", and "forwarded many times" from 5 on, as WhatsApp does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded: Option<u32>,
+    /// Members it mentions (a mention is pushed even in a muted conversation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// Server → client: an inbox item with its inbox sequence. A device sees each `seq` once,
@@ -233,6 +243,8 @@ mod tests {
             ts: 7,
             body: Body::Text { text: "hi".into() },
             reply_to: None,
+            forwarded: None,
+            mentions: Vec::new(),
         })
     }
 

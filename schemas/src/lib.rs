@@ -12,7 +12,10 @@
 //! `NATTER_WRITE_SCHEMAS=1 cargo test -p natter-schemas`).
 
 pub mod ack;
+pub mod block;
 pub mod body;
+pub mod change;
+pub mod conversations;
 pub mod error;
 pub mod group;
 pub mod hello;
@@ -25,14 +28,18 @@ pub mod read;
 pub mod receipt;
 pub mod schema;
 pub mod send;
+pub mod settings;
 pub mod typing;
 
 pub use ack::Ack;
+pub use block::{Block, Blocked, Blocks};
 pub use body::Body;
-pub use error::{ErrorCode, ErrorFrame};
+pub use change::{Changed, Delete, DeleteItem, Edit, EditItem, React, ReactionItem};
+pub use conversations::{ConversationSummary, ConversationsPage, ConversationsRequest};
+pub use error::{ErrorCode, ErrorFrame, HttpError, HttpErrorCode};
 pub use group::{GroupChange, GroupCreate, GroupEventItem, GroupEventKind, GroupInfo, GroupLeave};
 pub use hello::Hello;
-pub use history::{HistoryMessage, HistoryPage, HistoryRequest, Ticks};
+pub use history::{Deletion, HistoryMessage, HistoryPage, HistoryRequest, Quote, Ticks};
 pub use ids::{Conversation, IdError, Target};
 pub use inbox::{Delivered, InboxItem, MessageItem};
 pub use ping::{Ping, Pong};
@@ -40,6 +47,7 @@ pub use presence::{Presence, PresenceSubscribe};
 pub use read::Read;
 pub use receipt::{ReceiptItem, ReceiptStatus};
 pub use send::{Send, Sent};
+pub use settings::{Audience, Mute, SettingsChange, SettingsFrame, Unmute, UserSettings};
 pub use typing::{Typing, TypingNotice, TypingState};
 
 use schemars::JsonSchema;
@@ -78,6 +86,16 @@ where
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     Send(Send),
+    Edit(Edit),
+    Delete(Delete),
+    React(React),
+    Block(Block),
+    Unblock(Block),
+    Blocks(Blocks),
+    Conversations(ConversationsRequest),
+    Settings(SettingsChange),
+    Mute(Mute),
+    Unmute(Unmute),
     Ack(Ack),
     Read(Read),
     Typing(Typing),
@@ -95,6 +113,15 @@ impl ClientFrame {
     pub fn reference(&self) -> Option<&str> {
         let r = match self {
             Self::Send(f) => &f.r#ref,
+            Self::Edit(f) => &f.r#ref,
+            Self::Delete(f) => &f.r#ref,
+            Self::React(f) => &f.r#ref,
+            Self::Block(f) | Self::Unblock(f) => &f.r#ref,
+            Self::Blocks(f) => &f.r#ref,
+            Self::Conversations(f) => &f.r#ref,
+            Self::Settings(f) => &f.r#ref,
+            Self::Mute(f) => &f.r#ref,
+            Self::Unmute(f) => &f.r#ref,
             Self::Ack(f) => &f.r#ref,
             Self::Read(f) => &f.r#ref,
             Self::Typing(f) => &f.r#ref,
@@ -112,6 +139,16 @@ impl ClientFrame {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Send(_) => "send",
+            Self::Edit(_) => "edit",
+            Self::Delete(_) => "delete",
+            Self::React(_) => "react",
+            Self::Block(_) => "block",
+            Self::Unblock(_) => "unblock",
+            Self::Blocks(_) => "blocks",
+            Self::Conversations(_) => "conversations",
+            Self::Settings(_) => "settings",
+            Self::Mute(_) => "mute",
+            Self::Unmute(_) => "unmute",
             Self::Ack(_) => "ack",
             Self::Read(_) => "read",
             Self::Typing(_) => "typing",
@@ -132,6 +169,10 @@ impl ClientFrame {
 pub enum ServerFrame {
     Hello(Hello),
     Sent(Sent),
+    Changed(Changed),
+    Blocked(Blocked),
+    Conversations(ConversationsPage),
+    Settings(SettingsFrame),
     Group(GroupInfo),
     History(HistoryPage),
     Typing(TypingNotice),

@@ -19,9 +19,19 @@ pub struct Send {
     pub body: Body,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The id of a message this one forwards (its body is the client's copy of it): the
+    /// stored message says how many times it was forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_of: Option<String>,
+    /// Members of the conversation this message mentions (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub r#ref: Option<String>,
 }
+
+/// Most members one message may mention.
+pub const MAX_MENTIONS: usize = 50;
 
 /// Server → client: the message is durable (one grey tick).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

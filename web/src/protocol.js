@@ -4,6 +4,8 @@
 // client must get right:
 // - resume: it connects with `after=<cursor>`, the last inbox sequence this device stored,
 //   kept in `storage` per user and device, so a reload or a reconnect gets each item once;
+//   a device with no cursor yet connects with `after=latest` when `latestWhenNew` is set
+//   (nothing older is replayed: it shows the chat list and pages history instead);
 // - ack: an inbox item is handed to the listeners (which store it) before the cursor
 //   moves past it and the server is told with `ack`;
 // - sends: each carries a client id and stays in an outbox (also in `storage`) until its
@@ -17,14 +19,17 @@
 // Everything it learns is an event on the `Connection` (an EventTarget); `event.detail` is
 // the frame or a small object:
 // - `hello` {after, newest, oldest, resumed}: the first frame of every socket; the cursor
-//   becomes `after` (the server moves a cursor beyond the inbox back to its newest item),
+//   becomes `after` (the server moves a cursor beyond the inbox back to its newest item,
+//   and `after=latest` starts at it),
 //   and `resumed: false` says items expired before this device came back;
-// - `item`: an inbox item (`msg`, `receipt`, `group_event`), once each, in `seq` order;
+// - `item`: an inbox item (`msg`, `receipt`, `group_event`, `edit`, `delete`,
+//   `reaction`), once each, in `seq` order;
 // - `sent` {clientId, id, conv, ts}: a send became durable;
 // - `send-failed` {clientId, error}: the server refused a send for good;
 // - `frame`: every other server frame (`typing`, `presence`, `group`, `history`, …);
 // - `server-error`: an `error` frame that answers no request or send (those reject the
-//   request or become `send-failed`); presence errors are dropped, since presence is
+//   request, with its `code` and `retryAfterMs`, or become `send-failed`); presence
+//   errors are dropped, since presence is
 //   optional (`unsupported`) or private until a conversation is shared (`forbidden`);
 // - `status` {state: "connecting" | "online" | "offline", retryInMs?}.
 //
@@ -58,6 +63,11 @@ export function newClientId() {
 }
 
 const OPEN = 1;
+/** How often a change (edit, delete, react) is tried again after `unavailable` or
+ * `rate_limited`, and the wait after `unavailable`. Repeating one is safe: an edit or a
+ * reaction again is the same result, and deleting again changes nothing more. */
+const CHANGE_RETRIES = 2;
+const CHANGE_RETRY_MS = 1_000;
 /** Presence subscriptions carry `presence:<user>`; presence is optional, errors are not shown. */
 const PRESENCE_REF = 'presence:';
 
@@ -79,6 +89,8 @@ export class Connection extends EventTarget {
    * @param {number} [options.pingEveryMs]
    * @param {number} [options.pongWithinMs]
    * @param {number} [options.requestTimeoutMs] how long `request` waits for its answer
+   * @param {boolean} [options.latestWhenNew] without a stored cursor, connect with
+   *   `after=latest` rather than replaying the whole inbox (`after=0`)
    */
   constructor(options) {
     super();
@@ -93,7 +105,10 @@ export class Connection extends EventTarget {
     this.pongWithinMs = options.pongWithinMs ?? 10_000;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 15_000;
     this.key = `natter:${this.user}:${this.device}`;
-    this.cursor = Number(this.storage.getItem(`${this.key}:cursor`) ?? 0);
+    const stored = this.storage.getItem(`${this.key}:cursor`);
+    this.cursor = Number(stored ?? 0);
+    /** No cursor yet, and the first `hello` is to give one: connect with `after=latest`. */
+    this.fromLatest = stored === null && Boolean(options.latestWhenNew);
     /** Sends without their `sent` yet, in the order they were made: clientId → frame. */
     this.outbox = new Map(
       JSON.parse(this.storage.getItem(`${this.key}:outbox`) ?? '[]').map((f) => [f.id, f]),
@@ -202,6 +217,81 @@ export class Connection extends EventTarget {
     });
   }
 
+  /** Replaces the body of one's own message `id` (a media message: only its caption). */
+  edit(id, body) {
+    return this.change({ type: 'edit', id, body });
+  }
+
+  /** Deletes message `id` for everyone. */
+  deleteForEveryone(id) {
+    return this.change({ type: 'delete', id });
+  }
+
+  /** Reacts to message `id` with `emoji`, replacing one's earlier reaction; null takes it back. */
+  react(id, emoji) {
+    const frame = { type: 'react', id };
+    if (emoji) frame.emoji = emoji;
+    return this.change(frame);
+  }
+
+  /**
+   * Sends a change and resolves with its `changed` answer {id, conv, rev, ts}. A change is
+   * not kept in the outbox: it is asked while connected (the person sees the refusal
+   * then), and tried again a few times when the server was busy or too fast. Settings,
+   * mutes, blocks and the chat list are asked the same way (each is safe to repeat).
+   */
+  async change(frame) {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.request(frame);
+      } catch (error) {
+        const again = error.code === 'unavailable' || error.code === 'rate_limited';
+        if (!again || attempt === CHANGE_RETRIES) throw error;
+        const wait = error.retryAfterMs ?? CHANGE_RETRY_MS * 2 ** attempt;
+        await new Promise((resolve) => this.timers.setTimeout(resolve, wait));
+      }
+    }
+  }
+
+  /** A page of the chat list, most recent first: {conversations, more}. */
+  conversations({ before, limit } = {}) {
+    const frame = { type: 'conversations' };
+    if (before) frame.before = before;
+    if (limit) frame.limit = limit;
+    return this.change(frame);
+  }
+
+  /** Reads the privacy settings and mutes ({} ), or changes the fields given
+   * (`last_seen`, `online`, `read_receipts`); resolves with the `settings` answer. */
+  settings(fields = {}) {
+    return this.change({ type: 'settings', ...fields });
+  }
+
+  /** Mutes `conv` until `until` (ms since the epoch), or for good without it. */
+  mute(conv, until) {
+    const frame = { type: 'mute', conv };
+    if (until != null) frame.until = until;
+    return this.change(frame);
+  }
+
+  unmute(conv) {
+    return this.change({ type: 'unmute', conv });
+  }
+
+  /** Blocks `user`; resolves with the `blocked` answer {users}. */
+  block(user) {
+    return this.change({ type: 'block', user });
+  }
+
+  unblock(user) {
+    return this.change({ type: 'unblock', user });
+  }
+
+  /** The users one blocked: the `blocked` answer {users}. */
+  blocks() {
+    return this.change({ type: 'blocks' });
+  }
+
   history(conv, { before, limit = 50 } = {}) {
     const frame = { type: 'history', conv, limit };
     if (before) frame.before = before;
@@ -210,7 +300,8 @@ export class Connection extends EventTarget {
 
   open() {
     this.status('connecting');
-    const url = socketUrl(this.base, { device: this.device, after: this.cursor });
+    const after = this.fromLatest ? 'latest' : this.cursor;
+    const url = socketUrl(this.base, { device: this.device, after });
     const socket = new this.Socket(url, socketProtocols(this.token));
     this.socket = socket;
     this.opened = false;
@@ -267,8 +358,9 @@ export class Connection extends EventTarget {
   }
 
   onHello(hello) {
-    if (Number.isSafeInteger(hello.after) && hello.after !== this.cursor) {
+    if (Number.isSafeInteger(hello.after) && (hello.after !== this.cursor || this.fromLatest)) {
       this.cursor = hello.after;
+      this.fromLatest = false;
       this.storage.setItem(`${this.key}:cursor`, String(this.cursor));
     }
     this.emit('hello', hello);
@@ -278,6 +370,7 @@ export class Connection extends EventTarget {
     if (item.seq <= this.cursor) return;
     this.emit('item', item);
     this.cursor = item.seq;
+    this.fromLatest = false;
     this.storage.setItem(`${this.key}:cursor`, String(this.cursor));
     this.transmit({ type: 'ack', seq: item.seq });
   }
@@ -286,7 +379,9 @@ export class Connection extends EventTarget {
   onError(error) {
     const ref = error.ref;
     if (ref && this.waiting.has(ref)) {
-      this.settle(ref, (w) => w.reject(Object.assign(new Error(error.message), { code: error.code })));
+      const failure = Object.assign(new Error(error.message), { code: error.code });
+      if (error.retry_after_ms != null) failure.retryAfterMs = error.retry_after_ms;
+      this.settle(ref, (w) => w.reject(failure));
     } else if (ref && this.outbox.has(ref) && error.code === 'unavailable') {
       // Not stored: the same id goes again on the next socket.
       this.restart();

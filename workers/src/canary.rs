@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::stopped;
+use tokio_util::sync::CancellationToken;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -44,7 +43,7 @@ enum ProbeError {
 }
 
 /// Probes until `stop`. Failures are counted and the sockets reopened on the next probe.
-pub async fn run(settings: CanarySettings, stop: watch::Receiver<bool>) {
+pub async fn run(settings: CanarySettings, stop: CancellationToken) {
     metrics::counter!("natter_canary_failures_total").increment(0);
     let run_id = format!(
         "{:08x}",
@@ -81,7 +80,7 @@ pub async fn run(settings: CanarySettings, stop: watch::Receiver<bool>) {
         }
     };
     tokio::select! {
-        _ = stopped(stop) => {}
+        _ = stop.cancelled() => {}
         _ = work => {}
     }
 }

@@ -40,13 +40,13 @@ use natter_fabric::{
     dead::{self, Parked},
     groups::{Group, Groups},
     publish_durable,
-    records::{MsgRecord, MsgsEntry},
+    records::MsgsEntry,
     streams, subjects,
 };
 use natter_schemas::{Conversation, InboxItem};
-use tokio::sync::watch;
 
-use crate::{Pinned, Task, WorkerError, stopped};
+use crate::{Pinned, Task, WorkerError};
+use tokio_util::sync::CancellationToken;
 
 /// Most messages fanned out per batch.
 pub const BATCH: usize = 256;
@@ -72,7 +72,7 @@ pub async fn start(
     js: &jetstream::Context,
     groups: &Groups,
     refused_patience: Duration,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::MSGS).await?;
     let mut tasks: Vec<Task> = Vec::new();
@@ -107,7 +107,7 @@ async fn partition(
     fanout: Fanout,
     name: String,
     consumer: jetstream::consumer::PullConsumer,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(), WorkerError> {
     let messages = consumer
         .stream()
@@ -117,13 +117,11 @@ async fn partition(
         .messages()
         .await?;
     let mut batches = messages.ready_chunks(BATCH);
-    let stop = stopped(stop);
-    tokio::pin!(stop);
     // The consumer sequence of the last delivery this task handled.
     let mut last_delivery: Option<u64> = None;
     loop {
         let batch = tokio::select! {
-            _ = &mut stop => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             next = batches.next() => match next {
                 Some(batch) => batch,
                 None => return Err(WorkerError::ConsumerEnded(name)),
@@ -265,7 +263,9 @@ impl Fanout {
                     messages += 1;
                     metrics::histogram!("natter_fanout_lag_seconds")
                         .record(now.saturating_sub(record.ts) as f64 / 1000.0);
-                    let recipients = self.recipients(record, &mut groups).await;
+                    let recipients = self
+                        .recipients(&record.conv, &record.from, &mut groups)
+                        .await;
                     if recipients.is_empty() {
                         metrics::counter!("natter_fanout_refused_total").increment(1);
                         tracing::warn!(conv = %record.conv, from = %record.from, "sender not in the conversation; message reaches nobody");
@@ -277,6 +277,18 @@ impl Fanout {
                 MsgsEntry::GroupEvent(event) => {
                     let item = InboxItem::GroupEvent(event.item.clone());
                     (&event.event_id, event.recipients.clone(), item)
+                }
+                MsgsEntry::Change(change) => {
+                    let Some((conv, from)) = change.conv_and_from() else {
+                        tracing::warn!(rev = %change.rev, "a change record that is no change");
+                        continue;
+                    };
+                    let recipients = self.recipients(conv, from, &mut groups).await;
+                    if recipients.is_empty() {
+                        metrics::counter!("natter_fanout_refused_total").increment(1);
+                        continue;
+                    }
+                    (&change.rev, recipients, change.change.clone())
                 }
             };
             let item = Bytes::from(item.to_json());
@@ -357,17 +369,18 @@ impl Fanout {
         }
     }
 
-    /// Who gets a message: both sides of a one-on-one conversation, or every member of a
-    /// group (the sender too, for their other devices). Nobody when the sender is not part
-    /// of the conversation.
+    /// Who gets a message (or a change to one) `from` sent in `conv`: both sides of a
+    /// one-on-one conversation, or every member of a group (the sender too, for their
+    /// other devices). Nobody when the sender is not part of the conversation.
     async fn recipients(
         &self,
-        record: &MsgRecord,
+        conv: &str,
+        from: &str,
         groups: &mut HashMap<String, Option<Arc<Group>>>,
     ) -> Vec<String> {
-        let gid = match Conversation::parse(&record.conv) {
+        let gid = match Conversation::parse(conv) {
             Ok(Conversation::Group(gid)) => gid,
-            _ => return direct_recipients(record),
+            _ => return direct_recipients(conv, from),
         };
         if !groups.contains_key(&gid) {
             let group = until_done("read group", || self.groups.get(&gid)).await;
@@ -376,7 +389,7 @@ impl Fanout {
         let Some(group) = groups.get(&gid).cloned().flatten() else {
             return Vec::new();
         };
-        if !group.is_member(&record.from) {
+        if !group.is_member(from) {
             return Vec::new();
         }
         group.members.clone()
@@ -389,13 +402,14 @@ async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     mut attempt: impl FnMut() -> F,
 ) -> T {
+    let mut waits = natter_fabric::retry::waits(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match attempt().await {
             Ok(value) => return value,
             Err(err) => {
                 metrics::counter!("natter_fanout_retries_total").increment(1);
                 tracing::warn!(error = %err, "{what} failed; fanout of this partition waits");
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                natter_fabric::retry::wait_next(&mut waits).await;
             }
         }
     }
@@ -403,9 +417,9 @@ async fn until_done<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
 
 /// Both sides of a one-on-one conversation (the sender for their other devices); nobody
 /// when the record's sender is not one of them.
-fn direct_recipients(record: &MsgRecord) -> Vec<String> {
-    match Conversation::parse(&record.conv) {
-        Ok(conv @ Conversation::Direct { .. }) if conv.peer_of(&record.from).is_some() => {
+fn direct_recipients(conv: &str, from: &str) -> Vec<String> {
+    match Conversation::parse(conv) {
+        Ok(conv @ Conversation::Direct { .. }) if conv.peer_of(from).is_some() => {
             let Conversation::Direct { a, b } = conv else {
                 unreachable!()
             };
@@ -418,32 +432,16 @@ fn direct_recipients(record: &MsgRecord) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use natter_schemas::Body;
-
-    fn record(conv: &str, from: &str) -> MsgRecord {
-        MsgRecord {
-            id: "m1".into(),
-            conv: conv.into(),
-            from: from.into(),
-            device: "d".into(),
-            ts: 1,
-            body: Body::Text { text: "x".into() },
-            reply_to: None,
-        }
-    }
 
     #[test]
     fn a_direct_message_goes_to_both_sides_once() {
-        assert_eq!(
-            direct_recipients(&record("dm:amy:bob", "amy")),
-            ["amy", "bob"]
-        );
-        assert_eq!(direct_recipients(&record("dm:amy:amy", "amy")), ["amy"]);
+        assert_eq!(direct_recipients("dm:amy:bob", "amy"), ["amy", "bob"]);
+        assert_eq!(direct_recipients("dm:amy:amy", "amy"), ["amy"]);
     }
 
     #[test]
     fn a_sender_outside_the_conversation_reaches_nobody() {
-        assert!(direct_recipients(&record("dm:amy:bob", "eve")).is_empty());
-        assert!(direct_recipients(&record("nonsense", "amy")).is_empty());
+        assert!(direct_recipients("dm:amy:bob", "eve").is_empty());
+        assert!(direct_recipients("nonsense", "amy").is_empty());
     }
 }

@@ -5,30 +5,36 @@
 //! that move each sender's ticks, into the store in batches with its checkpoint (see
 //! `natter_history::log`). Group changes are not history.
 //!
-//! Serving: request/reply on `history.page` and `history.info` in the queue group
-//! `history`, so each request is answered once by whichever history worker NATS picks.
-//! Gateways check membership before asking for a page; message info is answered to the
-//! message's sender only.
+//! Serving: request/reply on `history.page`, `history.info`, `history.message` and
+//! `history.conversations` (chat lists, `crate::chats`) in the queue group `history`, so each request is answered once by whichever history worker
+//! NATS picks. Gateways check membership before asking for a page, and who may change a
+//! message after asking for it; message info is answered to the message's sender only.
 //!
 //! Scaling: with the embedded store each process has its own file and its own tail reader
 //! (a complete copy, its own checkpoint name): more processes add read capacity and
 //! availability, not write capacity. With TiKV, processes share one store; each reads the
-//! whole inbox and writes the same keys (idempotent), under its own checkpoint name.
+//! whole inbox and writes the same keys under its own checkpoint name: messages are
+//! idempotent puts, and what several readers fold into (watermarks, a message's changes,
+//! chat-list positions) is merged by compare-and-swap, so the reader behind never undoes
+//! the one ahead (`natter_history::store::OrderedStore::put_merging`).
 
 use std::{path::PathBuf, time::Duration};
 
 use futures_util::StreamExt;
 use natter_fabric::{
     groups::Groups,
-    records::{HistoryAnswer, HistoryQuery, InfoAnswer, InfoQuery, MemberStatus},
+    records::{
+        ConversationsAnswer, ConversationsQuery, HistoryAnswer, HistoryQuery, InfoAnswer,
+        InfoQuery, MemberStatus, MessageAnswer, MessageQuery,
+    },
     subjects,
     watermarks::{Checkpoints, Member},
 };
-use natter_history::{Embedded, History, Store, Tikv, ticks};
+use natter_history::{Embedded, History, Store, ticks};
 use natter_schemas::{Conversation, HistoryMessage};
-use tokio::sync::watch;
 
-use crate::{WorkerError, stopped};
+use crate::WorkerError;
+use tokio_util::sync::CancellationToken;
 
 /// Requests answered at once by one process.
 const CONCURRENCY: usize = 32;
@@ -54,16 +60,26 @@ pub enum Backend {
 
 /// Opens the store; returns it (for the tail reader) and the tasks that serve pages and
 /// message info and apply retention.
+/// What answering reads besides history: groups (members, names), group receipt
+/// checkpoints (message info, read markers) and users' settings (muted conversations).
+pub struct Readers<'a> {
+    pub groups: &'a Groups,
+    pub watermarks: &'a Checkpoints,
+    pub settings: &'a natter_fabric::settings::Settings,
+}
+
 pub async fn start(
     client: &async_nats::Client,
-    groups: &Groups,
-    watermarks: &Checkpoints,
+    readers: Readers<'_>,
     settings: &HistorySettings,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(Store, Vec<crate::Task>), WorkerError> {
     let store = match &settings.backend {
         Backend::Embedded(dir) => Store::Embedded(Embedded::open(dir)?),
-        Backend::Tikv(pd) => Store::Tikv(Tikv::connect(pd.clone()).await?),
+        #[cfg(feature = "tikv")]
+        Backend::Tikv(pd) => Store::Tikv(natter_history::Tikv::connect(pd.clone()).await?),
+        #[cfg(not(feature = "tikv"))]
+        Backend::Tikv(_) => return Err(WorkerError::NoTikv),
     };
     let subscribe = |subject: &'static str| client.queue_subscribe(subject, QUEUE_GROUP.to_owned());
     let pages = subscribe(subjects::HISTORY_PAGE)
@@ -72,21 +88,31 @@ pub async fn start(
     let infos = subscribe(subjects::HISTORY_INFO)
         .await
         .map_err(|e| WorkerError::Subscribe(e.to_string()))?;
+    let lookups = subscribe(subjects::HISTORY_MESSAGE)
+        .await
+        .map_err(|e| WorkerError::Subscribe(e.to_string()))?;
+    let lists = subscribe(subjects::HISTORY_CONVERSATIONS)
+        .await
+        .map_err(|e| WorkerError::Subscribe(e.to_string()))?;
     let server = {
         let (store, client, stop) = (store.clone(), client.clone(), stop.clone());
-        let (groups, watermarks) = (groups.clone(), watermarks.clone());
+        let (groups, watermarks) = (readers.groups.clone(), readers.watermarks.clone());
+        let user_settings = readers.settings.clone();
         Box::pin(async move {
             let history = History::new(store);
             let served = Served {
                 history: &history,
                 groups: &groups,
                 watermarks: &watermarks,
+                settings: &user_settings,
                 client: &client,
             };
             tokio::select! {
-                _ = stopped(stop) => {}
+                _ = stop.cancelled() => {}
                 _ = served.pages(pages) => tracing::error!("history page subscription ended"),
                 _ = served.infos(infos) => tracing::error!("message info subscription ended"),
+                _ = served.lookups(lookups) => tracing::error!("message lookup subscription ended"),
+                _ = served.lists(lists) => tracing::error!("chat list subscription ended"),
             }
             Ok(())
         }) as crate::Task
@@ -108,6 +134,7 @@ struct Served<'a> {
     history: &'a History<Store>,
     groups: &'a Groups,
     watermarks: &'a Checkpoints,
+    settings: &'a natter_fabric::settings::Settings,
     client: &'a async_nats::Client,
 }
 
@@ -148,6 +175,48 @@ impl Served<'_> {
             .await;
     }
 
+    async fn lookups(&self, requests: async_nats::Subscriber) {
+        requests
+            .for_each_concurrent(CONCURRENCY, |request| async move {
+                let answer = match serde_json::from_slice::<MessageQuery>(&request.payload) {
+                    Ok(query) => lookup(self.history, &query.id)
+                        .await
+                        .unwrap_or_else(|error| MessageAnswer::Failed { error }),
+                    Err(err) => MessageAnswer::Failed {
+                        error: format!("bad query: {err}"),
+                    },
+                };
+                self.reply(request, &answer).await;
+            })
+            .await;
+    }
+
+    async fn lists(&self, requests: async_nats::Subscriber) {
+        requests
+            .for_each_concurrent(CONCURRENCY, |request| async move {
+                let started = std::time::Instant::now();
+                let answer = match serde_json::from_slice::<ConversationsQuery>(&request.payload) {
+                    Ok(query) => {
+                        let readers = Readers {
+                            groups: self.groups,
+                            watermarks: self.watermarks,
+                            settings: self.settings,
+                        };
+                        crate::chats::page(self.history, &readers, &query)
+                            .await
+                            .unwrap_or_else(|error| ConversationsAnswer::Failed { error })
+                    }
+                    Err(err) => ConversationsAnswer::Failed {
+                        error: format!("bad query: {err}"),
+                    },
+                };
+                metrics::histogram!("natter_history_chat_list_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                self.reply(request, &answer).await;
+            })
+            .await;
+    }
+
     async fn reply(&self, request: async_nats::Message, answer: &impl serde::Serialize) {
         let Some(reply) = request.reply else {
             return;
@@ -163,7 +232,7 @@ impl Served<'_> {
     async fn info(&self, query: &InfoQuery) -> Result<InfoAnswer, String> {
         let message = self
             .history
-            .group_message(&query.id)
+            .message(&query.id)
             .await
             .map_err(|e| e.to_string())?;
         let Some(message) = message.filter(|m| m.from == query.reader) else {
@@ -216,24 +285,58 @@ async fn page(history: &History<Store>, query: &HistoryQuery) -> Result<HistoryA
     } else {
         Default::default()
     };
-    let messages = page
-        .messages
-        .into_iter()
-        .map(|message| HistoryMessage {
-            status: (message.from == query.reader).then(|| ticks(&message.id, &marks)),
-            message,
-        })
-        .collect();
+    let changes = match (page.messages.first(), page.messages.last()) {
+        (Some(oldest), Some(newest)) => history
+            .changes(&query.conv, &oldest.id, &newest.id)
+            .await
+            .map_err(|e| e.to_string())?,
+        _ => Default::default(),
+    };
+    let mut messages = Vec::with_capacity(page.messages.len());
+    for message in page.messages {
+        let changed = changes.get(&message.id);
+        if changed.is_some_and(|c| !c.visible_to(&query.reader)) {
+            continue;
+        }
+        let status = (message.from == query.reader).then(|| ticks(&message.id, &marks));
+        let reply_to = message.reply_to.clone();
+        let mut shown = match changed {
+            Some(changes) => changes.show(message, &query.reader),
+            None => HistoryMessage::plain(message),
+        };
+        shown.status = status;
+        if let Some(reply_to) = reply_to.filter(|_| shown.deleted.is_none()) {
+            shown.quote = history
+                .quote(&query.conv, &reply_to, &query.reader)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        messages.push(shown);
+    }
     Ok(HistoryAnswer::Page {
         messages,
         more: page.more,
     })
 }
 
+/// A message by id, as sent, and whether it was deleted for everyone.
+async fn lookup(history: &History<Store>, id: &str) -> Result<MessageAnswer, String> {
+    let Some(message) = history.message(id).await.map_err(|e| e.to_string())? else {
+        return Ok(MessageAnswer::NotFound);
+    };
+    let changes = history
+        .changes(&message.conv, id, id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deleted = changes.get(id).is_some_and(|c| c.deleted.is_some());
+    Ok(MessageAnswer::Found {
+        message: Box::new(message),
+        deleted,
+    })
+}
+
 /// Deletes messages older than `days`, once an hour.
-async fn sweep(history: History<Store>, days: u64, stop: watch::Receiver<bool>) {
-    let stop = stopped(stop);
-    tokio::pin!(stop);
+async fn sweep(history: History<Store>, days: u64, stop: CancellationToken) {
     loop {
         let cutoff = natter_fabric::now_millis().saturating_sub(days * 24 * 3600 * 1000);
         match history.forget_before(cutoff).await {
@@ -241,7 +344,7 @@ async fn sweep(history: History<Store>, days: u64, stop: watch::Receiver<bool>) 
             Err(err) => tracing::warn!(error = %err, "history retention sweep failed"),
         }
         tokio::select! {
-            _ = &mut stop => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
         }
     }

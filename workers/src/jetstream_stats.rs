@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use natter_fabric::{streams, subjects};
-use tokio::sync::watch;
 
-use crate::stopped;
+use tokio_util::sync::CancellationToken;
 
 /// How often the figures are refreshed.
 pub const EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `stop`; failures (a leader election) are logged and retried next round.
-pub async fn run(js: jetstream::Context, stop: watch::Receiver<bool>) {
+pub async fn run(js: jetstream::Context, stop: CancellationToken) {
     let work = async {
         let mut ticks = tokio::time::interval(EVERY);
         loop {
@@ -27,7 +26,7 @@ pub async fn run(js: jetstream::Context, stop: watch::Receiver<bool>) {
         }
     };
     tokio::select! {
-        _ = stopped(stop) => {}
+        _ = stop.cancelled() => {}
         _ = work => {}
     }
 }

@@ -20,6 +20,7 @@
 //! reader keeps its own checkpoint (with the history it writes) instead of acks.
 
 pub mod canary;
+mod chats;
 pub mod fanout;
 pub mod history;
 pub mod jetstream_stats;
@@ -31,7 +32,8 @@ use std::{future::Future, pin::Pin, time::Duration};
 
 use async_nats::jetstream;
 use natter_fabric::{NatsSettings, groups::Groups, streams, watermarks::Checkpoints};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// Which workers a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,12 +93,16 @@ pub enum WorkerError {
     History(#[from] natter_history::StoreError),
     #[error("history workers need a store: --history-dir or --tikv-pd")]
     NoHistoryStore,
+    #[error("these workers were built without TiKV (cargo feature `tikv`); use --history-dir")]
+    NoTikv,
     #[error("push workers need Redis settings")]
     NoPushSettings,
     #[error("Redis: {0}")]
     Redis(#[from] natter_redis::RedisError),
     #[error("cannot open the devices bucket: {0}")]
     Devices(#[from] natter_fabric::devices::DevicesError),
+    #[error("settings: {0}")]
+    Settings(#[from] natter_fabric::settings::SettingsError),
     #[error("cannot subscribe: {0}")]
     Subscribe(String),
     #[error("a worker task failed: {0}")]
@@ -211,20 +217,27 @@ pub async fn run(
         Checkpoints::open(&js, nats.replicas)
     })
     .await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let user_settings = streams::with_patience("settings bucket", SETUP_PATIENCE, || {
+        natter_fabric::settings::Settings::open(&js, nats.replicas)
+    })
+    .await?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
     });
 
     let mut tasks = tokio::task::JoinSet::new();
     if matches!(kind, Kind::Fanout | Kind::All) {
-        for task in fanout::start(&js, &groups, refused_patience, stop_rx.clone()).await? {
+        for task in fanout::start(&js, &groups, refused_patience, stop.clone()).await? {
             tasks.spawn(task);
         }
     }
     if matches!(kind, Kind::Receipts | Kind::All) {
-        for task in receipts::start(&js, &groups, &checkpoints, stop_rx.clone()).await? {
+        for task in receipts::start(&js, &groups, &checkpoints, stop.clone()).await? {
             tasks.spawn(task);
         }
     }
@@ -234,8 +247,12 @@ pub async fn run(
         push: None,
     };
     if let Some(settings) = history.filter(|_| matches!(kind, Kind::History | Kind::All)) {
-        let (store, served) =
-            history::start(&client, &groups, &checkpoints, &settings, stop_rx.clone()).await?;
+        let readers = history::Readers {
+            groups: &groups,
+            watermarks: &checkpoints,
+            settings: &user_settings,
+        };
+        let (store, served) = history::start(&client, readers, &settings, stop.clone()).await?;
         for task in served {
             tasks.spawn(task);
         }
@@ -243,22 +260,31 @@ pub async fn run(
         tail.history = Some(natter_history::History::new(store));
     }
     if let Some(settings) = push.filter(|_| matches!(kind, Kind::Push | Kind::All)) {
-        let (noter, send) = push::start(&js, nats.replicas, &settings, stop_rx.clone()).await?;
+        // Muted conversations are checked for every note: the push worker keeps a copy.
+        tokio::spawn(user_settings.clone().watch(stop.clone()));
+        let (noter, send) = push::start(
+            &js,
+            nats.replicas,
+            &settings,
+            user_settings.clone(),
+            stop.clone(),
+        )
+        .await?;
         tasks.spawn(send);
         tail.push = Some(noter);
     }
     if tail.history.is_some() || tail.push.is_some() {
-        tasks.spawn(tail.run(js.clone(), stop_rx.clone()));
+        tasks.spawn(tail.run(js.clone(), stop.clone()));
     }
     tasks.spawn({
-        let (js, stop) = (js.clone(), stop_rx.clone());
+        let (js, stop) = (js.clone(), stop.clone());
         async move {
             jetstream_stats::run(js, stop).await;
             Ok(())
         }
     });
     if let Some(settings) = canary {
-        let stop = stop_rx.clone();
+        let stop = stop.clone();
         tasks.spawn(async move {
             canary::run(settings, stop).await;
             Ok(())
@@ -269,9 +295,4 @@ pub async fn run(
         done??;
     }
     Ok(())
-}
-
-/// Resolves when `stop` turns true.
-pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.changed().await;
 }

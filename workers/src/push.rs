@@ -31,14 +31,16 @@ use futures_util::StreamExt;
 use hmac::{KeyInit, Mac};
 use natter_fabric::{
     devices::{Devices, PushTarget},
-    now_millis, streams,
+    now_millis,
+    settings::Settings,
+    streams,
 };
-use natter_redis::push_queue::{Coalescing, Pending, PushQueue};
-use natter_schemas::{Body, MessageItem};
+use natter_redis::push_queue::{Coalescing, NoteKind, Pending, PushQueue};
+use natter_schemas::{Body, DeleteItem, MessageItem};
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::{SETUP_PATIENCE, WorkerError};
+use tokio_util::sync::CancellationToken;
 
 /// What a push worker needs beyond NATS.
 #[derive(Debug, Clone)]
@@ -80,7 +82,8 @@ pub async fn start(
     js: &jetstream::Context,
     replicas: usize,
     settings: &PushSettings,
-    stop: watch::Receiver<bool>,
+    user_settings: Settings,
+    stop: CancellationToken,
 ) -> Result<(Noter, crate::Task), WorkerError> {
     let redis = natter_redis::connect(&settings.redis).await?;
     let queue = PushQueue::new(redis, &settings.redis.prefix, settings.coalescing);
@@ -91,6 +94,7 @@ pub async fn start(
     let provider = Provider::from_settings(settings);
     let noter = Noter {
         queue: queue.clone(),
+        user_settings,
         include_text: settings.include_text,
         retrying: Arc::default(),
     };
@@ -98,31 +102,62 @@ pub async fn start(
     Ok((noter, send))
 }
 
-/// A message as the noter sees it: whose inbox, at which sequence.
+/// An inbox item as the noter sees it: whose inbox, at which sequence, and what.
 #[derive(Debug, Clone)]
 pub struct Note {
     pub user: String,
     pub seq: u64,
-    pub message: MessageItem,
+    pub noted: Noted,
+}
+
+/// What push cares about: a new message, or one deleted for everyone (a notification
+/// waiting for it drops it). Edits and reactions are never pushed.
+#[derive(Debug, Clone)]
+pub enum Noted {
+    Message(MessageItem),
+    Deleted(DeleteItem),
+}
+
+impl Noted {
+    fn sender_and_time(&self) -> (&str, u64) {
+        match self {
+            Self::Message(m) => (&m.from, m.ts),
+            Self::Deleted(d) => (&d.from, d.ts),
+        }
+    }
 }
 
 /// Notes messages for offline users (see the module docs).
 #[derive(Clone)]
 pub struct Noter {
     queue: PushQueue,
+    /// Muted conversations are not notified.
+    user_settings: Settings,
     include_text: bool,
     retrying: Arc<Mutex<VecDeque<Note>>>,
 }
 
 impl Noter {
-    /// Notes every recent message for someone other than its sender, after any notes
-    /// still waiting for Redis. Returns when Redis answered or refused each.
+    /// Notes every recent message (or deletion) for someone other than its sender, after
+    /// any notes still waiting for Redis. Returns when Redis answered or refused each.
     pub async fn note_all(&self, notes: Vec<Note>) {
         let now = now_millis();
-        let fresh = notes.into_iter().filter(|n| {
-            n.message.from != n.user
-                && now.saturating_sub(n.message.ts) <= MAX_AGE.as_millis() as u64
-        });
+        let mut fresh = Vec::new();
+        for note in notes {
+            let (from, ts) = note.noted.sender_and_time();
+            if from == note.user || now.saturating_sub(ts) > MAX_AGE.as_millis() as u64 {
+                continue;
+            }
+            // A mention is notified even in a muted conversation.
+            if let Noted::Message(message) = &note.noted
+                && !message.mentions.contains(&note.user)
+                && self.muted(&note.user, &message.conv, now).await
+            {
+                metrics::counter!("natter_push_muted_total").increment(1);
+                continue;
+            }
+            fresh.push(note);
+        }
         let todo: Vec<Note> = {
             let mut retrying = self.retrying.lock().expect("push retry lock");
             retrying.drain(..).chain(fresh).collect()
@@ -130,16 +165,30 @@ impl Noter {
         if todo.is_empty() {
             return;
         }
-        let texts: Vec<String> = todo.iter().map(|n| self.text_of(&n.message)).collect();
+        let texts: Vec<String> = todo
+            .iter()
+            .map(|n| match &n.noted {
+                Noted::Message(m) => self.text_of(m),
+                Noted::Deleted(_) => String::new(),
+            })
+            .collect();
         let notes: Vec<natter_redis::push_queue::Note> = todo
             .iter()
             .zip(&texts)
-            .map(|(n, text)| natter_redis::push_queue::Note {
-                user: &n.user,
-                seq: n.seq,
-                conv: &n.message.conv,
-                from: &n.message.from,
-                text,
+            .map(|(n, text)| {
+                let (kind, id, conv, from) = match &n.noted {
+                    Noted::Message(m) => (NoteKind::Message, &m.id, &m.conv, &m.from),
+                    Noted::Deleted(d) => (NoteKind::Deleted, &d.id, &d.conv, &d.from),
+                };
+                natter_redis::push_queue::Note {
+                    kind,
+                    user: &n.user,
+                    seq: n.seq,
+                    id,
+                    conv,
+                    from,
+                    text,
+                }
             })
             .collect();
         match self.queue.note_all(&notes).await {
@@ -160,6 +209,18 @@ impl Noter {
         }
     }
 
+    /// Whether `user` muted `conv` (their settings as this worker's copy has them; when
+    /// they cannot be read, not muted: a notification too many beats one lost).
+    async fn muted(&self, user: &str, conv: &str, now: u64) -> bool {
+        match self.user_settings.of(user).await {
+            Ok(settings) => settings.muted_at(conv, now).is_some(),
+            Err(err) => {
+                tracing::debug!(error = %err, "settings unavailable; notifying");
+                false
+            }
+        }
+    }
+
     /// What a notification may say of `message`.
     fn text_of(&self, message: &MessageItem) -> String {
         match (&message.body, self.include_text) {
@@ -174,14 +235,13 @@ async fn send_loop(
     queue: PushQueue,
     devices: Devices,
     provider: Provider,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut tick = tokio::time::interval(CLAIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stop = stop;
     loop {
         tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         let due = match queue.claim_due().await {
@@ -278,7 +338,7 @@ impl Provider {
 
 /// POSTs each notification as JSON to one URL, with
 /// `X-Natter-Signature: sha256=<hex HMAC-SHA256 of the body>`, retrying connection
-/// failures, 429 and 5xx with doubling backoff.
+/// failures, 429 and 5xx with doubling, jittered waits (`natter_fabric::retry`).
 pub struct Webhook {
     url: String,
     secret: String,
@@ -288,7 +348,7 @@ impl Webhook {
     async fn send(&self, notification: &Notification<'_>) -> &'static str {
         let body = Bytes::from(serde_json::to_vec(notification).expect("notifications serialize"));
         let signature = sign(self.secret.as_bytes(), &body);
-        let mut backoff = FIRST_BACKOFF;
+        let mut waits = natter_fabric::retry::waits(FIRST_BACKOFF, FIRST_BACKOFF * 8);
         for attempt in 1..=ATTEMPTS {
             let call = post(&self.url, body.clone(), &signature);
             match tokio::time::timeout(CALL_TIMEOUT, call).await {
@@ -302,8 +362,7 @@ impl Webhook {
                 Err(_) => tracing::debug!(attempt, "push webhook timed out"),
             }
             if attempt < ATTEMPTS {
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                natter_fabric::retry::wait_next(&mut waits).await;
             }
         }
         tracing::warn!("push webhook failed {ATTEMPTS} times; notification dropped");
@@ -313,8 +372,8 @@ impl Webhook {
 
 /// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2_hmac::Sha256>::new_from_slice(secret)
-        .expect("HMAC takes keys of any length");
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

@@ -33,9 +33,9 @@ use natter_fabric::{
     watermarks::{AllReceipt, Checkpoints, GroupWatermarks, MarkBatch, Member, WatermarksError},
 };
 use natter_schemas::{InboxItem, ReceiptItem, ReceiptStatus};
-use tokio::sync::watch;
 
-use crate::{Pinned, Task, WorkerError, stopped};
+use crate::{Pinned, Task, WorkerError};
+use tokio_util::sync::CancellationToken;
 
 /// Events handled per batch.
 const BATCH: usize = 256;
@@ -62,7 +62,7 @@ pub async fn start(
     js: &jetstream::Context,
     groups: &Groups,
     checkpoints: &Checkpoints,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<Vec<Task>, WorkerError> {
     let stream = js.get_stream_no_info(streams::RCPT).await?;
     let mut tasks: Vec<Task> = Vec::new();
@@ -118,7 +118,7 @@ impl Partition {
         mut self,
         name: String,
         consumer: jetstream::consumer::PullConsumer,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> Result<(), WorkerError> {
         let messages = consumer
             .stream()
@@ -129,11 +129,9 @@ impl Partition {
             .await?;
         let mut batches = messages.ready_chunks(BATCH);
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-        let stop = stopped(stop);
-        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
                 next = batches.next() => match next {
                     Some(batch) => {
@@ -301,7 +299,11 @@ async fn save(
     gid: &str,
     loaded: &mut Loaded,
 ) -> Result<(), ReceiptError> {
-    for _ in 0..SAVE_ATTEMPTS {
+    let mut waits = natter_fabric::retry::after_lost_race();
+    for attempt in 0..SAVE_ATTEMPTS {
+        if attempt > 0 {
+            natter_fabric::retry::wait_next(&mut waits).await;
+        }
         match checkpoints.save(gid, &loaded.state, loaded.revision).await {
             Ok(revision) => {
                 loaded.revision = Some(revision);

@@ -39,10 +39,20 @@ use async_nats::jetstream::{
 };
 use futures_util::StreamExt;
 use natter_history::{Batch, Durability, History, Store};
-use natter_schemas::InboxItem;
-use tokio::sync::watch;
+use natter_schemas::{InboxItem, ReceiptStatus};
 
 use crate::{WorkerError, push::Noter};
+use tokio_util::sync::CancellationToken;
+
+/// Who made a change item.
+fn changer(item: &InboxItem) -> Option<&str> {
+    match item {
+        InboxItem::Edit(c) => Some(&c.from),
+        InboxItem::Delete(c) => Some(&c.from),
+        InboxItem::Reaction(c) => Some(&c.from),
+        _ => None,
+    }
+}
 
 /// Most items handled per batch.
 const BATCH: usize = 1_000;
@@ -51,7 +61,8 @@ const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Pull requests expire this often; the server heartbeats a third as often, so a
 /// consumer whose server died is noticed within seconds.
 const EXPIRES: Duration = Duration::from_secs(6);
-/// Wait before making the consumer again after it failed, doubling up to `LONGEST_PAUSE`.
+/// Wait before making the consumer again after it failed, doubling up to `LONGEST_PAUSE`
+/// (jittered: `natter_fabric::retry`).
 const FIRST_PAUSE: Duration = Duration::from_millis(200);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 /// A push-only reader has no checkpoint: it starts this far back (notes are idempotent).
@@ -71,7 +82,7 @@ impl Tail {
     pub async fn run(
         self,
         js: jetstream::Context,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> Result<(), WorkerError> {
         let stream = js.get_stream_no_info(natter_fabric::streams::INBOX).await?;
         let mut reader = Reader {
@@ -103,20 +114,21 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
-        let mut pause = FIRST_PAUSE;
+    async fn run(&mut self, stop: CancellationToken) -> Result<(), WorkerError> {
+        let pauses = || natter_fabric::retry::waits(FIRST_PAUSE, LONGEST_PAUSE);
+        let mut pause = pauses();
         loop {
             let consumer = tokio::select! {
-                _ = stop.changed() => return self.finish().await,
+                _ = stop.cancelled() => return self.finish().await,
                 made = self.consumer() => made,
             };
             let ended = match consumer {
                 Ok(consumer) => {
-                    let ended = self.read(consumer, &mut stop).await?;
+                    let ended = self.read(consumer, &stop).await?;
                     if ended == Ended::Stop {
                         return self.finish().await;
                     }
-                    pause = FIRST_PAUSE;
+                    pause = pauses();
                     ended
                 }
                 Err(err) => {
@@ -131,10 +143,9 @@ impl Reader {
                 "inbox tail: making the consumer again"
             );
             tokio::select! {
-                _ = stop.changed() => return self.finish().await,
-                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return self.finish().await,
+                _ = natter_fabric::retry::wait_next(&mut pause) => {}
             }
-            pause = (pause * 2).min(LONGEST_PAUSE);
         }
     }
 
@@ -170,7 +181,7 @@ impl Reader {
     async fn read(
         &mut self,
         consumer: PullConsumer,
-        stop: &mut watch::Receiver<bool>,
+        stop: &CancellationToken,
     ) -> Result<Ended, WorkerError> {
         let messages = consumer
             .stream()
@@ -187,7 +198,7 @@ impl Reader {
         let mut delivered = 0;
         loop {
             let batch = tokio::select! {
-                _ = stop.changed() => return Ok(Ended::Stop),
+                _ = stop.cancelled() => return Ok(Ended::Stop),
                 _ = tick.tick() => {
                     self.idle().await?;
                     continue;
@@ -248,18 +259,59 @@ impl Reader {
             match serde_json::from_slice::<InboxItem>(&message.payload) {
                 Ok(InboxItem::Msg(m)) => {
                     if m.from == owner {
+                        // Never delivered to a recipient who blocked the sender.
+                        if let Some(user) = message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(natter_fabric::WITHHELD))
+                        {
+                            let user = user.as_str().to_owned();
+                            batch.withheld.push((m.conv.clone(), m.id.clone(), user));
+                        }
                         batch.messages.push(m.clone()); // the sender's copy: one per message
                     }
+                    batch
+                        .latest
+                        .push((owner.to_owned(), m.conv.clone(), m.id.clone()));
                     notes.push(crate::push::Note {
                         user: owner.to_owned(),
                         seq,
-                        message: m,
+                        noted: crate::push::Noted::Message(m),
                     });
+                }
+                // A read receipt in the reader's own inbox (kept from the peer: read
+                // receipts off, or a block) moves only the reader's read position.
+                Ok(InboxItem::Receipt(r)) if r.by == owner && r.all.is_none() => {
+                    if r.status == ReceiptStatus::Read {
+                        batch.own_reads.push((r.conv, r.by, r.id));
+                    }
                 }
                 // Receipts in a sender's inbox move that sender's ticks: one-on-one ones
                 // always, group ones when they say everyone got there.
                 Ok(InboxItem::Receipt(r)) if r.all != Some(false) => {
                     batch.marks.push((r.conv, owner.to_owned(), r.status, r.id));
+                }
+                // Edits, deletions and reactions: from the copy in the inbox of whoever
+                // made them, one per change.
+                Ok(
+                    change @ (InboxItem::Edit(_) | InboxItem::Delete(_) | InboxItem::Reaction(_)),
+                ) => {
+                    if let InboxItem::Delete(deleted) = &change {
+                        notes.push(crate::push::Note {
+                            user: owner.to_owned(),
+                            seq,
+                            noted: crate::push::Noted::Deleted(deleted.clone()),
+                        });
+                    }
+                    if changer(&change) == Some(owner) {
+                        batch.changes.push(change);
+                    }
+                }
+                // A group change moves the group up the member's chat list.
+                Ok(InboxItem::GroupEvent(event)) => {
+                    let at = natter_history::conversations::stand_in_id(event.ts, seq);
+                    let conv = format!("group:{}", event.group);
+                    batch.latest.push((owner.to_owned(), conv, at));
                 }
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, seq, "unreadable inbox item"),
@@ -343,9 +395,10 @@ enum Ended {
 
 /// History cannot move past a batch it did not store: retry until the store takes it.
 async fn write_until_done(history: &History<Store>, batch: Batch, durability: Durability) {
+    let mut waits = natter_fabric::retry::waits(Duration::from_millis(200), Duration::from_secs(5));
     while let Err(err) = history.write(batch.clone(), durability).await {
         metrics::counter!("natter_history_write_retries_total").increment(1);
         tracing::warn!(error = %err, "history store failed; retrying the batch");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        natter_fabric::retry::wait_next(&mut waits).await;
     }
 }

@@ -32,7 +32,13 @@ pub struct WriteSpec {
 
 #[derive(Debug, Serialize)]
 pub struct WriteReport {
+    /// Writes acknowledged.
     pub writes: u64,
+    /// Messages the stream held at the end, as the server reports them (equal to `writes`
+    /// unless the writer or the server lost some).
+    pub stored: u64,
+    /// The stream's replicas, as the server reports them.
+    pub replicas: usize,
     /// From the first publish to the last ack.
     pub seconds: f64,
     pub writes_per_s: f64,
@@ -96,11 +102,16 @@ pub async fn run(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = window.finish(acked, "write");
+    let mut stream = js.get_stream(WRITE_STREAM).await.context("find BENCH")?;
+    let info = stream.info().await.context("BENCH info")?;
+    let (stored, replicas) = (info.state.messages, info.config.num_replicas);
     js.delete_stream(WRITE_STREAM)
         .await
         .context("delete BENCH")?;
     Ok(WriteReport {
         writes: acked,
+        stored,
+        replicas,
         seconds,
         writes_per_s: acked as f64 / seconds,
         in_flight: spec.in_flight,

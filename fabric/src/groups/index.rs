@@ -80,8 +80,13 @@ async fn store(
 /// Lists `gid` among `uid`'s groups. Always writes, even when it is listed already: the
 /// new revision makes a concurrent [`unlist`] that read the entry before start over.
 pub(super) async fn list(kv: &kv::Store, uid: &str, gid: &str) -> Result<(), GroupsError> {
+    let mut waits = crate::retry::after_lost_race();
     for attempt in 0..CAS_ATTEMPTS {
-        back_off(attempt).await;
+        if attempt > 0 {
+            // Writers racing for one user's entry (many groups adding them at once) spread
+            // out instead of colliding again.
+            crate::retry::wait_next(&mut waits).await;
+        }
         let (revision, mut of) = entry(kv, uid).await?;
         if of.groups.insert(gid.to_owned()) && of.groups.len() > MAX_GROUPS_PER_USER {
             return Err(Refusal::InTooManyGroups {
@@ -99,8 +104,13 @@ pub(super) async fn list(kv: &kv::Store, uid: &str, gid: &str) -> Result<(), Gro
 
 /// Takes `gid` out of `uid`'s groups unless the group, as stored now, has them.
 pub(super) async fn unlist(kv: &kv::Store, uid: &str, gid: &str) -> Result<(), GroupsError> {
+    let mut waits = crate::retry::after_lost_race();
     for attempt in 0..CAS_ATTEMPTS {
-        back_off(attempt).await;
+        if attempt > 0 {
+            // Writers racing for one user's entry (many groups adding them at once) spread
+            // out instead of colliding again.
+            crate::retry::wait_next(&mut waits).await;
+        }
         let (revision, mut of) = entry(kv, uid).await?;
         if !of.groups.contains(gid) {
             return Ok(());
@@ -118,16 +128,4 @@ pub(super) async fn unlist(kv: &kv::Store, uid: &str, gid: &str) -> Result<(), G
         }
     }
     Err(GroupsError::Contended(key(uid)))
-}
-
-/// Before the `attempt`-th try of a compare-and-set (none before the first): a random
-/// pause of up to 2^attempt ms (at most 64), so writers racing for one user's entry (many
-/// groups adding them at once) spread out instead of colliding again.
-async fn back_off(attempt: usize) {
-    if attempt == 0 {
-        return;
-    }
-    let most = 1u64 << attempt.min(6);
-    let random = (uuid::Uuid::new_v4().as_u128() as u64) % (most * 1000);
-    tokio::time::sleep(std::time::Duration::from_micros(random)).await;
 }

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeSet,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use async_nats::jetstream::{
@@ -14,10 +13,10 @@ use async_nats::jetstream::{
 };
 use futures_util::{StreamExt, TryStreamExt, stream};
 use natter_schemas::ids::check_id;
-use tokio::sync::watch;
 
 use super::{BUCKET, CAS_ATTEMPTS, Group, GroupsError, Refusal, cache::Cache, index};
 use crate::buckets::{lost_race, open_bucket, read_latest};
+use tokio_util::sync::CancellationToken;
 
 /// Members of cached groups a process holds at most by default (≈ 100 bytes each).
 pub const DEFAULT_CACHED_MEMBERS: usize = 1 << 20;
@@ -197,12 +196,12 @@ impl Groups {
 
     /// Keeps cached groups current until `stop`: from the bucket's next revision (no
     /// replay of the groups stored so far), re-watching after an interruption.
-    pub async fn watch(self, mut stop: watch::Receiver<bool>) {
+    pub async fn watch(self, stop: CancellationToken) {
         loop {
             match self.watch_from_now().await {
                 Ok(mut updates) => loop {
                     tokio::select! {
-                        _ = stop.changed() => return,
+                        _ = stop.cancelled() => return,
                         next = updates.next() => match next {
                             Some(Ok(entry)) => self.apply(entry),
                             Some(Err(err)) => {
@@ -218,8 +217,8 @@ impl Groups {
             // Whatever changes while not watching is unknown: cache nothing meanwhile.
             self.cache.write().expect("cache lock").stop();
             tokio::select! {
-                _ = stop.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(crate::retry::before_rewatch()) => {}
             }
         }
     }

@@ -67,6 +67,11 @@ pub struct Limits {
     /// Uploads and downloads one user may have in progress at once on one gateway;
     /// beyond it 429 `too_many_transfers`.
     pub transfers_per_user: usize,
+    /// How long after sending its author may edit a message (WhatsApp: 15 minutes).
+    pub edit_window_secs: u64,
+    /// How long after sending its author may delete a message for everyone (a group admin
+    /// may delete any member's message at any time).
+    pub delete_window_secs: u64,
 }
 
 impl Default for Limits {
@@ -92,6 +97,8 @@ impl Default for Limits {
             // 32 kbit/s: slower than a phone on 2G.
             min_transfer_bytes_per_sec: 4_096,
             transfers_per_user: 16,
+            edit_window_secs: 15 * 60,
+            delete_window_secs: 48 * 3600,
         }
     }
 }

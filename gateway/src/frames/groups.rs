@@ -14,12 +14,12 @@ use natter_schemas::{
     Conversation, ErrorCode, GroupChange, GroupCreate, GroupLeave, ServerFrame, ids::check_id,
 };
 
-use super::{Denied, Pending, Reply, bad_id, refuse};
+use super::{Pending, Refused, bad_id, refuse};
 use crate::{App, session::Session};
 
 impl Session {
     /// `group_create`: a new group with a fresh id, the sender as its admin.
-    pub(super) fn on_group_create(&mut self, create: GroupCreate) -> Result<Pending, Reply> {
+    pub(super) fn on_group_create(&mut self, create: GroupCreate) -> Result<Pending, Refused> {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let limit = self.app.config.limits.max_group_members;
         let (group, change) = Group::create(
@@ -30,12 +30,15 @@ impl Session {
             limit,
             now_millis(),
         )
-        .map_err(|refusal| Reply::from(Denied::from(refusal)))?;
-        let app = self.app.clone();
+        .map_err(Refused::from)?;
+        let (app, user) = (self.app.clone(), self.user.clone());
         let reference = create.r#ref;
         Ok(Box::pin(async move {
+            if let Err(denied) = super::block::may_add(&app, &user, &create.members).await {
+                return Some(denied.with_ref(reference));
+            }
             if let Err(err) = app.groups.create(&group).await {
-                return Some(Denied::from(err).with_ref(reference));
+                return Some(Refused::from(err).with_ref(reference));
             }
             Some(announce(&app, &group, Some(change), reference).await)
         }))
@@ -46,11 +49,16 @@ impl Session {
         &mut self,
         change: GroupChange,
         membership: Membership,
-    ) -> Result<Option<Pending>, Reply> {
+    ) -> Result<Option<Pending>, Refused> {
         check_id(&change.group, "group id").map_err(bad_id)?;
         let (app, user) = (self.app.clone(), self.user.clone());
         let limit = app.config.limits.max_group_members;
         Ok(Some(Box::pin(async move {
+            if matches!(membership, Membership::Add)
+                && let Err(denied) = super::block::may_add(&app, &user, &change.members).await
+            {
+                return Some(denied.with_ref(change.r#ref));
+            }
             let updated = app
                 .groups
                 .update(&change.group, |group| {
@@ -63,13 +71,13 @@ impl Session {
                 .await;
             Some(match updated {
                 Ok((group, event)) => announce(&app, &group, event, change.r#ref).await,
-                Err(err) => Denied::from(err).with_ref(change.r#ref),
+                Err(err) => Refused::from(err).with_ref(change.r#ref),
             })
         })))
     }
 
     /// `group_leave`: any member.
-    pub(super) fn on_group_leave(&mut self, leave: GroupLeave) -> Result<Pending, Reply> {
+    pub(super) fn on_group_leave(&mut self, leave: GroupLeave) -> Result<Pending, Refused> {
         check_id(&leave.group, "group id").map_err(bad_id)?;
         let (app, user) = (self.app.clone(), self.user.clone());
         Ok(Box::pin(async move {
@@ -81,7 +89,7 @@ impl Session {
                 .await;
             Some(match updated {
                 Ok((group, event)) => announce(&app, &group, event, leave.r#ref).await,
-                Err(err) => Denied::from(err).with_ref(leave.r#ref),
+                Err(err) => Refused::from(err).with_ref(leave.r#ref),
             })
         }))
     }

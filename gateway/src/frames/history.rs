@@ -13,7 +13,7 @@ use natter_schemas::{
 };
 use tokio::time::timeout;
 
-use super::{Pending, Refused, Reply, bad_id, refuse};
+use super::{Pending, Refused, bad_id, refuse};
 use crate::{access::require_member, session::Session};
 
 /// Default and largest `limit` of a `history` request.
@@ -25,7 +25,7 @@ pub(crate) const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 impl Session {
     /// `history`: one page of a conversation the user is part of, from the history
     /// workers (the gateway never touches the store).
-    pub(super) fn on_history(&mut self, request: HistoryRequest) -> Result<Pending, Reply> {
+    pub(super) fn on_history(&mut self, request: HistoryRequest) -> Result<Pending, Refused> {
         let conv = Conversation::parse(&request.conv).map_err(bad_id)?;
         if let Some(before) = &request.before {
             check_id(before, "before").map_err(bad_id)?;

@@ -6,11 +6,16 @@
 //! Refusals become `error` frames here, with their stable code from the schema's
 //! [`ErrorCode`], in one place ([`refuse`]).
 
+mod block;
+mod change;
+pub(crate) mod conversations;
 mod groups;
 mod history;
 mod presence;
 mod receipts;
+mod references;
 mod send;
+mod settings;
 mod typing;
 
 use std::pin::Pin;
@@ -22,11 +27,17 @@ use natter_schemas::{ClientFrame, Conversation, ErrorCode, ErrorFrame, Pong, Ser
 
 use crate::session::{End, Session};
 
+pub(crate) use block::neither_blocked;
 use groups::Membership;
 pub(crate) use history::HISTORY_TIMEOUT;
 
 /// Work a frame started that answers later (or not at all: `None`).
 pub(crate) type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// An answer known at once (`pong`), written the way every other answer is.
+fn answered(frame: ServerFrame) -> Pending {
+    Box::pin(std::future::ready(Some(frame)))
+}
 
 impl Session {
     pub(crate) async fn on_client_message(
@@ -78,21 +89,29 @@ impl Session {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(Refused(code, message)) => {
-                self.write(refuse(code, &message, reference).to_json())
-                    .await
-            }
-            Err(Answer(frame)) => self.write(frame.to_json()).await,
+            Err(refused) => self.write(refused.with_ref(reference).to_json()).await,
         }
     }
 
     /// Handles one parsed frame. `Ok(Some(_))` is work that answers later.
-    fn on_frame(&mut self, frame: ClientFrame) -> Result<Option<Pending>, Reply> {
+    fn on_frame(&mut self, frame: ClientFrame) -> Result<Option<Pending>, Refused> {
         match frame {
             ClientFrame::Send(send) => self.on_send(send).map(Some),
+            ClientFrame::Edit(edit) => self.on_edit(edit).map(Some),
+            ClientFrame::Delete(delete) => self.on_delete(delete).map(Some),
+            ClientFrame::React(react) => self.on_react(react).map(Some),
+            ClientFrame::Block(block) => self.on_block(block, true).map(Some),
+            ClientFrame::Unblock(block) => self.on_block(block, false).map(Some),
+            ClientFrame::Blocks(blocks) => Ok(Some(self.on_blocks(blocks.r#ref))),
+            ClientFrame::Conversations(request) => self.on_conversations(request).map(Some),
+            ClientFrame::Settings(change) => Ok(Some(self.on_settings(change))),
+            ClientFrame::Mute(mute) => self.on_mute(mute).map(Some),
+            ClientFrame::Unmute(unmute) => self.on_unmute(unmute).map(Some),
             ClientFrame::Ack(ack) => self.on_ack(ack.seq),
             ClientFrame::Read(read) => self.on_read(&read.conv, &read.up_to, read.r#ref).map(Some),
-            ClientFrame::Ping(ping) => Err(Answer(ServerFrame::Pong(Pong { r#ref: ping.r#ref }))),
+            ClientFrame::Ping(ping) => Ok(Some(answered(ServerFrame::Pong(Pong {
+                r#ref: ping.r#ref,
+            })))),
             ClientFrame::GroupCreate(create) => self.on_group_create(create).map(Some),
             ClientFrame::GroupAdd(change) => self.on_group_change(change, Membership::Add),
             ClientFrame::GroupRemove(change) => self.on_group_change(change, Membership::Remove),
@@ -105,7 +124,7 @@ impl Session {
 
     /// Refuses a one-on-one conversation the user is not part of; for a group, the id
     /// whose membership the answer must check first (an asynchronous read).
-    pub(super) fn group_to_check(&self, conv: &Conversation) -> Result<Option<String>, Reply> {
+    pub(super) fn group_to_check(&self, conv: &Conversation) -> Result<Option<String>, Refused> {
         match conv {
             Conversation::Group(gid) => Ok(Some(gid.clone())),
             direct if direct.peer_of(&self.user).is_none() => Err(Refused(
@@ -117,22 +136,18 @@ impl Session {
     }
 }
 
-/// A refused action (group, membership, media), as the `error` frame it becomes.
-pub(crate) struct Denied(pub(crate) ErrorCode, pub(crate) String);
+/// Why a frame was refused: a stable code from the schema's [`ErrorCode`] and a message.
+/// Every handler's refusal is one of these; it becomes an `error` frame in one place
+/// ([`Refused::with_ref`], [`refuse`]).
+pub(crate) struct Refused(pub(crate) ErrorCode, pub(crate) String);
 
-impl Denied {
+impl Refused {
     pub(crate) fn with_ref(self, reference: Option<String>) -> ServerFrame {
         refuse(self.0, &self.1, reference)
     }
 }
 
-impl From<Denied> for Reply {
-    fn from(Denied(code, message): Denied) -> Self {
-        Refused(code, message)
-    }
-}
-
-impl From<Refusal> for Denied {
+impl From<Refusal> for Refused {
     fn from(refusal: Refusal) -> Self {
         let code = match refusal {
             Refusal::NotMember | Refusal::NotAdmin => ErrorCode::Forbidden,
@@ -144,7 +159,7 @@ impl From<Refusal> for Denied {
     }
 }
 
-impl From<GroupsError> for Denied {
+impl From<GroupsError> for Refused {
     fn from(err: GroupsError) -> Self {
         match err {
             GroupsError::Refused(refusal) => refusal.into(),
@@ -159,14 +174,7 @@ impl From<GroupsError> for Denied {
     }
 }
 
-/// An immediate answer to a frame: a refusal or a direct reply.
-pub(crate) enum Reply {
-    Refused(ErrorCode, String),
-    Answer(ServerFrame),
-}
-pub(crate) use Reply::{Answer, Refused};
-
-pub(crate) fn bad_id(err: natter_schemas::IdError) -> Reply {
+pub(crate) fn bad_id(err: natter_schemas::IdError) -> Refused {
     Refused(ErrorCode::BadId, err.to_string())
 }
 

@@ -7,7 +7,7 @@ use futures_util::{StreamExt, stream};
 use natter_schemas::{ErrorCode, ServerFrame, ids::check_id};
 use tokio::time::timeout;
 
-use super::{Answer, Refused, Reply, bad_id, refuse};
+use super::{Refused, bad_id, refuse};
 use crate::{
     access::may_follow,
     presence::FollowError,
@@ -33,8 +33,7 @@ impl Session {
         let frames = match timeout(PRESENCE_TIMEOUT, self.follow(subscribe.users, &reference)).await
         {
             Ok(Ok(frames)) => frames,
-            Ok(Err(Refused(code, message))) => vec![refuse(code, &message, reference)],
-            Ok(Err(Answer(frame))) => vec![frame],
+            Ok(Err(refused)) => vec![refused.with_ref(reference)],
             Err(_) => vec![refuse(
                 ErrorCode::Unavailable,
                 "presence did not answer in time; try again",
@@ -51,7 +50,7 @@ impl Session {
         &mut self,
         users: Vec<String>,
         reference: &Option<String>,
-    ) -> Result<Vec<ServerFrame>, Reply> {
+    ) -> Result<Vec<ServerFrame>, Refused> {
         let max = self.app.config.presence.max_follow;
         if users.len() > max {
             return Err(Refused(
@@ -118,13 +117,9 @@ impl Session {
                     )
                 }
             })?;
-        frames.extend(states.into_iter().map(|state| {
-            ServerFrame::Presence(natter_schemas::Presence {
-                user: state.user,
-                online: state.online,
-                last_seen: state.last_seen,
-            })
-        }));
+        for state in states {
+            frames.push(ServerFrame::Presence(self.app.presence.shown(state).await));
+        }
         Ok(frames)
     }
 }

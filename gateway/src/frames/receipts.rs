@@ -1,6 +1,7 @@
 //! `ack` and `read`: what a device has and what its user read, turned into receipts for
 //! the senders (`crate::receipts` works out what an ack covers; `crate::marks` collects
-//! and stores them).
+//! and stores them). A one-on-one `read` reaches the sender only when both have read
+//! receipts on and neither blocked the other; otherwise it goes to the reader's own inbox.
 
 use natter_fabric::{now_millis, watermarks::GroupMark};
 use natter_schemas::{
@@ -8,14 +9,14 @@ use natter_schemas::{
     ids::{check_id, message_time},
 };
 
-use super::{Pending, Refused, Reply, bad_id};
-use crate::{access::require_member, session::Session};
+use super::{Pending, Refused, bad_id};
+use crate::{App, access::require_member, session::Session};
 
 /// How far ahead of this gateway's clock a message id may be (another gateway's clock).
 const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
 impl Session {
-    pub(super) fn on_ack(&mut self, seq: u64) -> Result<Option<Pending>, Reply> {
+    pub(super) fn on_ack(&mut self, seq: u64) -> Result<Option<Pending>, Refused> {
         if seq > self.cursor.last() {
             return Err(Refused(
                 ErrorCode::BadRequest,
@@ -44,7 +45,7 @@ impl Session {
         conv: &str,
         up_to: &str,
         reference: Option<String>,
-    ) -> Result<Pending, Reply> {
+    ) -> Result<Pending, Refused> {
         let conv = Conversation::parse(conv).map_err(bad_id)?;
         check_id(up_to, "up_to").map_err(bad_id)?;
         let group = self.group_to_check(&conv)?;
@@ -69,8 +70,19 @@ impl Session {
                 ts: now_millis(),
                 all: None,
             };
-            self.app.marks.add_receipt(peer.to_owned(), receipt);
-            return Ok(Box::pin(async { None }));
+            let (app, user, peer) = (self.app.clone(), self.user.clone(), peer.to_owned());
+            return Ok(Box::pin(async move {
+                // The peer gets it unless either blocked the other or has read receipts
+                // off; then it goes to the reader's own inbox alone (their other devices
+                // and their chat list's unread count still follow it).
+                let to = if may_tell(&app, &user, &peer).await {
+                    peer
+                } else {
+                    user
+                };
+                app.marks.add_receipt(to, receipt);
+                None
+            }));
         };
         let (app, user) = (self.app.clone(), self.user.clone());
         let senders = self.unacked.senders_up_to(&conv.to_string(), up_to);
@@ -88,5 +100,20 @@ impl Session {
             });
             None
         }))
+    }
+}
+
+/// Whether `reader`'s one-on-one read receipt may reach `sender`: neither blocked the
+/// other and both have read receipts on (when unsure, it does not).
+async fn may_tell(app: &App, reader: &str, sender: &str) -> bool {
+    if !super::neither_blocked(app, reader, sender).await {
+        return false;
+    }
+    match app.settings.read_receipts_between(reader, sender).await {
+        Ok(on) => on,
+        Err(err) => {
+            tracing::warn!(error = %err, "settings unavailable; read receipt kept to the reader");
+            false
+        }
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use natter_fabric::{now_millis, publish_durable, records::MsgRecord, subjects};
 use natter_schemas::{Conversation, ErrorCode, Sent, ServerFrame, Target, ids::check_id};
 
-use super::{Pending, Refused, Reply, bad_id, refuse};
+use super::{Pending, Refused, bad_id, references::References, refuse};
 use crate::{
     App,
     access::{require_member, share_media, unshare_media},
@@ -16,15 +16,13 @@ use crate::{
 };
 
 impl Session {
-    pub(super) fn on_send(&mut self, send: natter_schemas::Send) -> Result<Pending, Reply> {
+    pub(super) fn on_send(&mut self, send: natter_schemas::Send) -> Result<Pending, Refused> {
         check_id(&send.id, "message id").map_err(bad_id)?;
         let target = Target::parse(&send.to).map_err(bad_id)?;
         send.body
             .check()
             .map_err(|why| Refused(ErrorCode::BadRequest, why.into()))?;
-        if let Some(reply_to) = &send.reply_to {
-            check_id(reply_to, "reply_to").map_err(bad_id)?;
-        }
+        let references = References::check(send.reply_to, send.forward_of, send.mentions)?;
         let conv = Conversation::of_send(&self.user, &target);
         let mut record = MsgRecord {
             id: String::new(),
@@ -33,7 +31,9 @@ impl Session {
             device: self.device.clone(),
             ts: 0,
             body: send.body,
-            reply_to: send.reply_to,
+            reply_to: references.reply_to.clone(),
+            forwarded: None,
+            mentions: references.mentions.clone(),
         };
         let app = self.app.clone();
         let reference = send.r#ref;
@@ -44,6 +44,35 @@ impl Session {
                 && let Err(refusal) = require_member(&app, gid, &record.from).await
             {
                 return Some(refusal.with_ref(reference));
+            }
+            // A block stops one-on-one messages: the blocker cannot send (they unblock
+            // first); the blocked sender's messages are kept for their own devices only.
+            let mut withheld = false;
+            if let Target::User(peer) = &target
+                && *peer != record.from
+            {
+                match app.blocks.between(&record.from, peer).await {
+                    Ok((true, _)) => {
+                        return Some(refuse(
+                            ErrorCode::Forbidden,
+                            "you blocked this user; unblock them to send",
+                            reference,
+                        ));
+                    }
+                    Ok((false, peer_blocked)) => withheld = peer_blocked,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "blocks unavailable");
+                        return Some(refuse(
+                            ErrorCode::Unavailable,
+                            "message not stored; retry with the same id",
+                            reference,
+                        ));
+                    }
+                }
+            }
+            match references.resolve(&app, &record.from, &conv).await {
+                Ok(forwarded) => record.forwarded = forwarded,
+                Err(refusal) => return Some(refusal.with_ref(reference)),
             }
             let mut shared = None;
             if let Some(media) = record.body.media() {
@@ -59,6 +88,12 @@ impl Session {
             record.id = uuid::Uuid::now_v7().to_string();
             record.ts = now_millis();
             let stored = match &target {
+                Target::User(peer) if withheld => {
+                    crate::direct::store_withheld(&app, &record, peer, &client_id)
+                        .await
+                        .map(|item| (item.id, item.conv, item.ts))
+                        .map_err(|err| err.to_string())
+                }
                 Target::User(peer) => crate::direct::store(&app, &record, peer, &client_id)
                     .await
                     .map(|item| (item.id, item.conv, item.ts))

@@ -4,13 +4,13 @@ use bytes::Bytes;
 use natter_fabric::{groups::Refusal, subjects};
 use natter_schemas::{Conversation, ServerFrame, Typing, TypingNotice};
 
-use super::{Denied, Pending, Reply, bad_id};
+use super::{Pending, Refused, bad_id};
 use crate::session::Session;
 
 impl Session {
     /// `typing`: relayed to the other members' connected devices over core NATS (never
     /// stored, no answer unless refused).
-    pub(super) fn on_typing(&mut self, typing: Typing) -> Result<Pending, Reply> {
+    pub(super) fn on_typing(&mut self, typing: Typing) -> Result<Pending, Refused> {
         let conv = Conversation::parse(&typing.conv).map_err(bad_id)?;
         let group = self.group_to_check(&conv)?;
         let (app, user, reference) = (self.app.clone(), self.user.clone(), typing.r#ref);
@@ -20,14 +20,15 @@ impl Session {
                     Ok(Some(g)) if g.is_member(&user) => {
                         g.members.iter().filter(|m| **m != user).cloned().collect()
                     }
-                    Ok(_) => return Some(Denied::from(Refusal::NotMember).with_ref(reference)),
-                    Err(err) => return Some(Denied::from(err).with_ref(reference)),
+                    Ok(_) => return Some(Refused::from(Refusal::NotMember).with_ref(reference)),
+                    Err(err) => return Some(Refused::from(err).with_ref(reference)),
                 },
-                (direct, None) => direct
-                    .peer_of(&user)
-                    .filter(|peer| *peer != user)
-                    .map(|peer| vec![peer.to_owned()])
-                    .unwrap_or_default(),
+                (direct, None) => match direct.peer_of(&user).filter(|peer| *peer != user) {
+                    Some(peer) if super::neither_blocked(&app, &user, peer).await => {
+                        vec![peer.to_owned()]
+                    }
+                    _ => Vec::new(),
+                },
             };
             let notice = ServerFrame::Typing(TypingNotice {
                 conv: conv.to_string(),

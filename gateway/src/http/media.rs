@@ -14,6 +14,7 @@ use axum::{
 };
 use futures_util::StreamExt;
 use natter_fabric::media::MediaError;
+use natter_schemas::HttpErrorCode;
 use tokio::time::Instant;
 use tokio_util::io::StreamReader;
 
@@ -39,25 +40,17 @@ pub(super) async fn upload(
         .and_then(|v| v.split(';').next())
         .map(|v| v.trim().to_ascii_lowercase())
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            Refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "Content-Type is required".into(),
-            )
-        })?;
+        .ok_or_else(|| Refusal(HttpErrorCode::BadRequest, "Content-Type is required".into()))?;
     let media = &app.config.media;
     if !media.allowed_types.contains(&mime) {
         return Err(Refusal(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_type",
+            HttpErrorCode::UnsupportedType,
             format!("{mime} is not an accepted type"),
         ));
     }
     let too_large = || {
         Refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            HttpErrorCode::TooLarge,
             format!("files are at most {} bytes", media.max_bytes),
         )
     };
@@ -78,8 +71,7 @@ pub(super) async fn upload(
         .await
         .map_err(|limited| {
             Refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
+                HttpErrorCode::QuotaExceeded,
                 format!(
                     "the day's upload quota ({} MiB) is used up; retry in {} s",
                     media.mib_per_day,
@@ -106,21 +98,16 @@ pub(super) async fn upload(
         .await
         .map_err(|err| match err {
             MediaError::TooLarge { .. } => too_large(),
-            MediaError::WrongType { .. } => Refusal(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "wrong_type",
-                err.to_string(),
-            ),
+            MediaError::WrongType { .. } => Refusal(HttpErrorCode::WrongType, err.to_string()),
             MediaError::Full => Refusal(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "storage_full",
+                HttpErrorCode::StorageFull,
                 "the media store is full; try again later".into(),
             ),
             MediaError::Read(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
                 crate::refusal::body_timed_out(err.to_string())
             }
             MediaError::Empty | MediaError::Read(_) => {
-                Refusal(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
+                Refusal(HttpErrorCode::BadRequest, err.to_string())
             }
             other => unavailable(other),
         })?;
@@ -139,7 +126,7 @@ pub(super) async fn download(
     Path(id): Path<String>,
 ) -> Result<Response, Refusal> {
     let identity = authenticate(&app, &headers, None)?;
-    let not_found = || Refusal(StatusCode::NOT_FOUND, "not_found", "no such media".into());
+    let not_found = || Refusal(HttpErrorCode::NotFound, "no such media".into());
     let access = app
         .media
         .access(&id)
@@ -205,8 +192,7 @@ fn start_transfer(app: &App, user: &str) -> Result<Transfer, Refusal> {
     let cap = app.config.limits.transfers_per_user;
     Transfers::start(&app.transfers, user, cap).ok_or_else(|| {
         Refusal(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_transfers",
+            HttpErrorCode::TooManyTransfers,
             format!("at most {cap} uploads and downloads at once; wait for one to finish"),
         )
     })

@@ -28,6 +28,7 @@ use natter_fabric::subjects;
 use tokio::sync::{Notify, OnceCell, mpsc, watch};
 
 use super::mailbox::{Live, Mailbox};
+use tokio_util::sync::CancellationToken;
 
 /// Live messages waiting for the dispatcher, for all sockets together. Beyond this NATS
 /// drops them (a slow-consumer event, which makes every socket check its inbox).
@@ -75,7 +76,7 @@ impl Drop for Attached {
 
 impl LiveHub {
     /// Starts the dispatcher (until `stop`) and returns the hub.
-    pub fn start(nats: async_nats::Client, stop: watch::Receiver<bool>) -> Self {
+    pub fn start(nats: async_nats::Client, stop: CancellationToken) -> Self {
         let (sink, messages) = mpsc::channel(DISPATCH_CAPACITY);
         let (unsubscribe, unsubscribes) = mpsc::unbounded_channel();
         let hub = Self {
@@ -172,14 +173,10 @@ impl LiveHub {
     }
 
     /// Hands every live message to the mailboxes of its user's sockets.
-    async fn dispatch(
-        self,
-        mut messages: mpsc::Receiver<Message>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn dispatch(self, mut messages: mpsc::Receiver<Message>, stop: CancellationToken) {
         loop {
             let message = tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
                 message = messages.recv() => match message {
                     Some(message) => message,
                     None => return,
@@ -307,13 +304,13 @@ impl Flusher {
         }
     }
 
-    async fn run(self, nats: async_nats::Client, mut stop: watch::Receiver<bool>) {
+    async fn run(self, nats: async_nats::Client, stop: CancellationToken) {
         let Some(sender) = self.state.done.lock().expect("flush lock").clone() else {
             return;
         };
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
                 _ = self.state.wake.notified() => {}
             }
             let target = self.state.requested.load(Ordering::SeqCst);

@@ -16,7 +16,7 @@ use std::{
 };
 
 use natter_fabric::Inbox;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// How often the inbox's oldest sequence is read.
 pub(crate) const REFRESH: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ pub(crate) struct Oldest(Arc<AtomicU64>);
 impl Oldest {
     /// Reads it now (failures are retried at the next refresh), then every [`REFRESH`]
     /// until `stop`.
-    pub(crate) async fn start(inbox: Inbox, mut stop: watch::Receiver<bool>) -> Self {
+    pub(crate) async fn start(inbox: Inbox, stop: CancellationToken) -> Self {
         let oldest = Self::default();
         oldest.refresh(&inbox).await;
         let task = oldest.clone();
@@ -38,7 +38,7 @@ impl Oldest {
             loop {
                 tokio::select! {
                     _ = every.tick() => task.refresh(&inbox).await,
-                    () = stopped(&mut stop) => return,
+                    () = stop.cancelled() => return,
                 }
             }
         });
@@ -62,11 +62,6 @@ impl Oldest {
 /// item is `oldest`: it starts afresh (`after` 0), or nothing after `after` has expired.
 pub(crate) fn resumed(after: u64, oldest: u64) -> bool {
     after == 0 || after.saturating_add(1) >= oldest
-}
-
-/// Resolves when `stop` turns true (without holding its lock across an await).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

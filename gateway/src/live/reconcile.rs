@@ -24,9 +24,10 @@ use std::{
 use async_nats::Event;
 use futures_util::{FutureExt, StreamExt};
 use natter_fabric::subjects;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 
 use super::{LiveHub, mailbox::Live, reads::Reads};
+use tokio_util::sync::CancellationToken;
 
 /// How long after opening a socket's inbox is checked again, and how long a trigger
 /// waits for the new leader to republish what it can.
@@ -54,7 +55,7 @@ pub(crate) async fn start(
     reads: Reads,
     events: broadcast::Receiver<Event>,
     every: Duration,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<Opened, async_nats::SubscribeError> {
     let advisories = nats.subscribe(subjects::INBOX_LEADER_ELECTED).await?;
     let (tx, opened) = mpsc::unbounded_channel();
@@ -69,7 +70,7 @@ async fn run(
     mut events: broadcast::Receiver<Event>,
     mut opened: mpsc::UnboundedReceiver<(Instant, String)>,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let mut step = tokio::time::interval(STEP);
     step.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,7 +83,7 @@ async fn run(
     let mut retry_at = Instant::now();
     loop {
         let reason = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
             _ = step.tick() => None,
             Some((at, user)) = opened.recv() => {
                 recent.push((at, user));
@@ -159,7 +160,8 @@ async fn run(
             Err(err) => {
                 tracing::warn!(error = %err, users = users.len(), "inbox check failed; retrying");
                 retry.extend(users);
-                retry_at = Instant::now() + SETTLE;
+                // Jittered: a leader election fails every gateway's check at once.
+                retry_at = Instant::now() + natter_fabric::retry::jittered(SETTLE);
             }
         }
     }

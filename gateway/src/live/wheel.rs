@@ -16,6 +16,7 @@ use std::{
 };
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// How many groups the sockets' ticks are spread over.
 pub(crate) const SLOTS: usize = 64;
@@ -36,7 +37,7 @@ pub(crate) struct Slot {
 
 impl Wheel {
     /// Starts turning: every socket's slot comes up once per `period`, until `stop`.
-    pub fn start(period: Duration, mut stop: watch::Receiver<bool>) -> Self {
+    pub fn start(period: Duration, stop: CancellationToken) -> Self {
         let wheel = Self {
             slots: (0..SLOTS).map(|_| watch::Sender::new(0)).collect(),
             next: Arc::default(),
@@ -47,7 +48,7 @@ impl Wheel {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for index in (0..SLOTS).cycle() {
                 tokio::select! {
-                    _ = stop.changed() => return,
+                    _ = stop.cancelled() => return,
                     _ = tick.tick() => slots[index].send_modify(|n| *n += 1),
                 }
             }
@@ -83,9 +84,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn every_slot_comes_up_once_a_period() {
-        let (_stop, stopped) = watch::channel(false);
         let period = Duration::from_secs(SLOTS as u64);
-        let wheel = Wheel::start(period, stopped);
+        let wheel = Wheel::start(period, CancellationToken::new());
         let mut slots: Vec<Slot> = (0..3).map(|_| wheel.slot()).collect();
         assert_eq!(
             slots.iter().map(|s| s.index).collect::<Vec<_>>(),

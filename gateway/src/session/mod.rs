@@ -290,13 +290,13 @@ impl Session {
         if let Err(end) = Box::pin(self.catch_up(newest)).await {
             return end;
         }
-        let mut shutdown = self.app.shutdown.clone();
+        let shutdown = self.app.shutdown.clone();
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mailbox = self.mailbox.clone();
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
-                _ = shutdown.changed() => Err(End::Shutdown),
+                _ = shutdown.cancelled() => Err(End::Shutdown),
                 frame = stream.next(), if inflight.len() < limits.max_inflight => {
                     last_heard = Instant::now();
                     match frame {

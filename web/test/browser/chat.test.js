@@ -44,20 +44,24 @@ function user(name) {
 
 /**
  * Opens the client in a new context (or one restored from `storageState`). `frames` gets
- * every frame the page's sockets receive.
+ * every frame the page's sockets receive, `sockets` the URL of each socket opened.
  */
 async function openClient({ storageState } = {}) {
   const context = await browser.newContext({ storageState, viewport: { width: 1100, height: 700 } });
   context.setDefaultTimeout(PATIENCE_MS);
   const page = await context.newPage();
   const frames = [];
-  page.on('websocket', (socket) => socket.on('framereceived', ({ payload }) => frames.push(JSON.parse(payload))));
+  const sockets = [];
+  page.on('websocket', (socket) => {
+    sockets.push(new URL(socket.url()));
+    socket.on('framereceived', ({ payload }) => frames.push(JSON.parse(payload)));
+  });
   page.on('pageerror', (error) => pageProblems.push(`page error: ${error.message}`));
   page.on('console', (message) => {
     if (message.text().includes('Content Security Policy')) pageProblems.push(message.text());
   });
   await page.goto(BASE);
-  return { context, page, frames };
+  return { context, page, frames, sockets };
 }
 
 /** A person signed in through the form, connected. */
@@ -124,6 +128,19 @@ async function untilTicks(page, text, status) {
 /** Waits until `text` shows exactly once. */
 async function shownOnce(page, text) {
   await until(`"${text}" shown once`, async () => (await bubbles(page, text).count()) === 1);
+}
+
+/** Opens the menu of the message showing `text` with its ⌄ button (shown on hover). */
+async function openMenu(page, text) {
+  const bubble = bubbles(page, text);
+  await bubble.hover();
+  await bubble.getByRole('button', { name: 'Message options' }).click();
+  await page.getByRole('menu', { name: 'Message options' }).waitFor();
+}
+
+/** The reaction chip `name` (e.g. "👍 2, yours") under the message showing `text`. */
+function chip(page, text, name) {
+  return bubbles(page, text).getByRole('group', { name: 'Reactions' }).getByRole('button', { name, exact: true });
 }
 
 /** A valid `size`×`size` PNG of one colour (8-bit RGB), made here so no file is needed. */
@@ -264,6 +281,14 @@ describe('web client', () => {
     for await (const chunk of stream) chunks.push(chunk);
     assert.equal(Buffer.concat(chunks).toString(), notes);
     await b.page.screenshot({ path: new URL('media.png', ARTIFACTS).pathname });
+
+    // Editing a file's message changes its caption (the name shown) and keeps the file.
+    await openMenu(a.page, 'notes.txt');
+    await a.page.getByRole('menuitem', { name: 'Edit' }).click();
+    await a.page.getByLabel('Message', { exact: true }).fill('route-notes.txt');
+    await a.page.getByLabel('Message', { exact: true }).press('Enter');
+    await bubbles(b.page, 'route-notes.txt').getByText('Edited', { exact: true }).waitFor();
+    await b.page.getByRole('link', { name: `↓ route-notes.txt (${notes.length} B)` }).waitFor();
     await a.context.close();
     await b.context.close();
   });
@@ -277,8 +302,8 @@ describe('web client', () => {
     await untilTicks(a.page, `Line ${count}.`, 'sent');
     await a.context.close();
 
-    // Bob's first device: the inbox brings everything; the newest history page (50) says
-    // there is more, and one page back reaches the beginning.
+    // Bob's first device: the chat list brings the chat (nothing is replayed); the newest
+    // history page (50) says there is more, and one page back reaches the beginning.
     const b = await signedIn(bob);
     await openConversation(b.page, alice);
     const older = b.page.getByRole('button', { name: 'Load older messages' });
@@ -319,6 +344,174 @@ describe('web client', () => {
     }
     await a.context.close();
     await b.context.close();
+  });
+
+  it('changes: an edit, reactions and a delete for everyone show on the other side and on a new device', TEST_LIMIT, async () => {
+    const [alice, bob] = [user('alice-change'), user('bob-change')];
+    const a = await signedIn(alice);
+    const b = await signedIn(bob);
+    await startChat(a.page, bob);
+    await say(a.page, 'See you at 8');
+    await say(a.page, 'Wrong chat, sorry');
+    await startChat(b.page, alice);
+    await shownOnce(b.page, 'Wrong chat, sorry');
+    await say(b.page, 'Great, bring the rope');
+    await shownOnce(a.page, 'Great, bring the rope');
+
+    // Alice edits her first message: the menu puts it in the composer, Enter saves.
+    await openMenu(a.page, 'See you at 8');
+    await a.page.getByRole('menuitem', { name: 'Edit' }).click();
+    await a.page.getByText('Edit message', { exact: true }).waitFor();
+    await a.page.getByLabel('Message', { exact: true }).fill('See you at 9');
+    await a.page.getByLabel('Message', { exact: true }).press('Enter');
+    for (const page of [a.page, b.page]) {
+      await bubbles(page, 'See you at 9').getByText('Edited', { exact: true }).waitFor();
+      await until('the old text gone', async () => (await bubbles(page, 'See you at 8').count()) === 0);
+    }
+
+    // Alice reacts to Bob's message; Bob taps her chip to add his own; Alice takes hers back.
+    await openMenu(a.page, 'Great, bring the rope');
+    await a.page.getByRole('menuitemcheckbox', { name: 'React 👍' }).click();
+    await chip(b.page, 'Great, bring the rope', '👍 1').waitFor();
+    await chip(a.page, 'Great, bring the rope', '👍 1, yours').waitFor();
+    await chip(b.page, 'Great, bring the rope', '👍 1').click();
+    await chip(a.page, 'Great, bring the rope', '👍 2, yours').waitFor();
+    await chip(b.page, 'Great, bring the rope', '👍 2, yours').waitFor();
+    await chip(a.page, 'Great, bring the rope', '👍 2, yours').click();
+    await chip(a.page, 'Great, bring the rope', '👍 1').waitFor();
+    await chip(b.page, 'Great, bring the rope', '👍 1, yours').waitFor();
+
+    // Bob opens the menu of a message Alice then deletes for everyone (right-click, the
+    // dialog): it becomes a tombstone on both sides, and Bob's late reaction is refused.
+    await openMenu(b.page, 'Wrong chat, sorry');
+    await bubbles(a.page, 'Wrong chat, sorry').click({ button: 'right' });
+    await a.page.getByRole('menuitem', { name: 'Delete…' }).click();
+    await a.page.getByRole('button', { name: 'Delete for everyone' }).click();
+    await bubbles(a.page, 'You deleted this message').waitFor();
+    await bubbles(b.page, 'This message was deleted').waitFor();
+    assert.equal(await bubbles(b.page, 'Wrong chat').count(), 0, 'nothing of it stays');
+    await b.page.getByRole('menuitemcheckbox', { name: 'React 😮' }).click();
+    await until('the refusal shown', async () => {
+      const notice = await b.page.locator('#notice-text').innerText();
+      return notice.startsWith('Reaction not sent: not allowed') || `notice "${notice}", frames ${JSON.stringify(b.frames.filter((f) => f.type === 'error' || f.type === 'changed'))}`;
+    });
+
+    // Bob may not edit Alice's message, nor delete it for everyone; he may hide it.
+    await openMenu(b.page, 'See you at 9');
+    assert.equal(await b.page.getByRole('menuitem', { name: 'Edit' }).count(), 0);
+    await b.page.getByRole('menuitem', { name: 'Delete…' }).click();
+    assert.equal(await b.page.getByRole('button', { name: 'Delete for everyone' }).isVisible(), false);
+    await b.page.getByRole('button', { name: 'Cancel' }).click();
+    const dismiss = b.page.getByRole('button', { name: 'Dismiss message' });
+    if (await dismiss.isVisible()) await dismiss.click();
+    await b.page.screenshot({ path: new URL('changes.png', ARTIFACTS).pathname });
+    await openMenu(b.page, 'Great, bring the rope');
+    await b.page.screenshot({ path: new URL('changes-menu.png', ARTIFACTS).pathname });
+    await b.page.keyboard.press('Escape');
+    await b.page.getByRole('menu', { name: 'Message options' }).waitFor({ state: 'hidden' });
+
+    // A new device of Bob's gets the chat from the chat list and reads the history page:
+    // each change shows once, and the reaction counts once.
+    const b2 = await signedIn(bob);
+    await openConversation(b2.page, alice);
+    await bubbles(b2.page, 'See you at 9').getByText('Edited', { exact: true }).waitFor();
+    await chip(b2.page, 'Great, bring the rope', '👍 1, yours').waitFor();
+    await shownOnce(b2.page, 'This message was deleted');
+    await b2.page.waitForTimeout(1_000);
+    assert.equal(await bubbles(b2.page, 'Great, bring the rope').getByRole('button', { name: /👍/ }).count(), 1);
+    assert.equal(await b2.page.getByRole('log').locator('li').count(), 3);
+    for (const client of [a, b, b2]) await client.context.close();
+  });
+
+  it('new device, mute, block, privacy: the chat list comes from the server, screenshots are saved', TEST_LIMIT, async () => {
+    const [alice, bob] = [user('alice-list'), user('bob-list')];
+    const group = `Book club ${RUN}`;
+    let a = await signedIn(alice);
+    const b = await signedIn(bob);
+    await startChat(a.page, bob);
+    await say(a.page, 'Lunch tomorrow?');
+    await conversationButton(b.page, alice).waitFor();
+    await openConversation(b.page, alice);
+    await shownOnce(b.page, 'Lunch tomorrow?');
+
+    // Alice makes a group (it stays open), and Bob answers her in their chat meanwhile.
+    await a.page.getByText('New group').click();
+    await a.page.getByLabel('Group name').fill(group);
+    await a.page.getByLabel(/^Members/).fill(bob);
+    await a.page.getByRole('button', { name: 'Create group' }).click();
+    await a.page.getByRole('heading', { name: group }).waitFor();
+    await say(b.page, 'Sure, 12:30');
+    await say(b.page, 'At the usual place');
+    await conversationButton(a.page, bob).getByLabel('2 unread').waitFor();
+    await a.context.close();
+
+    // A new browser profile is a new device: it connects with after=latest, nothing is
+    // replayed, and the chat list comes from one `conversations` request.
+    a = await signedIn(alice);
+    const bobRow = conversationButton(a.page, bob);
+    await bobRow.getByLabel('2 unread').waitFor();
+    await bobRow.getByText('At the usual place').waitFor();
+    await conversationButton(a.page, group).waitFor();
+    assert.equal(a.sockets[0].searchParams.get('after'), 'latest');
+    assert.deepEqual(a.frames.filter((f) => typeof f.seq === 'number'), [], 'no inbox item replayed');
+    assert.deepEqual(
+      await a.page.getByRole('navigation', { name: 'Conversations' }).locator('.conv-name').allInnerTexts(),
+      [bob, group], 'the newest first (Bob answered after the group was made)');
+    await a.page.screenshot({ path: new URL('chatlist.png', ARTIFACTS).pathname });
+
+    // Opening the chat pages its history.
+    await openConversation(a.page, bob);
+    for (const text of ['Lunch tomorrow?', 'Sure, 12:30', 'At the usual place']) await shownOnce(a.page, text);
+    await until('the unread count gone', async () => (await bobRow.getByLabel(/unread/).count()) === 0);
+
+    // Mute the group from its header menu: the list shows a muted bell, and so does the
+    // list of yet another new device (from the server's muted_until).
+    await openConversation(a.page, group);
+    await a.page.getByRole('button', { name: 'Chat options' }).click();
+    await a.page.getByRole('menuitem', { name: 'Mute always' }).click();
+    await conversationButton(a.page, group).getByRole('img', { name: 'Muted' }).waitFor();
+    await a.page.locator('#chat-muted').getByRole('img', { name: 'Muted' }).waitFor();
+
+    // Block Bob: the composer gives way to the bar, and what he sends never arrives.
+    await openConversation(a.page, bob);
+    await a.page.getByRole('button', { name: 'Chat options' }).click();
+    await a.page.getByRole('menuitem', { name: `Block ${bob}…` }).click();
+    await a.page.getByRole('dialog').getByRole('button', { name: 'Block', exact: true }).click();
+    await a.page.getByText('You blocked this contact. Unblock to send.').waitFor();
+    assert.equal(await a.page.getByLabel('Message', { exact: true }).isVisible(), false, 'no composer while blocked');
+    await say(b.page, 'Are you there?');
+    await untilTicks(b.page, 'Are you there?', 'sent');
+    await a.page.waitForTimeout(1_500);
+    assert.equal(await bubbles(a.page, 'Are you there?').count(), 0, 'a blocked contact\'s message does not arrive');
+    assert.equal(await ticks(b.page, 'Are you there?'), 'sent', 'one tick for good');
+    await a.page.screenshot({ path: new URL('blocked.png', ARTIFACTS).pathname });
+    await a.page.getByRole('button', { name: 'Unblock' }).click();
+    await a.page.getByLabel('Message', { exact: true }).waitFor();
+    await say(a.page, 'Sorry, wrong button');
+    await shownOnce(b.page, 'Sorry, wrong button');
+
+    // Privacy: read from the server when opened, each change saved at once.
+    await a.page.getByRole('button', { name: 'Privacy' }).click();
+    const lastSeen = a.page.getByLabel('Last seen');
+    await until('the settings read', async () => (await lastSeen.isEnabled()) || 'still loading');
+    assert.equal(await lastSeen.inputValue(), 'everyone');
+    await lastSeen.selectOption('nobody');
+    await a.page.getByRole('dialog').getByText('Saved', { exact: true }).waitFor();
+    await a.page.getByLabel('Online', { exact: true }).selectOption('contacts');
+    await until('both saved', () => a.frames.some((f) => f.type === 'settings' && f.last_seen === 'nobody' && f.online === 'contacts'));
+    await a.page.getByLabel('Read receipts').uncheck();
+    await until('receipts off saved', () => a.frames.some((f) => f.type === 'settings' && f.read_receipts === false));
+    await a.page.screenshot({ path: new URL('settings.png', ARTIFACTS).pathname });
+    await a.page.getByRole('button', { name: 'Close' }).click();
+
+    const a2 = await signedIn(alice);
+    await conversationButton(a2.page, group).getByRole('img', { name: 'Muted' }).waitFor();
+    assert.equal(await conversationButton(a2.page, bob).getByRole('img', { name: 'Muted' }).count(), 0);
+    await a2.page.getByRole('button', { name: 'Privacy' }).click();
+    await until('the settings read again', async () => (await a2.page.getByLabel('Last seen').inputValue()) === 'nobody' || 'not yet');
+    assert.equal(await a2.page.getByLabel('Online', { exact: true }).inputValue(), 'contacts');
+    assert.equal(await a2.page.getByLabel('Read receipts').isChecked(), false);
+    for (const client of [a, a2, b]) await client.context.close();
   });
 
   it('network drop: both sides reconnect and nothing sent meanwhile is lost or doubled', TEST_LIMIT, async () => {

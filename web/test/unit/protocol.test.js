@@ -392,6 +392,143 @@ describe('Connection', () => {
     assert.deepEqual(frames.map((f) => f.type), ['presence', 'typing']);
   });
 
+  it('sends edit, delete and react with a ref, and resolves with their changed answer', async () => {
+    const conn = connection({ pingEveryMs: 60_000 });
+    conn.start();
+    const socket = FakeSocket.last();
+    socket.accept();
+    const answer = (frame) => ({ type: 'changed', ref: frame.ref, id: frame.id, conv: 'dm:alice:bob', rev: 'r1', ts: 9 });
+
+    const edited = conn.edit('m1', { kind: 'text', text: 'fixed' });
+    const edit = socket.sent.at(-1);
+    assert.deepEqual({ ...edit, ref: undefined }, { type: 'edit', id: 'm1', body: { kind: 'text', text: 'fixed' }, ref: undefined });
+    socket.deliver(answer(edit));
+    assert.equal((await edited).rev, 'r1');
+
+    const deleted = conn.deleteForEveryone('m2');
+    assert.deepEqual(Object.keys(socket.sent.at(-1)).sort(), ['id', 'ref', 'type']);
+    socket.deliver(answer(socket.sent.at(-1)));
+    assert.equal((await deleted).id, 'm2');
+
+    const reacted = conn.react('m1', '👍');
+    assert.equal(socket.sent.at(-1).emoji, '👍');
+    socket.deliver(answer(socket.sent.at(-1)));
+    await reacted;
+    const takenBack = conn.react('m1', null);
+    assert.equal('emoji' in socket.sent.at(-1), false, 'taking a reaction back leaves emoji out');
+    socket.deliver(answer(socket.sent.at(-1)));
+    await takenBack;
+    assert.equal(new Set(socket.sent.filter((f) => f.ref).map((f) => f.ref)).size, 4, 'a fresh ref each');
+  });
+
+  it('tries a change again after rate_limited or unavailable, and rejects other refusals with their code', async () => {
+    const conn = connection({ pingEveryMs: 60_000 });
+    const shown = collect(conn, 'server-error');
+    conn.start();
+    const socket = FakeSocket.last();
+    socket.accept();
+    const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+    const reacted = conn.react('m1', '❤️');
+    socket.deliver({ type: 'error', code: 'rate_limited', message: 'slow down', retry_after_ms: 700, ref: socket.sent.at(-1).ref });
+    await settle();
+    clock.advance(600);
+    assert.equal(socket.frames('react').length, 1, 'not before retry_after_ms');
+    clock.advance(100);
+    await settle();
+    assert.equal(socket.frames('react').length, 2);
+    socket.deliver({ type: 'changed', ref: socket.sent.at(-1).ref, id: 'm1', conv: 'dm:alice:bob', rev: 'r2', ts: 3 });
+    assert.equal((await reacted).rev, 'r2');
+
+    const busy = assert.rejects(conn.deleteForEveryone('m1'), (e) => e.code === 'unavailable');
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      socket.deliver({ type: 'error', code: 'unavailable', message: 'busy', ref: socket.sent.at(-1).ref });
+      await settle();
+      clock.advance(10_000);
+      await settle();
+    }
+    await busy;
+    assert.equal(socket.frames('delete').length, 3, 'tried three times in all');
+
+    const refused = conn.edit('m1', { kind: 'text', text: 'late' });
+    socket.deliver({ type: 'error', code: 'forbidden', message: 'the edit window is over', ref: socket.sent.at(-1).ref });
+    await assert.rejects(refused, (e) => e.code === 'forbidden' && /window/.test(e.message));
+    assert.equal(socket.frames('edit').length, 1, 'a refusal is not repeated');
+    assert.deepEqual(shown, [], 'refusals go to whoever asked, not to the listeners');
+  });
+
+  it('hands change items over like messages, and passes frames of unknown types on untouched', () => {
+    const conn = connection();
+    const items = collect(conn, 'item');
+    const frames = collect(conn, 'frame');
+    conn.start();
+    const socket = FakeSocket.last();
+    socket.accept();
+    const change = { conv: 'dm:alice:bob', id: 'm1', from: 'bob', rev: 'r1', ts: 2 };
+    socket.deliver({ type: 'edit', seq: 1, ...change, body: { kind: 'text', text: 'x' } });
+    socket.deliver({ type: 'reaction', seq: 2, ...change, emoji: '👍' });
+    socket.deliver({ type: 'delete', seq: 3, ...change });
+    socket.deliver({ type: 'delete', seq: 3, ...change });
+    socket.deliver({ type: 'sparkles', colour: 'gold' });
+    assert.deepEqual(items.map((i) => i.type), ['edit', 'reaction', 'delete']);
+    assert.deepEqual(socket.frames('ack').map((a) => a.seq), [1, 2, 3]);
+    assert.deepEqual(frames.map((f) => f.type), ['sparkles']);
+  });
+
+  it('connects a device with no cursor with after=latest, and resumes with a number once hello gave one', () => {
+    const conn = connection({ latestWhenNew: true });
+    conn.start();
+    let socket = FakeSocket.last();
+    assert.equal(socket.url.searchParams.get('after'), 'latest');
+    socket.accept();
+    socket.deliver({ type: 'hello', after: 40, newest: 40, oldest: 1, resumed: true });
+    assert.equal(storage.getItem('natter:alice:laptop:cursor'), '40');
+    socket.drop();
+    clock.advance(30_000);
+    assert.equal(FakeSocket.last().url.searchParams.get('after'), '40');
+    conn.close();
+
+    // A device that has a cursor resumes from it, even asked for latest.
+    const again = connection({ latestWhenNew: true });
+    again.start();
+    assert.equal(FakeSocket.last().url.searchParams.get('after'), '40');
+    again.close();
+    // Without the option a new device still replays the inbox (after=0).
+    storage = new MemoryStorage();
+    connection().start();
+    assert.equal(FakeSocket.last().url.searchParams.get('after'), '0');
+  });
+
+  it('asks for the chat list, settings, mutes and blocks with a ref, and resolves with the answers', async () => {
+    const conn = connection({ pingEveryMs: 60_000 });
+    conn.start();
+    const socket = FakeSocket.last();
+    socket.accept();
+    const settings = { type: 'settings', last_seen: 'everyone', online: 'nobody', muted: {} };
+    const cases = [
+      [() => conn.conversations(), { type: 'conversations' }, { type: 'conversations', conversations: [], more: false }],
+      [() => conn.conversations({ before: 'x', limit: 100 }), { type: 'conversations', before: 'x', limit: 100 }, { type: 'conversations', conversations: [], more: false }],
+      [() => conn.settings(), { type: 'settings' }, settings],
+      [() => conn.settings({ online: 'nobody' }), { type: 'settings', online: 'nobody' }, settings],
+      [() => conn.mute('g', 99), { type: 'mute', conv: 'g', until: 99 }, settings],
+      [() => conn.mute('g'), { type: 'mute', conv: 'g' }, settings],
+      [() => conn.unmute('g'), { type: 'unmute', conv: 'g' }, settings],
+      [() => conn.block('bob'), { type: 'block', user: 'bob' }, { type: 'blocked', users: ['bob'] }],
+      [() => conn.unblock('bob'), { type: 'unblock', user: 'bob' }, { type: 'blocked', users: [] }],
+      [() => conn.blocks(), { type: 'blocks' }, { type: 'blocked', users: [] }],
+    ];
+    for (const [call, frame, answer] of cases) {
+      const promise = call();
+      const sent = socket.sent.at(-1);
+      assert.deepEqual({ ...sent, ref: undefined }, { ...frame, ref: undefined });
+      socket.deliver({ ...answer, ref: sent.ref });
+      assert.deepEqual(await promise, { ...answer, ref: sent.ref });
+    }
+    const refused = conn.block('alice');
+    socket.deliver({ type: 'error', code: 'bad_request', message: 'not yourself', ref: socket.sent.at(-1).ref });
+    await assert.rejects(refused, { code: 'bad_request' });
+  });
+
   it('sends read, typing and no reconnect after close', () => {
     const conn = connection();
     conn.start();

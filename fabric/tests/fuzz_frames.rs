@@ -1,8 +1,10 @@
 //! Property-based fuzzing of the wire frames, aimed at what the gateway relies on
-//! (`gateway/src/session.rs`: `on_client_message` parses every text frame with
+//! (`gateway/src/frames/mod.rs`: `on_client_message` parses every text frame with
 //! `ClientFrame::parse`, then uses `reference()`/`kind()`, and `on_send` and
 //! friends run `check_id`, `Target::parse`, `Conversation::parse` and `Body::check` before
-//! ids reach NATS subjects; `write_items` frames stored inbox items with `inbox::with_seq`).
+//! ids reach NATS subjects, built by this crate's `subjects`; the session's write path
+//! frames stored inbox items with `inbox::with_seq`). It lives here, in the crate that
+//! builds the subjects, so the subjects checked are the real ones, not a copy.
 //!
 //! Properties (cases per property are the `CASES_*` constants):
 //! 1. Parsing never panics, on arbitrary bytes, strings, JSON values and mutated valid
@@ -23,7 +25,8 @@
 //!
 //! Findings, fixed and kept as regression tests at the end: frames (every internally
 //! tagged enum) also parsed from JSON arrays (`["ping","r1"]`), which the protocol calls
-//! `bad_frame` (now `ClientFrame::parse` and the `send` body take objects only); and
+//! `bad_frame` (now `ClientFrame::parse` and the `send` body take objects only, and a
+//! frame that parses from an array fails every property); and
 //! `with_seq` turned stored bytes that start with `{` but are not a JSON object into
 //! invalid JSON (`b"{"` gave `{"seq":1,`), and a stored top-level `seq` into a duplicate
 //! key (now both are `None`, skipped by the gateway).
@@ -47,6 +50,7 @@ use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use natter_fabric::subjects;
 use natter_schemas::body::{MAX_CAPTION_BYTES, MAX_TEXT_BYTES, MAX_THUMBNAIL_BYTES, Media};
 use natter_schemas::ids::{MAX_ID_LEN, check_id};
 use natter_schemas::inbox::{message_ts, with_seq};
@@ -82,11 +86,6 @@ const CASES_WITH_SEQ_FULL: u32 = 10_000;
 /// Property bodies run, over every property of this test binary.
 static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
 
-thread_local! {
-    /// Frames that parsed from a JSON array in this thread's property (must stay 0).
-    static ARRAY_FRAMES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
 /// `cases` unless `PROPTEST_CASES` asks for more. `Config::default()` is where proptest
 /// reads `PROPTEST_CASES` (and the other `PROPTEST_*` variables, e.g. `PROPTEST_RNG_SEED`);
 /// `Config::with_cases` would override it, so the larger of the two wins here.
@@ -121,7 +120,6 @@ fn fuzz<S>(
     let runs = AtomicU64::new(0);
     let accepted = AtomicU64::new(0);
     let started = Instant::now();
-    ARRAY_FRAMES.with(|n| n.set(0));
     let result = TestRunner::new(config).run(&strategy, |input| {
         runs.fetch_add(1, Relaxed);
         if property(input)? {
@@ -131,12 +129,8 @@ fn fuzz<S>(
     });
     let runs = runs.into_inner();
     let total = EXECUTIONS.fetch_add(runs, Relaxed) + runs;
-    let arrays = match ARRAY_FRAMES.with(std::cell::Cell::get) {
-        0 => String::new(),
-        n => format!(", {n} of them JSON arrays (known bug)"),
-    };
     println!(
-        "fuzz_frames {name}: {runs} executions ({planned} cases, {} accepted{arrays}) in \
+        "fuzz_frames {name}: {runs} executions ({planned} cases, {} accepted) in \
          {:.2?}; all properties so far: {total}",
         accepted.into_inner(),
         started.elapsed()
@@ -147,7 +141,7 @@ fn fuzz<S>(
 }
 
 // ---------------------------------------------------------------------------------------
-// Reference predicates and mirrors of what the gateway does with the frames
+// Reference predicates and the gateway's checks of the frames
 // ---------------------------------------------------------------------------------------
 
 /// `^[A-Za-z0-9_-]{1,64}$`, written independently of `check_id`.
@@ -176,17 +170,6 @@ fn conversation_matches(s: &str) -> Option<Conversation> {
         }),
         ["group", g] if id_matches(g) => Some(Conversation::Group((*g).to_owned())),
         _ => None,
-    }
-}
-
-/// The `MSGS` subject of a conversation, as `fabric/src/subjects.rs::msg` builds it
-/// (`natter-fabric` is not a dependency of this crate, so the format is mirrored; the
-/// partition token is a number below 16 there).
-fn msg_subject(conv: &Conversation) -> String {
-    let p = 7;
-    match conv {
-        Conversation::Direct { a, b } => format!("msg.{p}.dm.{a}.{b}"),
-        Conversation::Group(gid) => format!("msg.{p}.grp.{gid}"),
     }
 }
 
@@ -221,24 +204,27 @@ fn conversation_ok(conv: &Conversation) -> Result<(), TestCaseError> {
         Conversation::Direct { a, b } => {
             prop_assert!(a <= b);
             prop_assert_eq!(text.split(':').count(), 3);
-            subject_ok(&msg_subject(conv), 5)
+            subject_ok(&subjects::msg(conv), 5)
         }
         Conversation::Group(_) => {
             prop_assert_eq!(text.split(':').count(), 2);
-            subject_ok(&msg_subject(conv), 4)
+            subject_ok(&subjects::msg(conv), 4)
         }
     }
 }
 
-/// `inbox.<uid>` and friends for an id the identity rules accepted.
+/// The subjects of a user an id the identity rules accepted names.
 fn user_subject_ok(id: &str) -> Result<(), TestCaseError> {
-    subject_ok(&format!("inbox.{id}"), 2)
+    subject_ok(&subjects::inbox(id), 2)?;
+    subject_ok(&subjects::live_item(id), 3)?;
+    subject_ok(&subjects::notice(id), 3)
 }
 
 /// What `Body::check` should answer, from docs/PROTOCOL.md's numbers.
 fn body_should_pass(body: &Body) -> bool {
     match body {
         Body::Text { text } => !text.trim().is_empty() && text.len() <= 32 * 1024,
+        Body::Deleted => false,
         _ => {
             let media = body.media().expect("a media body");
             media.caption.as_ref().is_none_or(|c| c.len() <= 4 * 1024)
@@ -300,7 +286,33 @@ fn gateway_checks(frame: &ClientFrame) -> Result<(), TestCaseError> {
         ClientFrame::PresenceSubscribe(subscribe) => {
             subscribe.users.iter().try_for_each(|u| user(u))?
         }
-        ClientFrame::Ack(_) | ClientFrame::Ping(_) => {}
+        ClientFrame::Edit(edit) => {
+            let _ = check_id(&edit.id, "message id");
+            if edit.body.check().is_ok() {
+                prop_assert!(body_should_pass(&edit.body));
+            }
+        }
+        ClientFrame::Delete(delete) => {
+            let _ = check_id(&delete.id, "message id");
+        }
+        ClientFrame::React(react) => {
+            let _ = check_id(&react.id, "message id");
+            if let Some(emoji) = &react.emoji {
+                let _ = natter_schemas::change::check_emoji(emoji);
+            }
+        }
+        ClientFrame::Block(block) | ClientFrame::Unblock(block) => user(&block.user)?,
+        ClientFrame::Conversations(request) => {
+            if let Some(before) = &request.before {
+                let _ = check_id(before, "before");
+            }
+        }
+        ClientFrame::Mute(mute) => conversation(&mute.conv)?,
+        ClientFrame::Unmute(unmute) => conversation(&unmute.conv)?,
+        ClientFrame::Settings(_)
+        | ClientFrame::Blocks(_)
+        | ClientFrame::Ack(_)
+        | ClientFrame::Ping(_) => {}
     }
     Ok(())
 }
@@ -309,6 +321,8 @@ fn gateway_checks(frame: &ClientFrame) -> Result<(), TestCaseError> {
 const CLIENT_TYPES: &[&str] = &[
     "send", "ack", "read", "typing", "history", "group_create",
     "group_add", "group_remove", "group_leave", "presence_subscribe", "ping",
+    "edit", "delete", "react", "block", "unblock", "blocks", "conversations",
+    "settings", "mute", "unmute",
 ];
 
 /// Everything checked on a frame that parsed from `text`.
@@ -319,17 +333,11 @@ fn check_parsed(frame: &ClientFrame, text: &str) -> Result<(), TestCaseError> {
     // What the gateway's `reference_of` and a client would read from the same text.
     let value: Value = serde_json::from_str(text)
         .map_err(|e| TestCaseError::fail(format!("parsed as a frame but not as JSON: {e}")))?;
-    if let Value::Array(items) = &value {
-        // Known bug (`frames_must_be_json_objects`): serde's internally tagged enums also
-        // take a sequence, the tag first and then the fields in declaration order. Counted,
-        // and otherwise held to the same round trip.
-        ARRAY_FRAMES.with(|n| n.set(n.get() + 1));
-        prop_assert_eq!(items.first().and_then(Value::as_str), Some(kind));
-    } else {
-        prop_assert!(value.is_object(), "{:?}", value);
-        prop_assert_eq!(value.get("type").and_then(Value::as_str), Some(kind));
-        prop_assert_eq!(value.get("ref").and_then(Value::as_str), reference);
-    }
+    // serde's internally tagged enums also take a sequence (the tag, then the fields in
+    // declaration order); the protocol takes objects only (`frames_must_be_json_objects`).
+    prop_assert!(value.is_object(), "a frame parsed from {:?}", value);
+    prop_assert_eq!(value.get("type").and_then(Value::as_str), Some(kind));
+    prop_assert_eq!(value.get("ref").and_then(Value::as_str), reference);
     // Round trip.
     let again = serde_json::to_string(frame)
         .map_err(|e| TestCaseError::fail(format!("does not serialize: {e}")))?;
@@ -894,6 +902,8 @@ fn inbox_item() -> BoxedStrategy<InboxItem> {
                 ts,
                 body,
                 reply_to,
+                forwarded: None,
+                mentions: Vec::new(),
             })
         });
     let receipt = (
