@@ -5,6 +5,8 @@
 //! message exactly once across going offline and a network drop
 //! (`web/test/browser/chat.test.js`, Playwright driving Debian's Chromium).
 //!
+//! The gateway serves the page's files and nothing else of the folder.
+//!
 //! Needs Node 20, `npm ci --prefix web` (for `playwright-core`) and `/usr/bin/chromium`;
 //! a missing one fails with what to install.
 
@@ -16,7 +18,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use natter_e2e::system::{system, web_dir};
+use natter_e2e::{
+    http::{Body, request},
+    system::{system, web_dir},
+};
 
 /// Longest a `node --test` run may take before it is killed and the test fails.
 const NODE_RUN_LIMIT: Duration = Duration::from_secs(600);
@@ -124,4 +129,65 @@ fn the_web_client_chats_in_chromium_against_the_real_system() {
         web_path("test-artifacts/chat.png").is_file(),
         "the browser tests save a screenshot of a chat in web/test-artifacts/chat.png"
     );
+}
+
+/// Removes a file when dropped (a probe the test put into the web folder).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_serves_the_pages_files_and_nothing_else_of_the_folder() {
+    let gateway = system().gateways[0];
+    let get = |path: &'static str| request(gateway, "GET", path, &[], Body::None);
+
+    let page = get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("<html"));
+    assert!(
+        page.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/html")
+    );
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+
+    let module = get("/src/protocol.js").await;
+    assert_eq!(module.status, 200);
+    let module_type = module.header("content-type").unwrap_or_default();
+    assert!(module_type.contains("javascript"), "{module_type}");
+    assert_eq!(
+        module.body,
+        std::fs::read(web_path("src/protocol.js")).unwrap()
+    );
+    assert_eq!(get("/style.css").await.status, 200);
+
+    // A hidden file in a served folder, and everything outside what the page loads.
+    let probe = RemoveOnDrop(web_path("src/.natter-probe"));
+    std::fs::write(&probe.0, "secret").unwrap();
+    for path in [
+        "/src/.natter-probe",
+        "/src/%2enatter-probe",
+        "/package.json",
+        "/node_modules/playwright-core/package.json",
+        "/test/unit/store.test.js",
+        "/src/../package.json",
+        "/src/%2e%2e/package.json",
+        "/%2e%2e/Cargo.toml",
+        "/README.md",
+    ] {
+        let answer = get(path).await;
+        assert_eq!(answer.status, 404, "{path} was served");
+        assert!(!String::from_utf8_lossy(&answer.body).contains("secret"));
+    }
+    let unknown_api = get("/v1/no-such-route").await;
+    assert_eq!(unknown_api.status, 404);
+    assert_eq!(unknown_api.json()["error"], "not_found");
+    let post = request(gateway, "POST", "/", &[], Body::Bytes(b"x")).await;
+    assert_eq!(post.status, 405);
 }

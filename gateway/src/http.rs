@@ -45,7 +45,8 @@ pub(crate) fn router(app: App) -> Router {
         .route("/v1/dev/sign-in", post(web::dev_sign_in))
         .route("/healthz", get(healthz))
         .method_not_allowed_fallback(crate::refusal::method_not_allowed)
-        .fallback(web::file)
+        .merge(web::routes(app.config.web.dir.as_deref()))
+        .fallback(web::no_route)
         .with_state(app)
 }
 

@@ -1,23 +1,30 @@
 //! The web client's files, and the development sign-in it uses locally.
 //!
 //! The gateway serves the browser client (`web/`) itself, so a local setup needs no other
-//! server and the client talks to its own origin. Files are read from disk on each request
-//! (small, and edits show up without a restart), only from the configured folder, and
-//! only by names made of plain characters: no `..`, no hidden files.
+//! server and the client talks to its own origin. tower-http's `ServeDir`/`ServeFile`
+//! read the files from disk on each request (edits show up without a restart), answer
+//! conditional and range requests, and refuse paths that leave their folder. Only what the
+//! page loads is routed (`/`, `index.html`, `style.css`, `src/`): the rest of the folder
+//! (tests, `node_modules`, package files) is not served, nor is any hidden file.
 //!
 //! `POST /v1/dev/sign-in` mints a token for any user id. It exists only when
 //! `web.dev_sign_in` is set (scripts/up sets it); anywhere else it answers 404.
 
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 
 use axum::{
-    Json,
+    Json, Router,
     extract::{Request, State},
-    http::{Method, StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
 };
 use natter_schemas::HttpErrorCode;
 use serde::Deserialize;
+use tower_http::{
+    services::{ServeDir, ServeFile},
+    set_header::SetResponseHeaderLayer,
+};
 
 use crate::{
     App,
@@ -34,80 +41,59 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' blob: 
      media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
      frame-ancestors 'none'";
 
-/// `GET /` and any other path no API route took: a file of the web client, or 404.
-pub(crate) async fn file(State(app): State<App>, request: Request) -> Response {
+/// The web client's routes for the folder `dir` (none: no routes, every path is 404).
+pub(crate) fn routes(dir: Option<&FsPath>) -> Router<App> {
+    let Some(dir) = dir else {
+        return Router::new();
+    };
+    let index = ServeFile::new(dir.join("index.html"));
+    Router::new()
+        .route_service("/", index.clone())
+        .route_service("/index.html", index)
+        .route_service("/style.css", ServeFile::new(dir.join("style.css")))
+        .nest_service("/src", ServeDir::new(dir.join("src")))
+        .layer(middleware::from_fn(no_hidden_files))
+        .layer(header_layer(header::CACHE_CONTROL, "no-cache"))
+        .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header_layer(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
+}
+
+fn header_layer(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+}
+
+/// 404 for a path with a segment that starts with a dot (`.git`, `.env`, `..`), written
+/// plainly or percent-encoded, before any file is looked at.
+async fn no_hidden_files(request: Request, next: Next) -> Response {
+    let hidden = |segment: &str| {
+        segment.starts_with('.')
+            || segment
+                .get(..3)
+                .is_some_and(|s| s.eq_ignore_ascii_case("%2e"))
+    };
+    if request.uri().path().split('/').any(hidden) {
+        return not_found();
+    }
+    next.run(request).await
+}
+
+/// Any path no route took: JSON under `/v1/`, like every other API answer; plain text
+/// elsewhere.
+pub(crate) async fn no_route(request: Request) -> Response {
     if request.uri().path().starts_with("/v1/") {
-        // An API path no route has: JSON, like every other /v1 answer.
         return Refusal::not_found("no such route").into_response();
     }
-    let not_found = || (StatusCode::NOT_FOUND, "not found\n").into_response();
-    let Some(dir) = app.config.web.dir.as_deref() else {
-        return not_found();
-    };
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
-    }
-    let Some(path) = resolve(dir, request.uri().path()) else {
-        return not_found();
-    };
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => (
-            [
-                (header::CONTENT_TYPE, content_type(&path)),
-                (header::CACHE_CONTROL, "no-cache"),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
-            ],
-            bytes,
-        )
-            .into_response(),
-        Err(_) => not_found(),
-    }
+    not_found()
 }
 
-/// What the page loads; the rest of the folder (tests, `node_modules`, package files) is
-/// not served.
-const SERVED: &[&str] = &["index.html", "style.css", "src"];
-
-/// The file under `dir` that `uri_path` names (`/` is `index.html`), if the name is one
-/// the client could have: under [`SERVED`], segments of letters, digits, `-`, `_` and `.`,
-/// none starting with a dot.
-fn resolve(dir: &FsPath, uri_path: &str) -> Option<PathBuf> {
-    let relative = uri_path.trim_start_matches('/');
-    let relative = if relative.is_empty() || relative.ends_with('/') {
-        format!("{relative}index.html")
-    } else {
-        relative.to_owned()
-    };
-    if !SERVED.contains(&relative.split('/').next().unwrap_or_default()) {
-        return None;
-    }
-    let mut path = dir.to_path_buf();
-    for segment in relative.split('/') {
-        let plain = segment
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if segment.is_empty() || segment.starts_with('.') || !plain {
-            return None;
-        }
-        path.push(segment);
-    }
-    Some(path)
-}
-
-fn content_type(path: &FsPath) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "json" => "application/json",
-        "webmanifest" => "application/manifest+json",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "ico" => "image/x-icon",
-        "woff2" => "font/woff2",
-        _ => "application/octet-stream",
-    }
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,33 +124,4 @@ pub(crate) async fn dev_sign_in(
     )
     .map_err(|err| Refusal(HttpErrorCode::BadId, err.to_string()))?;
     Ok(Json(serde_json::json!({ "user": sign_in.user, "token": token })).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_pages_files_under_the_folder_resolve() {
-        let dir = FsPath::new("/srv/web");
-        assert_eq!(resolve(dir, "/"), Some(dir.join("index.html")));
-        assert_eq!(resolve(dir, "/style.css"), Some(dir.join("style.css")));
-        let module = resolve(dir, "/src/proto.js");
-        assert_eq!(module, Some(dir.join("src/proto.js")));
-        assert_eq!(resolve(dir, "/src/"), Some(dir.join("src/index.html")));
-        let bad = [
-            "/../etc/passwd",
-            "/src/../../x",
-            "/.git/config",
-            "/src//b",
-            "/src/a b",
-            "/%2e%2e/x",
-            "/package.json",
-            "/node_modules/playwright-core/index.js",
-            "/test/unit/store.test.js",
-        ];
-        for bad in bad {
-            assert_eq!(resolve(dir, bad), None, "{bad}");
-        }
-    }
 }
