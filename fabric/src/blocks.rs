@@ -9,7 +9,10 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use async_nats::jetstream;
 
-use crate::per_user::{ChangeError, PerUser};
+use crate::{
+    buckets::KvError,
+    per_user::{ChangeError, PerUser},
+};
 use tokio_util::sync::CancellationToken;
 
 pub const BUCKET: &str = "blocks";
@@ -19,9 +22,11 @@ pub const MAX_BLOCKED: usize = 1_024;
 #[derive(Debug, thiserror::Error)]
 pub enum BlocksError {
     #[error("cannot open the blocks bucket: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("blocks bucket: {0}")]
-    Store(String),
+    Store(#[source] KvError),
+    #[error("too much contention on the blocks of {0}")]
+    Contended(String),
     #[error("a user may block at most {MAX_BLOCKED} users")]
     TooMany,
 }
@@ -77,7 +82,8 @@ impl Blocks {
         });
         changed.await.map_err(|err| match err {
             ChangeError::Refused(refused) => refused,
-            other => BlocksError::Store(other.to_string()),
+            ChangeError::Store(err) => BlocksError::Store(err),
+            ChangeError::Contended(user) => BlocksError::Contended(user),
         })
     }
 

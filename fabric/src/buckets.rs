@@ -13,7 +13,7 @@
 //! read costs a retry, while a slow one (an event handled for longer than its ack wait)
 //! would have the event handled twice.
 
-use std::time::Duration;
+use std::{error::Error as StdError, time::Duration};
 
 use async_nats::jetstream::{self, kv, stream::LastRawMessageErrorKind};
 use bytes::Bytes;
@@ -41,14 +41,41 @@ pub(crate) fn lost_race(recognized: bool, err: &(dyn std::error::Error + 'static
     recognized
 }
 
+/// A KV bucket operation failed: which one, and the NATS error under it (kept as the
+/// source, so a caller can still look at its kind or JetStream code).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct KvError {
+    what: String,
+    #[source]
+    source: Box<dyn StdError + Send + Sync>,
+}
+
+impl KvError {
+    pub(crate) fn new(
+        what: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
 /// Opens a KV bucket, creating it when it does not exist yet.
 pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     config: kv::Config,
-) -> Result<kv::Store, String> {
+) -> Result<kv::Store, KvError> {
     match js.get_key_value(&config.bucket).await {
         Ok(store) => Ok(store),
-        Err(_) => js.create_key_value(config).await.map_err(|e| e.to_string()),
+        Err(_) => {
+            let bucket = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .map_err(|e| KvError::new(format!("opening bucket {bucket}"), e))
+        }
     }
 }
 
@@ -58,7 +85,10 @@ const LEADER_PATIENCE: Duration = Duration::from_secs(1);
 /// The value of `key` and its revision, from the bucket's stream leader (from a replica
 /// when the leader does not answer within [`LEADER_PATIENCE`]); `None` when the key was
 /// never written, or was deleted or purged.
-pub(crate) async fn read_latest(kv: &kv::Store, key: &str) -> Result<Option<(u64, Bytes)>, String> {
+pub(crate) async fn read_latest(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(u64, Bytes)>, KvError> {
     let subject = format!("{}{key}", kv.prefix);
     let asked = kv.stream.get_last_raw_message_by_subject(&subject);
     match tokio::time::timeout(LEADER_PATIENCE, asked).await {
@@ -73,7 +103,8 @@ pub(crate) async fn read_latest(kv: &kv::Store, key: &str) -> Result<Option<(u64
         Ok(Err(err)) if err.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Ok(Err(_)) | Err(_) => {
             metrics::counter!("natter_kv_replica_reads_total").increment(1);
-            match kv.entry(key).await.map_err(|e| e.to_string())? {
+            let read = kv.entry(key).await;
+            match read.map_err(|e| KvError::new(format!("reading {key} of {}", kv.name), e))? {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     Ok(Some((entry.revision, entry.value)))
                 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream::StorageType};
 use bytes::Bytes;
 
-use crate::buckets::{open_bucket, read_latest};
+use crate::buckets::{KvError, open_bucket, read_latest};
 
 pub const BUCKET: &str = "deletions";
 /// How long a mark is kept: history applies a deletion within seconds, even after a
@@ -24,9 +24,9 @@ pub const KEPT: Duration = Duration::from_secs(3_600);
 #[derive(Debug, thiserror::Error)]
 pub enum DeletionsError {
     #[error("cannot open the deletions bucket: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("deletions bucket: {0}")]
-    Store(String),
+    Store(#[source] KvError),
 }
 
 #[derive(Clone)]
@@ -57,7 +57,7 @@ impl Deletions {
             .put(id, Bytes::new())
             .await
             .map(drop)
-            .map_err(|e| DeletionsError::Store(e.to_string()))
+            .map_err(|e| DeletionsError::Store(KvError::new(format!("marking {id} deleted"), e)))
     }
 
     /// Whether message `id` was marked deleted in the last [`KEPT`].

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 
-use crate::per_user::{ChangeError, PerUser};
+use crate::{
+    buckets::KvError,
+    per_user::{ChangeError, PerUser},
+};
 
 pub const BUCKET: &str = "devices";
 /// Most devices remembered per user; registering one more forgets the least recently
@@ -26,9 +29,9 @@ pub struct PushTarget {
 #[derive(Debug, thiserror::Error)]
 pub enum DevicesError {
     #[error("cannot open the devices bucket: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("devices bucket: {0}")]
-    Store(String),
+    Store(#[source] KvError),
     #[error("too much contention on the devices of {0}")]
     Contended(String),
 }
@@ -75,7 +78,8 @@ impl Devices {
         match registered.await {
             Ok(_) => Ok(()),
             Err(ChangeError::Contended(user)) => Err(DevicesError::Contended(user)),
-            Err(err) => Err(DevicesError::Store(err.to_string())),
+            Err(ChangeError::Store(err)) => Err(DevicesError::Store(err)),
+            Err(ChangeError::Refused(never)) => match never {},
         }
     }
 }

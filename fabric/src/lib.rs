@@ -34,6 +34,7 @@ pub mod subjects;
 pub mod telemetry;
 pub mod watermarks;
 
+pub use buckets::KvError;
 pub use connect::{ConnectFailed, NatsSettings, connect};
 pub use inbox::{Inbox, InboxError, StoredItem};
 pub use publish::{PublishFailed, publish_durable, publish_durable_with};

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::buckets::{lost_race, open_bucket, read_latest};
+use crate::buckets::{KvError, lost_race, open_bucket, read_latest};
 
 mod withdraw;
 
@@ -82,9 +82,13 @@ pub enum MediaError {
     #[error("reading the upload failed: {0}")]
     Read(std::io::Error),
     #[error("media bucket unavailable: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("media store: {0}")]
-    Store(String),
+    Store(#[source] KvError),
+    #[error("media {0} kept changing under us; try again")]
+    Contended(String),
+    #[error("no media {0}")]
+    Missing(String),
     /// The media stream is at its `max_bytes` (or the servers out of storage): uploads
     /// are refused until files expire; messages are not affected.
     #[error("the media store is full")]
@@ -125,17 +129,17 @@ impl MediaStore {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| MediaError::Bucket(e.to_string()))?;
+                .map_err(|e| MediaError::Bucket(KvError::new("opening the media store", e)))?;
             }
         }
         let mut stream = js
             .get_stream(STREAM)
             .await
-            .map_err(|e| MediaError::Bucket(e.to_string()))?;
+            .map_err(|e| MediaError::Bucket(KvError::new("opening the media store", e)))?;
         let mut config = stream
             .info()
             .await
-            .map_err(|e| MediaError::Bucket(e.to_string()))?
+            .map_err(|e| MediaError::Bucket(KvError::new("opening the media store", e)))?
             .config
             .clone();
         let max_bytes = i64::try_from(max_total_bytes)
@@ -151,12 +155,12 @@ impl MediaStore {
             config.max_age = max_age;
             js.update_stream(config)
                 .await
-                .map_err(|e| MediaError::Bucket(e.to_string()))?;
+                .map_err(|e| MediaError::Bucket(KvError::new("opening the media store", e)))?;
         }
         let stream = js
             .get_stream_no_info(STREAM)
             .await
-            .map_err(|e| MediaError::Bucket(e.to_string()))?;
+            .map_err(|e| MediaError::Bucket(KvError::new("opening the media store", e)))?;
         let access = open_bucket(
             js,
             kv::Config {
@@ -326,7 +330,7 @@ impl MediaStore {
         self.access
             .create(id, value.into())
             .await
-            .map_err(|e| MediaError::Store(e.to_string()))?;
+            .map_err(|e| MediaError::Store(KvError::new(format!("recording media {id}"), e)))?;
         Ok(Stored {
             id: id.to_owned(),
             size,
@@ -361,7 +365,7 @@ impl MediaStore {
     async fn change_convs(&self, id: &str, conv: &str, add: bool) -> Result<bool, MediaError> {
         for _ in 0..CAS_ATTEMPTS {
             let Some((revision, mut access)) = self.access_entry(id).await? else {
-                return Err(MediaError::Store(format!("no media {id}")));
+                return Err(MediaError::Missing(id.to_owned()));
             };
             let present = access.convs.iter().any(|c| c == conv);
             if present == add {
@@ -378,10 +382,13 @@ impl MediaStore {
                 Err(err) if lost_race(err.kind() == UpdateErrorKind::WrongLastRevision, &err) => {
                     continue;
                 }
-                Err(err) => return Err(MediaError::Store(err.to_string())),
+                Err(err) => {
+                    let what = format!("changing who may see media {id}");
+                    return Err(MediaError::Store(KvError::new(what, err)));
+                }
             }
         }
-        Err(MediaError::Store(format!("media {id} kept changing")))
+        Err(MediaError::Contended(id.to_owned()))
     }
 
     /// Bytes `first..=last` of a file, fetched chunk by chunk (a few ahead).
@@ -448,7 +455,7 @@ fn store_error(err: jetstream::context::PublishError) -> MediaError {
             | ErrorCode::INSUFFICIENT_RESOURCES
             | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
         ) => MediaError::Full,
-        _ => MediaError::Store(err.to_string()),
+        _ => MediaError::Store(KvError::new("storing a chunk", err)),
     }
 }
 

@@ -21,7 +21,7 @@ use async_nats::jetstream::{
 use futures_util::StreamExt;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::buckets::{lost_race, open_bucket, read_latest};
+use crate::buckets::{KvError, lost_race, open_bucket, read_latest};
 use crate::retry;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,8 @@ const CAS_ATTEMPTS: usize = 20;
 pub enum ChangeError<E> {
     #[error(transparent)]
     Refused(E),
-    #[error("{0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] KvError),
     #[error("too much contention on the value of {0}")]
     Contended(String),
 }
@@ -64,7 +64,7 @@ where
         replicas: usize,
         bucket: &str,
         description: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KvError> {
         let kv = open_bucket(
             js,
             kv::Config {
@@ -84,7 +84,7 @@ where
     }
 
     /// `user`'s value (the default when they have none).
-    pub async fn get(&self, user: &str) -> Result<Arc<T>, String> {
+    pub async fn get(&self, user: &str) -> Result<Arc<T>, KvError> {
         if let Some(copy) = self.copy.read().expect("copy lock").as_ref() {
             return Ok(copy.get(user).map(|(_, v)| v.clone()).unwrap_or_default());
         }
@@ -118,7 +118,10 @@ where
             let written = if revision == 0 {
                 self.kv.create(user, bytes.into()).await.map_err(|e| {
                     let lost = lost_race(e.kind() == kv::CreateErrorKind::AlreadyExists, &e);
-                    (lost, e.to_string())
+                    (
+                        lost,
+                        KvError::new(format!("creating {user} in {}", self.kv.name), e),
+                    )
                 })
             } else {
                 self.kv
@@ -126,7 +129,10 @@ where
                     .await
                     .map_err(|e| {
                         let lost = lost_race(e.kind() == UpdateErrorKind::WrongLastRevision, &e);
-                        (lost, e.to_string())
+                        (
+                            lost,
+                            KvError::new(format!("updating {user} in {}", self.kv.name), e),
+                        )
                     })
             };
             match written {
@@ -203,12 +209,13 @@ where
         "the watch ended".to_owned()
     }
 
-    async fn entry(&self, user: &str) -> Result<Option<(u64, T)>, String> {
+    async fn entry(&self, user: &str) -> Result<Option<(u64, T)>, KvError> {
         let Some((revision, bytes)) = read_latest(&self.kv, user).await? else {
             return Ok(None);
         };
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("unreadable value of {user}: {e}"))?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            KvError::new(format!("unreadable value of {user} in {}", self.kv.name), e)
+        })?;
         Ok(Some((revision, value)))
     }
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use natter_schemas::{Audience, Millis, UserSettings};
 
-use crate::per_user::{ChangeError, PerUser};
+use crate::{
+    buckets::KvError,
+    per_user::{ChangeError, PerUser},
+};
 use tokio_util::sync::CancellationToken;
 
 pub const BUCKET: &str = "settings";
@@ -19,9 +22,11 @@ pub const MAX_MUTED: usize = 1_024;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot open the settings bucket: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("settings bucket: {0}")]
-    Store(String),
+    Store(#[source] KvError),
+    #[error("too much contention on the settings of {0}")]
+    Contended(String),
     #[error("at most {MAX_MUTED} conversations may be muted at once")]
     TooManyMuted,
 }
@@ -96,7 +101,8 @@ impl Settings {
         });
         changed.await.map_err(|err| match err {
             ChangeError::Refused(refused) => refused,
-            other => SettingsError::Store(other.to_string()),
+            ChangeError::Store(err) => SettingsError::Store(err),
+            ChangeError::Contended(user) => SettingsError::Contended(user),
         })
     }
 

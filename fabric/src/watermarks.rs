@@ -31,7 +31,7 @@ use natter_schemas::{ReceiptStatus, ids::id_prefix_at};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    buckets::{lost_race, open_bucket, read_latest},
+    buckets::{KvError, lost_race, open_bucket, read_latest},
     streams::INBOX_MAX_AGE,
 };
 
@@ -282,9 +282,9 @@ impl GroupWatermarks {
 #[derive(Debug, thiserror::Error)]
 pub enum WatermarksError {
     #[error("receipts bucket unavailable: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("receipts store: {0}")]
-    Store(String),
+    Store(#[source] KvError),
     #[error("stored receipt state of {0} is unreadable")]
     Corrupt(String),
     #[error("another worker changed the receipt state of {0} first")]
@@ -351,7 +351,7 @@ impl Checkpoints {
                 if lost_race(err.kind() == CreateErrorKind::AlreadyExists, &err) {
                     conflict()
                 } else {
-                    WatermarksError::Store(err.to_string())
+                    WatermarksError::Store(KvError::new(format!("creating {gid}'s state"), err))
                 }
             }),
             Some(revision) => self
@@ -362,7 +362,7 @@ impl Checkpoints {
                     if lost_race(err.kind() == UpdateErrorKind::WrongLastRevision, &err) {
                         conflict()
                     } else {
-                        WatermarksError::Store(err.to_string())
+                        WatermarksError::Store(KvError::new(format!("saving {gid}'s state"), err))
                     }
                 }),
         }

@@ -14,7 +14,7 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 
 use super::{CAS_ATTEMPTS, Group, GroupsError, Refusal};
-use crate::buckets::{lost_race, read_latest};
+use crate::buckets::{KvError, lost_race, read_latest};
 
 /// The most groups one user may be in: bounds the index entry (≈ 35 bytes a group).
 pub const MAX_GROUPS_PER_USER: usize = 8192;
@@ -59,7 +59,10 @@ async fn store(
     let outcome = if revision == 0 {
         kv.create(key(uid), value).await.map(|_| ()).map_err(|err| {
             let raced = err.kind() == kv::CreateErrorKind::AlreadyExists;
-            (lost_race(raced, &err), err.to_string())
+            (
+                lost_race(raced, &err),
+                KvError::new(format!("listing {uid}'s groups"), err),
+            )
         })
     } else {
         kv.update(key(uid), value, revision)
@@ -67,7 +70,8 @@ async fn store(
             .map(|_| ())
             .map_err(|err| {
                 let raced = err.kind() == kv::UpdateErrorKind::WrongLastRevision;
-                (lost_race(raced, &err), err.to_string())
+                let what = format!("updating {uid}'s groups");
+                (lost_race(raced, &err), KvError::new(what, err))
             })
     };
     match outcome {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use natter_schemas::{GroupEventItem, GroupEventKind, GroupInfo, ids::check_id};
 use serde::{Deserialize, Serialize};
 
-use crate::records::GroupEventRecord;
+use crate::{buckets::KvError, records::GroupEventRecord};
 pub use index::MAX_GROUPS_PER_USER;
 pub use store::{DEFAULT_CACHED_MEMBERS, Groups};
 
@@ -259,9 +259,9 @@ impl Group {
 #[derive(Debug, thiserror::Error)]
 pub enum GroupsError {
     #[error("group bucket unavailable: {0}")]
-    Bucket(String),
+    Bucket(#[source] KvError),
     #[error("group store: {0}")]
-    Store(String),
+    Store(#[source] KvError),
     #[error("stored group {0} is unreadable")]
     Corrupt(String),
     #[error("group {0} kept changing under us; try again")]

@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use natter_schemas::ids::check_id;
 
 use super::{BUCKET, CAS_ATTEMPTS, Group, GroupsError, Refusal, cache::Cache, index};
-use crate::buckets::{lost_race, open_bucket, read_latest};
+use crate::buckets::{KvError, lost_race, open_bucket, read_latest};
 use tokio_util::sync::CancellationToken;
 
 /// Members of cached groups a process holds at most by default (≈ 100 bytes each).
@@ -116,10 +116,9 @@ impl Groups {
         let members: Vec<&String> = group.members.iter().collect();
         self.list(&group.id, &members).await?;
         let value = serde_json::to_vec(group).expect("groups serialize");
-        self.kv
-            .create(&group.id, value.into())
-            .await
-            .map_err(|e| GroupsError::Store(e.to_string()))?;
+        self.kv.create(&group.id, value.into()).await.map_err(|e| {
+            GroupsError::Store(KvError::new(format!("creating group {}", group.id), e))
+        })?;
         Ok(())
     }
 
@@ -176,7 +175,10 @@ impl Groups {
                 {
                     continue;
                 }
-                Err(err) => return Err(GroupsError::Store(err.to_string())),
+                Err(err) => {
+                    let what = format!("updating group {gid}");
+                    return Err(GroupsError::Store(KvError::new(what, err)));
+                }
             }
         }
         Err(GroupsError::Contended(gid.to_owned()))
@@ -224,14 +226,15 @@ impl Groups {
     }
 
     /// A watch of the groups (not the indexes) from the bucket's next revision.
-    async fn watch_from_now(&self) -> Result<kv::Watch, String> {
-        let info = self.kv.stream.get_info().await.map_err(|e| e.to_string())?;
+    async fn watch_from_now(&self) -> Result<kv::Watch, KvError> {
+        let info = self.kv.stream.get_info().await;
+        let info = info.map_err(|e| KvError::new("reading the groups bucket's state", e))?;
         let next = info.state.last_sequence + 1;
         let updates = self
             .kv
             .watch_from_revision("*", next)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| KvError::new("watching the groups bucket", e))?;
         self.cache.write().expect("cache lock").restart(next);
         Ok(updates)
     }

@@ -1,7 +1,7 @@
 //! Taking a file back from a conversation whose message was deleted for everyone.
 
 use super::{CAS_ATTEMPTS, MediaError, MediaStore};
-use crate::buckets::lost_race;
+use crate::buckets::{KvError, lost_race};
 
 impl MediaStore {
     /// The members of `conv` may no longer fetch file `id` (its message there was deleted
@@ -18,14 +18,22 @@ impl MediaStore {
                 self.access
                     .delete_expect_revision(id, Some(revision))
                     .await
-                    .map_err(|err| (lost_race(false, &err), err.to_string()))
+                    .map_err(|err| {
+                        (
+                            lost_race(false, &err),
+                            KvError::new(format!("deleting media {id}"), err),
+                        )
+                    })
             } else {
                 let value = serde_json::to_vec(&access).expect("access serializes");
                 self.access
                     .update(id, value.into(), revision)
                     .await
                     .map(drop)
-                    .map_err(|err| (lost_race(false, &err), err.to_string()))
+                    .map_err(|err| {
+                        let what = format!("withdrawing media {id}");
+                        (lost_race(false, &err), KvError::new(what, err))
+                    })
             };
             match written {
                 Ok(()) => return Ok(access.convs.is_empty()),
@@ -33,6 +41,6 @@ impl MediaStore {
                 Err((false, err)) => return Err(MediaError::Store(err)),
             }
         }
-        Err(MediaError::Store(format!("media {id} kept changing")))
+        Err(MediaError::Contended(id.to_owned()))
     }
 }
