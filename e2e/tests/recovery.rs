@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures_util::StreamExt;
 use natter_e2e::{
     Client,
     proxy::Proxy,
@@ -49,12 +50,34 @@ async fn set_republish(js: &jetstream::Context, on: bool) {
     js.update_stream(config).await.unwrap();
 }
 
-/// Stores a message from `from` in `to`'s inbox without publishing it live.
+/// Stores a message from `from` in `to`'s inbox without publishing it live, and proves it
+/// was not: a watcher of every live item subscribed before the store sees a marker user's
+/// item, stored after RePublish was back on, and nothing of `to`'s before it (RePublish
+/// publishes in stream order, so a republished item would have come first).
 async fn store_silently(js: &jetstream::Context, to: &str, from: &str, text: &str) -> u64 {
+    let watcher = natter_e2e::system::nats_as("gateway", "e2e-live-watcher").await;
+    let mut live = watcher.subscribe(subjects::live_item("*")).await.unwrap();
+    watcher.flush().await.unwrap();
     set_republish(js, false).await;
     let seq = store(js, to, from, text).await;
     set_republish(js, true).await;
-    seq
+    let marker_user = unique("marker");
+    store(js, &marker_user, from, "after the silent one").await;
+    let marker_subject = subjects::live_item(&marker_user);
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(20), live.next())
+            .await
+            .expect("the marker's item is republished")
+            .expect("the watcher's subscription is open");
+        if item.subject.as_str() == marker_subject {
+            return seq;
+        }
+        assert_ne!(
+            item.subject.as_str(),
+            subjects::live_item(to),
+            "the item stored with RePublish off was published live"
+        );
+    }
 }
 
 async fn store(js: &jetstream::Context, to: &str, from: &str, text: &str) -> u64 {
@@ -79,24 +102,17 @@ async fn store(js: &jetstream::Context, to: &str, from: &str, text: &str) -> u64
     ack.sequence
 }
 
-async fn nothing_for(client: &mut Client, window: Duration) {
-    let frames: Vec<Value> = client.messages_within(window).await;
-    assert!(
-        frames.is_empty(),
-        "expected nothing live yet, got {frames:?}"
-    );
-}
-
 #[tokio::test]
 async fn a_lost_republish_is_filled_in_when_the_next_item_arrives() {
     let js = admin().await;
     let _one_at_a_time = INBOX_SETTINGS.lock().await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut b = Client::connect(0, &bob, "phone", 0).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // past the first reconcile
+    // Past the socket's first reconcile (a second after it opened), which would find the
+    // item: stored earlier, it would arrive before `next` and fail the test.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let lost = store_silently(&js, &bob, &alice, "lost in flight").await;
-    nothing_for(&mut b, Duration::from_millis(1000)).await;
     let next = store(&js, &bob, &alice, "the next one").await;
 
     let first = b.wait_for("msg", |f| f["type"] == "msg").await;
@@ -117,10 +133,12 @@ async fn a_lost_last_item_is_recovered_after_an_inbox_leader_election() {
     let _one_at_a_time = INBOX_SETTINGS.lock().await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut b = Client::connect(1, &bob, "phone", 0).await;
+    // Past the first reconcile, as above.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let lost = store_silently(&js, &bob, &alice, "last and lost").await;
-    nothing_for(&mut b, Duration::from_millis(1500)).await;
+    let early: Vec<Value> = b.messages_within(Duration::ZERO).await;
+    assert!(early.is_empty(), "delivered before the election: {early:?}");
     let stepdown: Value = js
         .request(format!("STREAM.LEADER.STEPDOWN.{}", streams::INBOX), &())
         .await
@@ -138,9 +156,9 @@ async fn an_item_stored_while_connecting_is_recovered_by_the_first_reconcile() {
     let _one_at_a_time = INBOX_SETTINGS.lock().await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut b = Client::connect(0, &bob, "laptop", 0).await;
-    // Once catch-up is over, as if the item had been stored before this socket's
-    // interest reached the stream leader's server.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // After `hello`: beyond what catch-up reads (the inbox's newest as the socket opened),
+    // as if the item had been stored before this socket's interest reached the stream
+    // leader's server.
     let lost = store_silently(&js, &bob, &alice, "during connect").await;
     let frame = b.wait_for("recovered msg", |f| f["type"] == "msg").await;
     assert_eq!(frame["seq"].as_u64(), Some(lost));
