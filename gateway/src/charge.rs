@@ -124,6 +124,17 @@ impl Wallet {
         let Some(limit) = app.action_limit.as_ref() else {
             return Ok(());
         };
+        self.spend(cost, |least, most| limit.take_between(user, least, most))
+            .await
+    }
+
+    /// Spends `cost` from what is leased, or takes between `cost` and `cost + LEASE`
+    /// with `take` (the user's bucket) and keeps what is left over.
+    async fn spend<F: Future<Output = Result<u32, Limited>>>(
+        &mut self,
+        cost: u32,
+        take: impl FnOnce(u32, u32) -> F,
+    ) -> Result<(), Limited> {
         if cost == 0 {
             return Ok(());
         }
@@ -131,7 +142,7 @@ impl Wallet {
             self.leased -= cost;
             return Ok(());
         }
-        let taken = limit.take_between(user, cost, cost + LEASE).await?;
+        let taken = take(cost, cost + LEASE).await?;
         // Fewer than `cost` when it was more than a full bucket (taken as the burst).
         self.leased += taken.saturating_sub(cost);
         Ok(())
@@ -170,9 +181,92 @@ async fn take_exactly(limit: Option<&Limit>, user: &str, cost: u32) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use natter_schemas::ClientFrame;
 
     use super::*;
+
+    /// A bucket of `tokens` that grants up to what is asked and what it holds.
+    struct Bucket {
+        tokens: RefCell<u32>,
+        asked: RefCell<Vec<(u32, u32)>>,
+    }
+
+    impl Bucket {
+        fn new(tokens: u32) -> Self {
+            Self {
+                tokens: RefCell::new(tokens),
+                asked: RefCell::default(),
+            }
+        }
+
+        async fn take(&self, least: u32, most: u32) -> Result<u32, Limited> {
+            self.asked.borrow_mut().push((least, most));
+            let mut tokens = self.tokens.borrow_mut();
+            if *tokens < least {
+                return Err(Limited {
+                    retry_after_ms: 100,
+                });
+            }
+            let taken = most.min(*tokens);
+            *tokens -= taken;
+            Ok(taken)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wallet_takes_a_lease_and_spends_it_before_asking_the_bucket_again() {
+        let bucket = Bucket::new(20);
+        let mut wallet = Wallet::default();
+        let pay = async |wallet: &mut Wallet, cost| {
+            wallet
+                .spend(cost, |least, most| bucket.take(least, most))
+                .await
+        };
+        // Free frames never reach the bucket.
+        assert_eq!(pay(&mut wallet, 0).await, Ok(()));
+        assert!(bucket.asked.borrow().is_empty());
+        // The first frame takes its cost and a lease; the next ones spend the lease.
+        assert_eq!(pay(&mut wallet, 1).await, Ok(()));
+        assert_eq!(*bucket.asked.borrow(), [(1, 1 + LEASE)]);
+        for _ in 0..LEASE {
+            assert_eq!(pay(&mut wallet, 1).await, Ok(()));
+        }
+        assert_eq!(
+            bucket.asked.borrow().len(),
+            1,
+            "the lease was spent locally"
+        );
+        // A frame dearer than what is left asks again, for its whole cost.
+        assert_eq!(pay(&mut wallet, 3).await, Ok(()));
+        assert_eq!(bucket.asked.borrow()[1], (3, 3 + LEASE));
+        assert_eq!(*bucket.tokens.borrow(), 20 - 2 * (1 + LEASE) - 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_frame_spends_nothing_and_the_lease_never_outgrows_the_bucket() {
+        let bucket = Bucket::new(3);
+        let mut wallet = Wallet::default();
+        let pay = async |wallet: &mut Wallet, cost| {
+            wallet
+                .spend(cost, |least, most| bucket.take(least, most))
+                .await
+        };
+        assert_eq!(
+            pay(&mut wallet, 5).await,
+            Err(Limited {
+                retry_after_ms: 100
+            })
+        );
+        assert_eq!(*bucket.tokens.borrow(), 3, "refused: nothing taken");
+        // Granted less than cost + LEASE: what is left after the cost is the lease.
+        assert_eq!(pay(&mut wallet, 2).await, Ok(()));
+        assert_eq!(wallet.leased, 1);
+        assert_eq!(pay(&mut wallet, 1).await, Ok(()));
+        assert_eq!(wallet.leased, 0);
+        assert!(pay(&mut wallet, 1).await.is_err(), "the bucket is empty");
+    }
 
     /// Group `g1024` has 1,024 members; any other group 3.
     fn cost(json: &str) -> u32 {
