@@ -80,33 +80,46 @@ pub fn dead(replicas: usize) -> Config {
     }
 }
 
-/// Creates the streams, or updates them to these settings. Safe to run from every process
-/// at every start.
+/// Creates the streams, or updates them to these settings, all four at once (on a cluster
+/// that has just formed, each new stream waits seconds for its first leader election; at
+/// once, those waits overlap). Safe to run from every process at every start.
 pub async fn ensure(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<(), jetstream::context::CreateStreamError> {
-    for config in [
+    let configs = [
         msgs(replicas),
         inbox(replicas),
         rcpt(replicas),
         dead(replicas),
-    ] {
+    ];
+    futures_util::future::try_join_all(configs.into_iter().map(|config| async move {
         let name = config.name.clone();
         js.create_or_update_stream(config).await?;
         tracing::debug!(stream = %name, replicas, "stream ready");
-    }
-    Ok(())
+        Ok(())
+    }))
+    .await
+    .map(drop)
 }
 
+/// How long one set-up request may take before it is asked again. On a cluster that has
+/// just formed, a stream create is answered only once the new stream has elected its
+/// leader, seconds later; with the connection's 10 s timeout `scripts/up` spent 45 s on
+/// four streams (nats-server 2.14). Asked again sooner, the next request finds the
+/// stream made.
+const SETUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Waits until JetStream answers and the streams exist: a fresh cluster needs a few
-/// seconds to elect its meta leader.
+/// seconds to elect its meta leader and its first stream leaders.
 pub async fn ensure_with_patience(
     js: &jetstream::Context,
     replicas: usize,
     patience: Duration,
 ) -> Result<(), jetstream::context::CreateStreamError> {
-    with_patience("JetStream streams", patience, || ensure(js, replicas)).await
+    let mut setup = js.clone();
+    setup.set_timeout(SETUP_REQUEST_TIMEOUT);
+    with_patience("JetStream streams", patience, || ensure(&setup, replicas)).await
 }
 
 /// Retries a JetStream set-up call (creating streams or consumers) until it succeeds or
